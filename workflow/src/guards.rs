@@ -1,6 +1,7 @@
 use serde::Serialize;
 
 /// The named guards of the transition table.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuardKind {
@@ -41,6 +42,7 @@ impl GuardKind {
 }
 
 /// Why a guard refused a transition: which guard, which input field, and what is wrong.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GuardFailure {
     pub guard: GuardKind,

@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use crate::guards::GuardKind;
 
 /// Where a case is in its life. `Closed` is terminal.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
@@ -57,6 +58,7 @@ impl std::fmt::Display for Status {
 }
 
 /// What may happen to a case. Each accepted event moves it along one row of [`TRANSITIONS`].
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Event {

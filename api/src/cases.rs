@@ -1,0 +1,584 @@
+//! `/v1/cases`: open, list, read, transition, and the products stored with a case.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use orchestrator::model::{
+    Automation, Case, CaseFilter, DecisionRecord, NewCase, PlanRecord, Severity, TimelineEntry,
+};
+use orchestrator::service::Render;
+use orchestrator::{
+    Error, IdempotencyClaim, Reply, RequestContext, StoredResponse, TransitionRequest,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use workflow::{ApprovalInput, Event, Status, StepResult};
+
+use crate::extract::{self, JsonBody, QueryParams};
+use crate::problem::{Problem, PROBLEM_JSON};
+use crate::{request_id, AppState};
+
+/// Who the caller is, for idempotency scope and the timeline, until API keys exist.
+const ANONYMOUS: &str = "anonymous";
+const MAX_PAGE: u32 = 200;
+const DEFAULT_PAGE: u32 = 50;
+
+/// Open a case.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenCase {
+    #[schema(example = "p95 spike on checkout")]
+    pub title: String,
+    /// Defaults to `default`.
+    #[schema(example = "t-001")]
+    pub tenant: Option<String>,
+    pub severity: Option<Severity>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub automation: Option<Automation>,
+    pub evidence: Option<Vec<Value>>,
+    /// Who opens the case (recorded on the timeline).
+    pub actor: Option<String>,
+}
+
+/// Apply one event to a case.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionBody {
+    pub event: Event,
+    #[schema(example = "analyst@svc")]
+    pub actor: Option<String>,
+    /// Required for `gate_rejected`, `resume`, `cancel`; explains failures.
+    pub reason: Option<String>,
+    /// Free-form context stored on the timeline row.
+    pub meta: Option<Map<String, Value>>,
+    /// Alternative to `If-Match`: stale → 409.
+    pub expected_version: Option<i64>,
+    /// `plan_ready`: the proposed ChangePlan (see `GET /v1/schemas/change-plan`).
+    pub plan: Option<Value>,
+    /// `gate_approved`: the approval of the current plan.
+    pub decision: Option<DecisionBody>,
+    /// `exec_done` / `exec_failed`: per-step results.
+    pub results: Option<Vec<StepResult>>,
+    /// Groups related requests on the timeline.
+    pub correlation_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// Defaults to the request's actor; must differ from the plan's requester.
+    pub approver: Option<String>,
+    /// The plan approved; defaults to the case's current plan.
+    pub plan_id: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListCasesQuery {
+    pub status: Option<Status>,
+    pub tenant: Option<String>,
+    /// `key=value`: cases carrying this label.
+    pub label: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+    /// 1 to 200, default 50.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TimelineQuery {
+    /// `next_cursor` of the previous page (a timeline row id).
+    pub cursor: Option<i64>,
+    /// 1 to 200, default 50.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CasePage {
+    pub items: Vec<Case>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TimelinePage {
+    pub items: Vec<TimelineEntry>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanList {
+    pub items: Vec<PlanRecord>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionList {
+    pub items: Vec<DecisionRecord>,
+}
+
+/// The seed's `POST /case/create` answer: the id under `data`, and the case.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedAlias {
+    pub data: Uuid,
+    pub case: Case,
+}
+
+#[utoipa::path(post, path = "/v1/cases", tag = "cases",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body")),
+    request_body(content = OpenCase, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The case, NEW at version 1", body = Case,
+            headers(("ETag" = String, description = "\"<version>\""), ("Location" = String))),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Same key still in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Same key, different request", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn open_case(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<OpenCase>,
+) -> Result<Response, Problem> {
+    open(app, headers, body, "/v1/cases", &|result| match result {
+        Ok(case) => StoredResponse {
+            status: StatusCode::CREATED.as_u16(),
+            body: json!(case),
+            headers: vec![
+                etag(case),
+                ("location".into(), format!("/v1/cases/{}", case.id)),
+            ],
+        },
+        Err(error) => problem_response(error),
+    })
+    .await
+}
+
+/// Seed alias of `POST /v1/cases`: answers `{"data": "<case id>", "case": {...}}`.
+#[utoipa::path(post, path = "/case/create", tag = "seed aliases",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body")),
+    request_body(content = OpenCase, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new case's id under `data`", body = CreatedAlias),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn open_case_alias(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<OpenCase>,
+) -> Result<Response, Problem> {
+    open(app, headers, body, "/case/create", &|result| match result {
+        Ok(case) => StoredResponse {
+            status: StatusCode::CREATED.as_u16(),
+            body: json!(CreatedAlias {
+                data: case.id,
+                case: case.clone()
+            }),
+            headers: vec![
+                etag(case),
+                ("location".into(), format!("/v1/cases/{}", case.id)),
+            ],
+        },
+        Err(error) => problem_response(error),
+    })
+    .await
+}
+
+async fn open(
+    app: AppState,
+    headers: HeaderMap,
+    body: JsonBody<OpenCase>,
+    route: &str,
+    render: Render<'_>,
+) -> Result<Response, Problem> {
+    let new = validate_new_case(body.value)?;
+    let claim = extract::idempotency_key(&headers)?
+        .map(|key| IdempotencyClaim::new(ANONYMOUS, &key, "POST", route, &body.raw));
+    let context = request_context(&headers, None);
+    let reply = app
+        .orchestrator
+        .open_case(new, &context, claim.as_ref(), render)
+        .await;
+    Ok(respond(reply, render))
+}
+
+#[utoipa::path(get, path = "/v1/cases", tag = "cases", params(ListCasesQuery),
+    responses(
+        (status = 200, description = "Newest first", body = CasePage),
+        (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_cases(
+    State(app): State<AppState>,
+    QueryParams(query): QueryParams<ListCasesQuery>,
+) -> Result<Json<CasePage>, Problem> {
+    let limit = page_limit(query.limit)?;
+    let label = query
+        .label
+        .map(|text| {
+            let (key, value) = text
+                .split_once('=')
+                .ok_or_else(|| Problem::invalid("label", "label must be key=value"))?;
+            validate_label_key("label", key)?;
+            Ok::<_, Problem>((key.to_string(), value.to_string()))
+        })
+        .transpose()?;
+    let filter = CaseFilter {
+        status: query.status,
+        tenant: query.tenant,
+        label,
+        before: query.cursor,
+        limit,
+    };
+    let items = app.orchestrator.list_cases(&filter).await?;
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|c| c.id.to_string()))
+        .flatten();
+    Ok(Json(CasePage { items, next_cursor }))
+}
+
+#[utoipa::path(get, path = "/v1/cases/{id}", tag = "cases",
+    params(("id" = Uuid, Path, description = "Case id")),
+    responses(
+        (status = 200, description = "The case", body = Case, headers(("ETag" = String, description = "\"<version>\", for If-Match"))),
+        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_case(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let case = app
+        .orchestrator
+        .get_case(extract::parse_uuid("id", &id)?)
+        .await?;
+    let (name, value) = etag(&case);
+    Ok(([(name, value)], Json(case)).into_response())
+}
+
+/// Seed alias of `GET /v1/cases/{id}`.
+#[utoipa::path(get, path = "/case/{id}", tag = "seed aliases",
+    params(("id" = Uuid, Path, description = "Case id")),
+    responses(
+        (status = 200, description = "The case", body = Case),
+        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_case_alias(state: State<AppState>, id: Path<String>) -> Result<Response, Problem> {
+    get_case(state, id).await
+}
+
+#[utoipa::path(get, path = "/v1/cases/{id}/timeline", tag = "cases",
+    params(("id" = Uuid, Path, description = "Case id"), TimelineQuery),
+    responses(
+        (status = 200, description = "Oldest first, including rejected attempts", body = TimelinePage),
+        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn timeline(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<TimelineQuery>,
+) -> Result<Json<TimelinePage>, Problem> {
+    let limit = page_limit(query.limit)?;
+    let items = app
+        .orchestrator
+        .timeline(extract::parse_uuid("id", &id)?, query.cursor, limit)
+        .await?;
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|e| e.id.to_string()))
+        .flatten();
+    Ok(Json(TimelinePage { items, next_cursor }))
+}
+
+/// Seed alias of `GET /v1/cases/{id}/timeline`.
+#[utoipa::path(get, path = "/case/{id}/timeline", tag = "seed aliases",
+    params(("id" = Uuid, Path, description = "Case id"), TimelineQuery),
+    responses(
+        (status = 200, description = "Oldest first", body = TimelinePage),
+        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn timeline_alias(
+    state: State<AppState>,
+    id: Path<String>,
+    query: QueryParams<TimelineQuery>,
+) -> Result<Json<TimelinePage>, Problem> {
+    timeline(state, id, query).await
+}
+
+#[utoipa::path(patch, path = "/v1/cases/{id}/transition", tag = "cases",
+    params(
+        ("id" = Uuid, Path, description = "Case id"),
+        ("Idempotency-Key" = String, Header, description = "Required. Same key and body replay the first response"),
+        ("If-Match" = Option<String>, Header, description = "\"<version>\" from the ETag; stale → 412"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, stored on the timeline and outbox"),
+    ),
+    request_body(content = TransitionBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The case after the event", body = Case, headers(("ETag" = String))),
+        (status = 400, description = "Missing Idempotency-Key or invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Illegal transition, stale expected_version, or key in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Guard refused (recorded on the timeline), or key reused for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 428, description = "A precondition is required by configuration", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn transition(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<TransitionBody>,
+) -> Result<Response, Problem> {
+    transition_at(app, id, headers, body, "/v1/cases/{id}/transition").await
+}
+
+/// Seed alias of `PATCH /v1/cases/{id}/transition`.
+#[utoipa::path(patch, path = "/case/{id}/transition", tag = "seed aliases",
+    params(
+        ("id" = Uuid, Path, description = "Case id"),
+        ("Idempotency-Key" = String, Header, description = "Required"),
+        ("If-Match" = Option<String>, Header, description = "\"<version>\""),
+    ),
+    request_body(content = TransitionBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The case after the event", body = Case),
+        (status = 409, description = "Illegal transition", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Guard refused", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn transition_alias(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody<TransitionBody>,
+) -> Result<Response, Problem> {
+    transition_at(app, id, headers, body, "/case/{id}/transition").await
+}
+
+async fn transition_at(
+    app: AppState,
+    id: String,
+    headers: HeaderMap,
+    body: JsonBody<TransitionBody>,
+    route: &str,
+) -> Result<Response, Problem> {
+    let case_id = extract::parse_uuid("id", &id)?;
+    let key = extract::idempotency_key(&headers)?.ok_or_else(|| {
+        Problem::invalid("Idempotency-Key", "the Idempotency-Key header is required on transitions (any unique string, e.g. a UUID)")
+    })?;
+    let if_match = extract::if_match(&headers)?;
+    let JsonBody { value: body, raw } = body;
+    if app.settings.require_precondition && if_match.is_none() && body.expected_version.is_none() {
+        let mut problem = Problem::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "precondition-required",
+            "Precondition required",
+            "this server requires If-Match or expected_version on transitions",
+        );
+        problem.field = Some("If-Match".into());
+        return Err(problem);
+    }
+    let actor = actor_of(body.actor.as_deref())?;
+    let request = TransitionRequest {
+        case_id,
+        event: body.event,
+        approval: body.decision.map(|d| ApprovalInput {
+            plan_id: d.plan_id.map(|id| id.to_string()),
+            approver: d.approver.unwrap_or_else(|| actor.clone()),
+        }),
+        actor,
+        reason: body.reason,
+        meta: body.meta.unwrap_or_default(),
+        plan: body.plan,
+        results: body.results.unwrap_or_default(),
+        if_match,
+        expected_version: body.expected_version,
+    };
+    let claim = IdempotencyClaim::new(
+        ANONYMOUS,
+        &key,
+        "PATCH",
+        &route.replace("{id}", &case_id.to_string()),
+        &raw,
+    );
+    let context = request_context(&headers, body.correlation_id);
+    let render: Render<'_> = &|result| match result {
+        Ok(case) => StoredResponse {
+            status: StatusCode::OK.as_u16(),
+            body: json!(case),
+            headers: vec![etag(case)],
+        },
+        Err(error) => problem_response(error),
+    };
+    let reply = app
+        .orchestrator
+        .transition(request, &context, Some(&claim), render)
+        .await;
+    Ok(respond(reply, render))
+}
+
+#[utoipa::path(get, path = "/v1/cases/{id}/plans", tag = "cases",
+    params(("id" = Uuid, Path, description = "Case id")),
+    responses(
+        (status = 200, description = "Plans proposed for the case, oldest first", body = PlanList),
+        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn plans(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<PlanList>, Problem> {
+    let items = app
+        .orchestrator
+        .plans(extract::parse_uuid("id", &id)?)
+        .await?;
+    Ok(Json(PlanList { items }))
+}
+
+#[utoipa::path(get, path = "/v1/cases/{id}/decisions", tag = "cases",
+    params(("id" = Uuid, Path, description = "Case id")),
+    responses(
+        (status = 200, description = "Gate decisions on the case's plans, oldest first", body = DecisionList),
+        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn decisions(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DecisionList>, Problem> {
+    let items = app
+        .orchestrator
+        .decisions(extract::parse_uuid("id", &id)?)
+        .await?;
+    Ok(Json(DecisionList { items }))
+}
+
+fn respond(reply: Result<Reply<Case>, Error>, render: Render<'_>) -> Response {
+    match reply {
+        Ok(Reply::Fresh(case)) => stored_response(render(Ok(&case)), false),
+        Ok(Reply::Replayed(stored)) => stored_response(stored, true),
+        Err(error) => Problem::from(&error).into_response(),
+    }
+}
+
+fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, Json(stored.body)).into_response();
+    let headers = response.headers_mut();
+    if status.is_client_error() || status.is_server_error() {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    }
+    for (name, value) in stored.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+            headers.insert(name, value);
+        }
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn problem_response(error: &Error) -> StoredResponse {
+    let problem = Problem::from(error);
+    StoredResponse {
+        status: problem.status,
+        body: json!(problem),
+        headers: vec![],
+    }
+}
+
+fn etag(case: &Case) -> (String, String) {
+    ("etag".into(), format!("\"{}\"", case.version))
+}
+
+fn request_context(headers: &HeaderMap, correlation_id: Option<String>) -> RequestContext {
+    RequestContext {
+        request_id: request_id::current(),
+        correlation_id,
+        traceparent: extract::traceparent(headers),
+    }
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(Problem::invalid(
+            "limit",
+            format!("limit {n} is outside 1..={MAX_PAGE}"),
+        )),
+    }
+}
+
+fn actor_of(actor: Option<&str>) -> Result<String, Problem> {
+    match actor.map(str::trim) {
+        None => Ok(ANONYMOUS.into()),
+        Some(a) if a.is_empty() || a.len() > 200 => Err(Problem::invalid(
+            "actor",
+            "actor must be 1 to 200 characters",
+        )),
+        Some(a) => Ok(a.to_string()),
+    }
+}
+
+fn validate_new_case(body: OpenCase) -> Result<NewCase, Problem> {
+    let title = body.title.trim().to_string();
+    if title.is_empty() || title.chars().count() > 200 {
+        return Err(Problem::invalid(
+            "title",
+            "title must be 1 to 200 characters",
+        ));
+    }
+    let tenant = body.tenant.unwrap_or_else(|| "default".into());
+    let tenant_ok = (1..=64).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !tenant_ok {
+        return Err(Problem::invalid(
+            "tenant",
+            "tenant must be 1 to 64 of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    let labels = body.labels.unwrap_or_default();
+    if labels.len() > 32 {
+        return Err(Problem::invalid("labels", "at most 32 labels"));
+    }
+    for (key, value) in &labels {
+        validate_label_key(&format!("labels.{key}"), key)?;
+        if value.len() > 256 {
+            return Err(Problem::invalid(
+                format!("labels.{key}"),
+                "label values are at most 256 bytes",
+            ));
+        }
+    }
+    let evidence = body.evidence.unwrap_or_default();
+    if evidence.len() > 50 {
+        return Err(Problem::invalid("evidence", "at most 50 evidence items"));
+    }
+    Ok(NewCase {
+        tenant,
+        title,
+        severity: body.severity.unwrap_or_default(),
+        labels,
+        automation: body.automation.unwrap_or_default(),
+        evidence,
+        created_by: actor_of(body.actor.as_deref())?,
+    })
+}
+
+fn validate_label_key(field: &str, key: &str) -> Result<(), Problem> {
+    let ok = (1..=63).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::invalid(
+            field,
+            format!("label key {key:?} must be 1 to 63 of A-Z a-z 0-9 - _ . /"),
+        ))
+    }
+}

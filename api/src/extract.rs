@@ -1,0 +1,174 @@
+//! Extractors that turn bad input into problem+json naming what was wrong.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::problem::Problem;
+
+/// A JSON body, whatever the `Content-Type` says: `curl -d '{...}'` sends
+/// `application/x-www-form-urlencoded`, and the seed's demo relies on that working.
+/// Keeps the raw JSON value too, for the idempotency fingerprint.
+pub struct JsonBody<T> {
+    pub value: T,
+    pub raw: Value,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(body_problem)?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(Problem::invalid(
+                "body",
+                "the request body is empty; send a JSON object",
+            ));
+        }
+        let raw: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Problem::invalid(
+                "body",
+                format!(
+                    "the body is not valid JSON: {} at line {}, column {}",
+                    describe(&e),
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        let value = serde_path_to_error::deserialize(&raw).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
+            Problem::invalid(field.clone(), format!("{field}: {}", e.inner()))
+        })?;
+        Ok(JsonBody { value, raw })
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C" (we say that ourselves).
+fn describe(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    text.split(" at line ").next().unwrap_or(&text).to_string()
+}
+
+fn body_problem(rejection: BytesRejection) -> Problem {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let mut problem = Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Body too large",
+            "the request body exceeds the configured limit (server.body_limit_bytes)",
+        );
+        problem.field = Some("body".into());
+        problem
+    } else {
+        Problem::invalid(
+            "body",
+            format!("the body could not be read: {}", rejection.body_text()),
+        )
+    }
+}
+
+/// Query parameters, with unknown or malformed ones reported by name.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(QueryParams)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let field = if path == "." {
+                    "query".to_string()
+                } else {
+                    path
+                };
+                Problem::invalid(
+                    field.clone(),
+                    format!("query parameter {field}: {}", e.inner()),
+                )
+            })
+    }
+}
+
+/// A path segment that must be a UUID.
+pub fn parse_uuid(field: &str, text: &str) -> Result<uuid::Uuid, Problem> {
+    uuid::Uuid::parse_str(text)
+        .map_err(|_| Problem::invalid(field, format!("{field} {text:?} is not a UUID")))
+}
+
+/// `Idempotency-Key`: 1–255 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            Problem::invalid(
+                "Idempotency-Key",
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+/// `If-Match: "<version>"` (also `W/"<version>"`); `*` matches any version.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
+    let Some(value) = headers.get("if-match") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|t| t.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::invalid(
+                "If-Match",
+                format!("If-Match {text:?} is not an ETag of this API, like \"3\""),
+            )
+        })
+}
+
+/// `traceparent` when it has the W3C shape; anything else is ignored, as the spec asks.
+pub fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let text = headers
+        .get("traceparent")?
+        .to_str()
+        .ok()?
+        .trim()
+        .to_ascii_lowercase();
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let valid = parts.len() >= 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1] != "0".repeat(32)
+        && hex(parts[2], 16)
+        && parts[2] != "0".repeat(16)
+        && hex(parts[3], 2);
+    valid.then_some(text)
+}

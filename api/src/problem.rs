@@ -1,0 +1,210 @@
+//! RFC 9457 problem details: the one shape every error of the API takes.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use orchestrator::{Error, StoreError};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+use workflow::{allowed_events, Event, GuardFailure, Status};
+
+use crate::request_id;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error answer. `type` is a stable URN per kind of problem; the extensions say what the
+/// client needs to recover (the case's current version and the events it accepts, the field
+/// that was wrong, the guard that refused).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The input field (body path, header or query parameter) that was wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_events: Option<Vec<Event>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard_failures: Option<Vec<GuardFailure>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("urn:opscase:problem:{slug}"),
+            title: title.into(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            field: None,
+            case_id: None,
+            current_status: None,
+            current_version: None,
+            allowed_events: None,
+            guard_failures: None,
+            request_id: request_id::current(),
+        }
+    }
+
+    /// 400 for input that cannot be used, naming the field.
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        let mut problem = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+            detail,
+        );
+        problem.field = Some(field.into());
+        problem
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the server failed to handle this request; it has been logged under this request_id",
+        )
+    }
+
+    fn with_case(mut self, case: &orchestrator::model::Case) -> Self {
+        self.case_id = Some(case.id);
+        self.current_status = Some(case.status);
+        self.current_version = Some(case.version);
+        self.allowed_events = Some(allowed_events(case.status));
+        self
+    }
+
+    pub fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl From<&Error> for Problem {
+    fn from(error: &Error) -> Self {
+        match error {
+            Error::NotFound(id) => {
+                let mut problem = Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "case-not-found",
+                    "Case not found",
+                    error.to_string(),
+                );
+                problem.case_id = Some(*id);
+                problem
+            }
+            Error::PreconditionFailed { case, .. } => Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Version precondition failed",
+                format!(
+                    "{error}; read the case again and retry with If-Match: \"{}\"",
+                    case.version
+                ),
+            )
+            .with_case(case),
+            Error::VersionMismatch { case, .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "version-mismatch",
+                "Version mismatch",
+                error.to_string(),
+            )
+            .with_case(case),
+            Error::Illegal { case, illegal } => {
+                let allowed: Vec<&str> = illegal.allowed.iter().map(|e| e.as_str()).collect();
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "illegal-transition",
+                    "Illegal transition",
+                    format!(
+                        "{error}; allowed in {}: {}",
+                        illegal.from,
+                        allowed.join(", ")
+                    ),
+                )
+                .with_case(case)
+            }
+            Error::GuardFailed { case, failures, .. } => {
+                let reasons: Vec<String> = failures
+                    .iter()
+                    .map(|f| format!("{}: {}", f.field, f.message))
+                    .collect();
+                let mut problem = Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "guard-failed",
+                    "Guard refused the transition",
+                    format!("{error}: {}", reasons.join("; ")),
+                )
+                .with_case(case);
+                problem.guard_failures = Some(failures.clone());
+                problem
+            }
+            Error::IdempotencyMismatch => {
+                let mut problem = Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency-key-reused",
+                    "Idempotency-Key reused",
+                    format!("{error}; use a new key for a new request"),
+                );
+                problem.field = Some("Idempotency-Key".into());
+                problem
+            }
+            Error::InFlight => {
+                let mut problem = Problem::new(
+                    StatusCode::CONFLICT,
+                    "idempotency-key-in-flight",
+                    "Request in flight",
+                    format!("{error}; retry after it completes to get its response"),
+                );
+                problem.field = Some("Idempotency-Key".into());
+                problem
+            }
+            Error::Store(store) => store_problem(store),
+        }
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(error: Error) -> Self {
+        Problem::from(&error)
+    }
+}
+
+fn store_problem(error: &StoreError) -> Problem {
+    tracing::error!(error = %error, "store error");
+    if error.is_unavailable() {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database-unavailable",
+            "Database unavailable",
+            "the database cannot be reached; nothing was changed, retry later",
+        )
+    } else {
+        Problem::internal()
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let mut response = (status, axum::Json(&self)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}

@@ -1,0 +1,149 @@
+//! The orchestrator's Prometheus metrics. One registry per process; the API adds its HTTP
+//! metrics to the same registry.
+
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use workflow::Status;
+
+/// Why a request changed nothing (the `reason` label of `conflict_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictReason {
+    IllegalTransition,
+    VersionMismatch,
+    PreconditionFailed,
+    GuardFailed,
+    IdempotencyMismatch,
+    InFlight,
+}
+
+impl ConflictReason {
+    pub const ALL: [ConflictReason; 6] = [
+        ConflictReason::IllegalTransition,
+        ConflictReason::VersionMismatch,
+        ConflictReason::PreconditionFailed,
+        ConflictReason::GuardFailed,
+        ConflictReason::IdempotencyMismatch,
+        ConflictReason::InFlight,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConflictReason::IllegalTransition => "illegal_transition",
+            ConflictReason::VersionMismatch => "version_mismatch",
+            ConflictReason::PreconditionFailed => "precondition_failed",
+            ConflictReason::GuardFailed => "guard_failed",
+            ConflictReason::IdempotencyMismatch => "idempotency_mismatch",
+            ConflictReason::InFlight => "in_flight",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    transitions: IntCounterVec,
+    conflicts: IntCounterVec,
+    replays: IntCounter,
+    cases_open: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let transitions = IntCounterVec::new(
+            Opts::new("case_transition_total", "Accepted case transitions."),
+            &["from", "to", "event"],
+        )
+        .expect("valid metric");
+        let conflicts = IntCounterVec::new(
+            Opts::new(
+                "conflict_total",
+                "Requests refused without changing a case, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let replays = IntCounter::new(
+            "idempotent_replay_total",
+            "Requests answered from a stored idempotent response.",
+        )
+        .expect("valid metric");
+        let cases_open = IntGaugeVec::new(
+            Opts::new("cases_open", "Cases not yet CLOSED, by status."),
+            &["status"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(transitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(conflicts.clone()),
+            Box::new(replays.clone()),
+            Box::new(cases_open.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        for reason in ConflictReason::ALL {
+            conflicts.with_label_values(&[reason.as_str()]);
+        }
+        for status in Status::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            cases_open.with_label_values(&[status.as_str()]);
+        }
+        Self {
+            registry,
+            transitions,
+            conflicts,
+            replays,
+            cases_open,
+        }
+    }
+
+    pub fn transition(&self, from: Status, to: Status, event: &str) {
+        self.transitions
+            .with_label_values(&[from.as_str(), to.as_str(), event])
+            .inc();
+        self.cases_open.with_label_values(&[from.as_str()]).dec();
+        if !to.is_terminal() {
+            self.cases_open.with_label_values(&[to.as_str()]).inc();
+        }
+    }
+
+    /// Prometheus text exposition of every metric in the registry.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+
+    pub fn case_opened(&self) {
+        self.cases_open
+            .with_label_values(&[Status::New.as_str()])
+            .inc();
+    }
+
+    pub fn conflict(&self, reason: ConflictReason) {
+        self.conflicts.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn replay(&self) {
+        self.replays.inc();
+    }
+
+    /// Set `cases_open` from the database (at start-up, so the gauge survives restarts).
+    pub fn set_open_cases(&self, counts: &[(String, i64)]) {
+        for status in Status::ALL.into_iter().filter(|s| !s.is_terminal()) {
+            let count = counts
+                .iter()
+                .find(|(s, _)| s == status.as_str())
+                .map_or(0, |(_, n)| *n);
+            self.cases_open
+                .with_label_values(&[status.as_str()])
+                .set(count);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,672 @@
+//! The transition service: the only code that changes a case.
+//!
+//! Every accepted event is one database transaction that locks the case, asks the pure state
+//! machine, then writes the case, a timeline row, the outbox messages, the event's products
+//! and the idempotency record. Nothing outside the database happens before commit.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use uuid::Uuid;
+use workflow::{
+    Accepted, ApprovalInput, CaseView, Effect, Event, EventInput, GuardFailure, IllegalTransition,
+    PlanRef, Rejection, Status, StepResult, TOPIC_CASE_TRANSITION,
+};
+
+use crate::idempotency::{IdempotencyClaim, InFlightKeys, StoredResponse};
+use crate::metrics::{ConflictReason, Metrics};
+use crate::model::{
+    Case, CaseFilter, DecisionRecord, NewCase, NewTimelineEntry, OutboxMessage, Outcome,
+    PlanRecord, TimelineEntry,
+};
+use crate::store::{IdempotencyRecord, Store, StoreError, Tx};
+
+/// Namespace of the stable outbox message ids (UUIDv5 of case, version and topic).
+const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f70_7363_6173_6500_8000_6f75_7462_6f78);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("case {0} does not exist")]
+    NotFound(Uuid),
+    #[error("If-Match names version {expected} but the case is at version {}", .case.version)]
+    PreconditionFailed { case: Box<Case>, expected: i64 },
+    #[error("expected_version is {expected} but the case is at version {}", .case.version)]
+    VersionMismatch { case: Box<Case>, expected: i64 },
+    #[error("{} is not allowed in {}", .illegal.event, .illegal.from)]
+    Illegal {
+        case: Box<Case>,
+        illegal: IllegalTransition,
+    },
+    #[error("{event} to {to} refused by its guard")]
+    GuardFailed {
+        case: Box<Case>,
+        event: Event,
+        to: Status,
+        failures: Vec<GuardFailure>,
+    },
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyMismatch,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    InFlight,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    fn conflict_reason(&self) -> Option<ConflictReason> {
+        match self {
+            Error::PreconditionFailed { .. } => Some(ConflictReason::PreconditionFailed),
+            Error::VersionMismatch { .. } => Some(ConflictReason::VersionMismatch),
+            Error::Illegal { .. } => Some(ConflictReason::IllegalTransition),
+            Error::GuardFailed { .. } => Some(ConflictReason::GuardFailed),
+            Error::IdempotencyMismatch => Some(ConflictReason::IdempotencyMismatch),
+            Error::InFlight => Some(ConflictReason::InFlight),
+            Error::NotFound(_) | Error::Store(_) => None,
+        }
+    }
+}
+
+/// A fresh result, or the stored response of an earlier request with the same key.
+#[derive(Debug)]
+pub enum Reply<T> {
+    Fresh(T),
+    Replayed(StoredResponse),
+}
+
+/// Where a write came from, for the timeline and the outbox headers.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// W3C trace context of the request, carried into timeline meta and outbox headers.
+    pub traceparent: Option<String>,
+}
+
+impl RequestContext {
+    fn trace_id(&self) -> Option<&str> {
+        // traceparent = version "-" trace-id "-" parent-id "-" flags
+        self.traceparent
+            .as_deref()
+            .and_then(|tp| tp.split('-').nth(1))
+    }
+
+    fn outbox_headers(&self) -> Value {
+        let mut headers = Map::new();
+        for (name, value) in [
+            ("traceparent", &self.traceparent),
+            ("request_id", &self.request_id),
+            ("correlation_id", &self.correlation_id),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name.into(), Value::String(value.clone()));
+            }
+        }
+        Value::Object(headers)
+    }
+}
+
+/// A request to apply one event to one case.
+#[derive(Debug, Clone)]
+pub struct TransitionRequest {
+    pub case_id: Uuid,
+    pub event: Event,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub meta: Map<String, Value>,
+    pub plan: Option<Value>,
+    pub approval: Option<ApprovalInput>,
+    pub results: Vec<StepResult>,
+    /// From `If-Match`: stale → 412.
+    pub if_match: Option<i64>,
+    /// From the body: stale → 409.
+    pub expected_version: Option<i64>,
+}
+
+/// Turns the outcome of a request into the response stored for idempotent replay. Supplied by
+/// the API so that the stored answer is byte-for-byte the one first sent.
+pub type Render<'a> = &'a (dyn Fn(Result<&Case, &Error>) -> StoredResponse + Send + Sync);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub idempotency_ttl: chrono::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            idempotency_ttl: chrono::Duration::hours(24),
+        }
+    }
+}
+
+pub struct Orchestrator {
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    settings: Settings,
+    in_flight: InFlightKeys,
+    outbox_written: Arc<Notify>,
+}
+
+impl Orchestrator {
+    pub fn new(store: Arc<dyn Store>, metrics: Metrics, settings: Settings) -> Self {
+        Self {
+            store,
+            metrics,
+            settings,
+            in_flight: InFlightKeys::default(),
+            outbox_written: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Signalled after every commit that wrote outbox rows (the relay waits on it).
+    pub fn outbox_written(&self) -> Arc<Notify> {
+        self.outbox_written.clone()
+    }
+
+    /// Load gauges that must agree with the database (after a restart).
+    pub async fn refresh_gauges(&self) -> Result<(), Error> {
+        self.metrics
+            .set_open_cases(&self.store.count_open_by_status().await?);
+        Ok(())
+    }
+
+    /// Open a case: NEW at version 1, with its `open` timeline row and transition message.
+    pub async fn open_case(
+        &self,
+        new: NewCase,
+        context: &RequestContext,
+        idempotency: Option<&IdempotencyClaim>,
+        render: Render<'_>,
+    ) -> Result<Reply<Case>, Error> {
+        let result = self.open_case_once(new, context, idempotency, render).await;
+        if let Ok(Reply::Fresh(_)) = &result {
+            self.metrics.case_opened();
+            self.outbox_written.notify_one();
+        }
+        self.observe(result)
+    }
+
+    async fn open_case_once(
+        &self,
+        new: NewCase,
+        context: &RequestContext,
+        idempotency: Option<&IdempotencyClaim>,
+        render: Render<'_>,
+    ) -> Result<Reply<Case>, Error> {
+        let _in_flight = self.claim_key(idempotency)?;
+        let now = Utc::now();
+        let mut tx = self.store.begin().await?;
+        if let Some(replay) = self.replay(tx.as_mut(), idempotency, now).await? {
+            return Ok(replay);
+        }
+        let case = Case {
+            id: Uuid::now_v7(),
+            tenant: new.tenant,
+            title: new.title,
+            severity: new.severity,
+            labels: new.labels,
+            automation: new.automation,
+            evidence: new.evidence,
+            status: Status::New,
+            version: 1,
+            resolution: None,
+            current_plan_id: None,
+            created_by: new.created_by,
+            created_at: now,
+            updated_at: now,
+        };
+        tx.insert_case(&case).await?;
+        tx.append_timeline(&NewTimelineEntry {
+            case_id: case.id,
+            version: case.version,
+            event: "open".into(),
+            outcome: Outcome::Applied,
+            from_status: None,
+            to_status: Some(Status::New),
+            actor: case.created_by.clone(),
+            reason: None,
+            correlation_id: context.correlation_id.clone(),
+            request_id: context.request_id.clone(),
+            meta: server_meta(Map::new(), context),
+            created_at: now,
+        })
+        .await?;
+        tx.append_outbox(&transition_message(
+            &case,
+            "open",
+            None,
+            &case.created_by,
+            None,
+            context,
+            now,
+        ))
+        .await?;
+        self.save_response(tx.as_mut(), idempotency, render(Ok(&case)), now)
+            .await?;
+        tx.commit().await?;
+        Ok(Reply::Fresh(case))
+    }
+
+    /// Apply one event to one case (the body of `PATCH /v1/cases/{id}/transition`).
+    pub async fn transition(
+        &self,
+        request: TransitionRequest,
+        context: &RequestContext,
+        idempotency: Option<&IdempotencyClaim>,
+        render: Render<'_>,
+    ) -> Result<Reply<Case>, Error> {
+        let result = self
+            .transition_once(request, context, idempotency, render)
+            .await;
+        if let Ok(Reply::Fresh(_)) | Err(Error::GuardFailed { .. }) = &result {
+            self.outbox_written.notify_one();
+        }
+        self.observe(result)
+    }
+
+    async fn transition_once(
+        &self,
+        request: TransitionRequest,
+        context: &RequestContext,
+        idempotency: Option<&IdempotencyClaim>,
+        render: Render<'_>,
+    ) -> Result<Reply<Case>, Error> {
+        let _in_flight = self.claim_key(idempotency)?;
+        let now = Utc::now();
+        let mut tx = self.store.begin().await?;
+        if let Some(replay) = self.replay(tx.as_mut(), idempotency, now).await? {
+            return Ok(replay);
+        }
+        let locked = tx
+            .lock_case(request.case_id)
+            .await?
+            .ok_or(Error::NotFound(request.case_id))?;
+        let case = locked.case;
+        if let Some(expected) = request.if_match.filter(|v| *v != case.version) {
+            return Err(Error::PreconditionFailed {
+                case: Box::new(case),
+                expected,
+            });
+        }
+        if let Some(expected) = request.expected_version.filter(|v| *v != case.version) {
+            return Err(Error::VersionMismatch {
+                case: Box::new(case),
+                expected,
+            });
+        }
+        let view = CaseView {
+            status: case.status,
+            version: case.version,
+            auto: case.automation == crate::model::Automation::Auto,
+            current_plan: case.current_plan_id.map(|id| PlanRef {
+                id: id.to_string(),
+                requested_by: locked.plan_requested_by.clone().unwrap_or_default(),
+            }),
+        };
+        let input = EventInput {
+            actor: request.actor.clone(),
+            reason: request.reason.clone(),
+            plan: request.plan.clone(),
+            approval: request.approval.clone(),
+            results: request.results.clone(),
+        };
+        match workflow::evaluate(&view, request.event, &input) {
+            Err(Rejection::Illegal(illegal)) => Err(Error::Illegal {
+                case: Box::new(case),
+                illegal,
+            }),
+            Err(Rejection::Guard { to, failures, .. }) => {
+                let mut meta = request.meta.clone();
+                meta.insert("guard_failures".into(), json!(failures));
+                tx.append_timeline(&timeline_entry(
+                    &case,
+                    &request,
+                    Outcome::Rejected,
+                    to,
+                    meta,
+                    context,
+                    now,
+                ))
+                .await?;
+                let error = Error::GuardFailed {
+                    case: Box::new(case),
+                    event: request.event,
+                    to,
+                    failures,
+                };
+                self.save_response(tx.as_mut(), idempotency, render(Err(&error)), now)
+                    .await?;
+                tx.commit().await?;
+                Err(error)
+            }
+            Ok(accepted) => {
+                let case = apply(tx.as_mut(), case, &request, &accepted, context, now).await?;
+                self.save_response(tx.as_mut(), idempotency, render(Ok(&case)), now)
+                    .await?;
+                tx.commit().await?;
+                self.metrics
+                    .transition(accepted.from, accepted.to, request.event.as_str());
+                Ok(Reply::Fresh(case))
+            }
+        }
+    }
+
+    pub async fn get_case(&self, id: Uuid) -> Result<Case, Error> {
+        self.store.get_case(id).await?.ok_or(Error::NotFound(id))
+    }
+
+    pub async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, Error> {
+        Ok(self.store.list_cases(filter).await?)
+    }
+
+    /// The timeline after row `after`, oldest first; 404 when the case does not exist.
+    pub async fn timeline(
+        &self,
+        case_id: Uuid,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<TimelineEntry>, Error> {
+        self.get_case(case_id).await?;
+        Ok(self.store.timeline(case_id, after, limit).await?)
+    }
+
+    pub async fn plans(&self, case_id: Uuid) -> Result<Vec<PlanRecord>, Error> {
+        self.get_case(case_id).await?;
+        Ok(self.store.plans(case_id).await?)
+    }
+
+    pub async fn decisions(&self, case_id: Uuid) -> Result<Vec<DecisionRecord>, Error> {
+        self.get_case(case_id).await?;
+        Ok(self.store.decisions(case_id).await?)
+    }
+
+    fn claim_key(
+        &self,
+        idempotency: Option<&IdempotencyClaim>,
+    ) -> Result<Option<crate::idempotency::InFlightGuard>, Error> {
+        idempotency
+            .map(|claim| self.in_flight.claim(claim).ok_or(Error::InFlight))
+            .transpose()
+    }
+
+    /// The stored response for this key, or a mismatch error; `None` when the key is new.
+    async fn replay(
+        &self,
+        tx: &mut dyn Tx,
+        idempotency: Option<&IdempotencyClaim>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Reply<Case>>, Error> {
+        let Some(claim) = idempotency else {
+            return Ok(None);
+        };
+        let Some(record) = tx.find_idempotency(&claim.scope, &claim.key, now).await? else {
+            return Ok(None);
+        };
+        if record.fingerprint != claim.fingerprint {
+            return Err(Error::IdempotencyMismatch);
+        }
+        let headers = record
+            .headers
+            .as_object()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(Reply::Replayed(StoredResponse {
+            status: record.status_code,
+            body: record.response,
+            headers,
+        })))
+    }
+
+    async fn save_response(
+        &self,
+        tx: &mut dyn Tx,
+        idempotency: Option<&IdempotencyClaim>,
+        response: StoredResponse,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let Some(claim) = idempotency else {
+            return Ok(());
+        };
+        let headers: Map<String, Value> = response
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        let saved = tx
+            .save_idempotency(&IdempotencyRecord {
+                scope: claim.scope.clone(),
+                key: claim.key.clone(),
+                fingerprint: claim.fingerprint.clone(),
+                status_code: response.status,
+                response: response.body,
+                headers: Value::Object(headers),
+                created_at: now,
+                expires_at: now + self.settings.idempotency_ttl,
+            })
+            .await;
+        match saved {
+            // Another process committed this key since we looked: it is that request's key.
+            Err(StoreError::UniqueViolation(_)) => Err(Error::InFlight),
+            other => Ok(other?),
+        }
+    }
+
+    fn observe<T>(&self, result: Result<Reply<T>, Error>) -> Result<Reply<T>, Error> {
+        match &result {
+            Ok(Reply::Replayed(_)) => self.metrics.replay(),
+            Err(error) => {
+                if let Some(reason) = error.conflict_reason() {
+                    self.metrics.conflict(reason);
+                }
+            }
+            Ok(Reply::Fresh(_)) => {}
+        }
+        result
+    }
+}
+
+/// Write an accepted transition: products, case row, timeline row, outbox messages.
+async fn apply(
+    tx: &mut dyn Tx,
+    mut case: Case,
+    request: &TransitionRequest,
+    accepted: &Accepted,
+    context: &RequestContext,
+    now: DateTime<Utc>,
+) -> Result<Case, Error> {
+    let from = case.status;
+    case.status = accepted.to;
+    case.version = accepted.version;
+    case.resolution = accepted.resolution.map(|r| r.as_str().to_string());
+    case.updated_at = now;
+    for effect in &accepted.effects {
+        match effect {
+            Effect::RecordPlan { plan } => {
+                let record = PlanRecord {
+                    id: Uuid::now_v7(),
+                    case_id: case.id,
+                    plan: plan.clone(),
+                    digest: digest(plan),
+                    requested_by: request.actor.clone(),
+                    created_at: now,
+                };
+                tx.insert_plan(&record).await?;
+                case.current_plan_id = Some(record.id);
+            }
+            Effect::RecordDecision {
+                plan_id,
+                approved,
+                decided_by,
+            } => {
+                let plan_id =
+                    Uuid::parse_str(plan_id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                tx.insert_decision(&DecisionRecord {
+                    id: Uuid::now_v7(),
+                    case_id: case.id,
+                    plan_id,
+                    decision: if *approved { "approved" } else { "rejected" }.into(),
+                    decided_by: decided_by.clone(),
+                    reason: request.reason.clone(),
+                    policy_rev: None,
+                    inputs: json!({"source": "api", "actor": request.actor}),
+                    created_at: now,
+                })
+                .await?;
+            }
+            Effect::Publish { .. } => {}
+        }
+    }
+    tx.update_case(&case).await?;
+    let mut applied_case = case.clone();
+    applied_case.status = from;
+    tx.append_timeline(&timeline_entry(
+        &applied_case,
+        request,
+        Outcome::Applied,
+        accepted.to,
+        request.meta.clone(),
+        context,
+        now,
+    ))
+    .await
+    .map(|_| ())?;
+    for effect in &accepted.effects {
+        if let Effect::Publish { topic } = effect {
+            let message = if *topic == TOPIC_CASE_TRANSITION {
+                transition_message(
+                    &case,
+                    request.event.as_str(),
+                    Some(from),
+                    &request.actor,
+                    request.reason.as_deref(),
+                    context,
+                    now,
+                )
+            } else {
+                command_message(&case, topic, &request.actor, context, now)
+            };
+            tx.append_outbox(&message).await?;
+        }
+    }
+    Ok(case)
+}
+
+/// The timeline row for `request` on `case` (whose status and version are the ones before
+/// the event for a rejected attempt, and the new version for an applied one).
+fn timeline_entry(
+    case: &Case,
+    request: &TransitionRequest,
+    outcome: Outcome,
+    to: Status,
+    meta: Map<String, Value>,
+    context: &RequestContext,
+    now: DateTime<Utc>,
+) -> NewTimelineEntry {
+    NewTimelineEntry {
+        case_id: case.id,
+        version: case.version,
+        event: request.event.as_str().into(),
+        outcome,
+        from_status: Some(case.status),
+        to_status: Some(to),
+        actor: request.actor.clone(),
+        reason: request.reason.clone(),
+        correlation_id: context.correlation_id.clone(),
+        request_id: context.request_id.clone(),
+        meta: server_meta(meta, context),
+        created_at: now,
+    }
+}
+
+/// Client meta plus the trace context; server keys win over client keys of the same name.
+fn server_meta(mut meta: Map<String, Value>, context: &RequestContext) -> Value {
+    if let Some(traceparent) = &context.traceparent {
+        meta.insert("traceparent".into(), Value::String(traceparent.clone()));
+    }
+    if let Some(trace_id) = context.trace_id() {
+        meta.insert("trace_id".into(), Value::String(trace_id.to_string()));
+    }
+    Value::Object(meta)
+}
+
+fn message_id(case: &Case, topic: &str) -> Uuid {
+    Uuid::new_v5(
+        &MESSAGE_ID_NAMESPACE,
+        format!("{}/{}/{topic}", case.id, case.version).as_bytes(),
+    )
+}
+
+fn transition_message(
+    case: &Case,
+    event: &str,
+    from: Option<Status>,
+    actor: &str,
+    reason: Option<&str>,
+    context: &RequestContext,
+    now: DateTime<Utc>,
+) -> OutboxMessage {
+    OutboxMessage {
+        message_id: message_id(case, TOPIC_CASE_TRANSITION),
+        topic: TOPIC_CASE_TRANSITION.into(),
+        key: case.id.to_string(),
+        payload: json!({
+            "case_id": case.id,
+            "tenant": case.tenant,
+            "event": event,
+            "from": from,
+            "to": case.status,
+            "version": case.version,
+            "actor": actor,
+            "reason": reason,
+            "resolution": case.resolution,
+            "plan_id": case.current_plan_id,
+            "occurred_at": now,
+        }),
+        headers: context.outbox_headers(),
+        created_at: now,
+    }
+}
+
+fn command_message(
+    case: &Case,
+    topic: &str,
+    actor: &str,
+    context: &RequestContext,
+    now: DateTime<Utc>,
+) -> OutboxMessage {
+    OutboxMessage {
+        message_id: message_id(case, topic),
+        topic: topic.into(),
+        key: case.id.to_string(),
+        payload: json!({
+            "case_id": case.id,
+            "tenant": case.tenant,
+            "version": case.version,
+            "plan_id": case.current_plan_id,
+            "requested_by": actor,
+        }),
+        headers: context.outbox_headers(),
+        created_at: now,
+    }
+}
+
+fn digest(value: &Value) -> String {
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(value).expect("a JSON value serializes"),
+    ))
+}

@@ -1,0 +1,168 @@
+//! Persistence behind one trait, with a SQLite (embedded) and a PostgreSQL implementation.
+//!
+//! The transition service owns `begin()`/`commit()`; each [`Tx`] method is one small query
+//! inside that transaction.
+
+mod postgres;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::model::{
+    Case, CaseFilter, DecisionRecord, NewTimelineEntry, OutboxMessage, PlanRecord, TimelineEntry,
+};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unique constraint violated: {0}")]
+    UniqueViolation(String),
+    #[error("stored data could not be read: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Database(sqlx::Error),
+    #[error(transparent)]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::UniqueViolation(db.constraint().unwrap_or("unknown").to_string())
+            }
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+impl StoreError {
+    /// The database could not be reached (as opposed to refusing or failing a statement).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+            )
+        )
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A stored answer to an idempotent request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyRecord {
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub status_code: u16,
+    pub response: Value,
+    pub headers: Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A case locked for the rest of the transaction, with who requested its current plan.
+#[derive(Debug, Clone)]
+pub struct LockedCase {
+    pub case: Case,
+    pub plan_requested_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+    /// Apply pending migrations (idempotent).
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Reachable, and every migration this build knows is applied.
+    async fn check_ready(&self) -> StoreResult<()>;
+    /// A write transaction; on SQLite writers are serialized, on PostgreSQL rows are locked.
+    async fn begin(&self) -> StoreResult<Box<dyn Tx>>;
+
+    async fn get_case(&self, id: Uuid) -> StoreResult<Option<Case>>;
+    async fn list_cases(&self, filter: &CaseFilter) -> StoreResult<Vec<Case>>;
+    async fn timeline(
+        &self,
+        case_id: Uuid,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<TimelineEntry>>;
+    async fn plans(&self, case_id: Uuid) -> StoreResult<Vec<PlanRecord>>;
+    async fn decisions(&self, case_id: Uuid) -> StoreResult<Vec<DecisionRecord>>;
+    /// Messages of one case in outbox order (tests and operators read it).
+    async fn outbox_for(&self, key: &str) -> StoreResult<Vec<OutboxMessage>>;
+    /// Number of open (not CLOSED) cases per status.
+    async fn count_open_by_status(&self) -> StoreResult<Vec<(String, i64)>>;
+    async fn close(&self);
+}
+
+#[async_trait]
+pub trait Tx: Send {
+    /// The live (unexpired at `now`) record for this key, if any.
+    async fn find_idempotency(
+        &mut self,
+        scope: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<IdempotencyRecord>>;
+    /// Store a record, replacing an expired one with the same key.
+    async fn save_idempotency(&mut self, record: &IdempotencyRecord) -> StoreResult<()>;
+    async fn insert_case(&mut self, case: &Case) -> StoreResult<()>;
+    async fn lock_case(&mut self, id: Uuid) -> StoreResult<Option<LockedCase>>;
+    /// Write status, version, resolution, current plan and `updated_at` of a locked case.
+    async fn update_case(&mut self, case: &Case) -> StoreResult<()>;
+    async fn append_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<i64>;
+    async fn append_outbox(&mut self, message: &OutboxMessage) -> StoreResult<()>;
+    async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()>;
+    async fn insert_decision(&mut self, decision: &DecisionRecord) -> StoreResult<()>;
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// Open the store a URL names: `postgres://...`, or `sqlite://path` for a file.
+pub async fn connect(url: &str, pool_size: u32) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, pool_size).await?))
+    } else {
+        let path = url.strip_prefix("sqlite://").unwrap_or(url);
+        Ok(Arc::new(
+            SqliteStore::open(Path::new(path), pool_size).await?,
+        ))
+    }
+}
+
+pub(crate) fn parse_status(text: &str) -> StoreResult<workflow::Status> {
+    workflow::Status::parse(text)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown status {text:?}")))
+}
+
+pub(crate) fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_value(Value::String(text.to_string()))
+        .map_err(|_| StoreError::Corrupt(format!("unexpected value {text:?}")))
+}

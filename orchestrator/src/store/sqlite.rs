@@ -1,0 +1,496 @@
+//! The embedded store: one SQLite file in WAL mode. Writes go through a single connection,
+//! so write transactions are serialized in-process and never fail on lock upgrades; reads use
+//! a separate pool and see the last committed state.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::types::Json;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use super::{
+    parse_enum, parse_status, Backend, IdempotencyRecord, LockedCase, Store, StoreError,
+    StoreResult, Tx,
+};
+use crate::model::{
+    Case, CaseFilter, DecisionRecord, NewTimelineEntry, OutboxMessage, Outcome, PlanRecord,
+    TimelineEntry,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+const CASE_COLUMNS: &str =
+    "c.id, c.tenant, c.title, c.severity, c.labels, c.automation, c.evidence, \
+    c.status, c.version, c.resolution, c.current_plan_id, c.created_by, c.created_at, c.updated_at";
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database file at `path`.
+    pub async fn open(path: &Path, read_pool_size: u32) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(read_pool_size.max(1))
+            .connect_with(options)
+            .await?;
+        Ok(Self { writer, readers })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn check_ready(&self) -> StoreResult<()> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.readers)
+                .await?;
+        missing_migrations(&MIGRATOR, &applied)
+    }
+
+    async fn begin(&self) -> StoreResult<Box<dyn Tx>> {
+        Ok(Box::new(SqliteTx {
+            tx: self.writer.begin().await?,
+        }))
+    }
+
+    async fn get_case(&self, id: Uuid) -> StoreResult<Option<Case>> {
+        sqlx::query(&format!(
+            "SELECT {CASE_COLUMNS} FROM ops_case c WHERE c.id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.readers)
+        .await?
+        .map(|row| case_from_row(&row))
+        .transpose()
+    }
+
+    async fn list_cases(&self, filter: &CaseFilter) -> StoreResult<Vec<Case>> {
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {CASE_COLUMNS} FROM ops_case c WHERE 1 = 1"
+        ));
+        if let Some(status) = filter.status {
+            query.push(" AND c.status = ").push_bind(status.as_str());
+        }
+        if let Some(tenant) = &filter.tenant {
+            query.push(" AND c.tenant = ").push_bind(tenant.clone());
+        }
+        if let Some((key, value)) = &filter.label {
+            query
+                .push(" AND json_extract(c.labels, '$.\"' || ")
+                .push_bind(key.clone())
+                .push(" || '\"') = ")
+                .push_bind(value.clone());
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND c.id < ").push_bind(before.to_string());
+        }
+        query
+            .push(" ORDER BY c.id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit));
+        let rows = query.build().fetch_all(&self.readers).await?;
+        rows.iter().map(case_from_row).collect()
+    }
+
+    async fn timeline(
+        &self,
+        case_id: Uuid,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<TimelineEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, case_id, version, event, outcome, from_status, to_status, actor, reason, \
+             correlation_id, request_id, meta, created_at FROM case_timeline \
+             WHERE case_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(case_id.to_string())
+        .bind(after.unwrap_or(0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter().map(timeline_from_row).collect()
+    }
+
+    async fn plans(&self, case_id: Uuid) -> StoreResult<Vec<PlanRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, case_id, plan, digest, requested_by, created_at FROM plan_proposed \
+             WHERE case_id = ? ORDER BY created_at, id",
+        )
+        .bind(case_id.to_string())
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PlanRecord {
+                    id: uuid_at(row, "id")?,
+                    case_id: uuid_at(row, "case_id")?,
+                    plan: row.try_get::<Json<Value>, _>("plan")?.0,
+                    digest: row.try_get("digest")?,
+                    requested_by: row.try_get("requested_by")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn decisions(&self, case_id: Uuid) -> StoreResult<Vec<DecisionRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, case_id, plan_id, decision, decided_by, reason, policy_rev, inputs, created_at \
+             FROM plan_decision WHERE case_id = ? ORDER BY created_at, id",
+        )
+        .bind(case_id.to_string())
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DecisionRecord {
+                    id: uuid_at(row, "id")?,
+                    case_id: uuid_at(row, "case_id")?,
+                    plan_id: uuid_at(row, "plan_id")?,
+                    decision: row.try_get("decision")?,
+                    decided_by: row.try_get("decided_by")?,
+                    reason: row.try_get("reason")?,
+                    policy_rev: row.try_get("policy_rev")?,
+                    inputs: row.try_get::<Json<Value>, _>("inputs")?.0,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn outbox_for(&self, key: &str) -> StoreResult<Vec<OutboxMessage>> {
+        let rows = sqlx::query(
+            "SELECT message_id, topic, key, payload, headers, created_at FROM outbox WHERE key = ? ORDER BY id",
+        )
+        .bind(key)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxMessage {
+                    message_id: uuid_at(row, "message_id")?,
+                    topic: row.try_get("topic")?,
+                    key: row.try_get("key")?,
+                    payload: row.try_get::<Json<Value>, _>("payload")?.0,
+                    headers: row.try_get::<Json<Value>, _>("headers")?.0,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn count_open_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT status, COUNT(*) FROM ops_case WHERE status <> 'CLOSED' GROUP BY status",
+        )
+        .fetch_all(&self.readers)
+        .await?)
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close().await;
+    }
+}
+
+struct SqliteTx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+#[async_trait]
+impl Tx for SqliteTx {
+    async fn find_idempotency(
+        &mut self,
+        scope: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<IdempotencyRecord>> {
+        let row = sqlx::query(
+            "SELECT scope, key, fingerprint, status_code, response, headers, created_at, expires_at \
+             FROM idempotency WHERE scope = ? AND key = ?",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let record = IdempotencyRecord {
+            scope: row.try_get("scope")?,
+            key: row.try_get("key")?,
+            fingerprint: row.try_get("fingerprint")?,
+            status_code: u16::try_from(row.try_get::<i64, _>("status_code")?)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            response: row.try_get::<Json<Value>, _>("response")?.0,
+            headers: row.try_get::<Json<Value>, _>("headers")?.0,
+            created_at: row.try_get("created_at")?,
+            expires_at: row.try_get("expires_at")?,
+        };
+        Ok((record.expires_at > now).then_some(record))
+    }
+
+    async fn save_idempotency(&mut self, record: &IdempotencyRecord) -> StoreResult<()> {
+        let done = sqlx::query(
+            "INSERT INTO idempotency (scope, key, fingerprint, status_code, response, headers, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+               status_code = excluded.status_code, response = excluded.response, headers = excluded.headers, \
+               created_at = excluded.created_at, expires_at = excluded.expires_at \
+             WHERE idempotency.expires_at <= excluded.created_at",
+        )
+        .bind(&record.scope)
+        .bind(&record.key)
+        .bind(&record.fingerprint)
+        .bind(i64::from(record.status_code))
+        .bind(Json(&record.response))
+        .bind(Json(&record.headers))
+        .bind(record.created_at)
+        .bind(record.expires_at)
+        .execute(&mut *self.tx)
+        .await?;
+        // A live record with this key means another request claimed it since we looked.
+        if done.rows_affected() == 0 {
+            return Err(StoreError::UniqueViolation("idempotency_pkey".into()));
+        }
+        Ok(())
+    }
+
+    async fn insert_case(&mut self, case: &Case) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO ops_case (id, tenant, title, severity, labels, automation, evidence, status, version, \
+             resolution, current_plan_id, created_by, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(case.id.to_string())
+        .bind(&case.tenant)
+        .bind(&case.title)
+        .bind(case.severity.as_str())
+        .bind(Json(&case.labels))
+        .bind(case.automation.as_str())
+        .bind(Json(&case.evidence))
+        .bind(case.status.as_str())
+        .bind(case.version)
+        .bind(&case.resolution)
+        .bind(case.current_plan_id.map(|id| id.to_string()))
+        .bind(&case.created_by)
+        .bind(case.created_at)
+        .bind(case.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn lock_case(&mut self, id: Uuid) -> StoreResult<Option<LockedCase>> {
+        // The single writer connection is the lock: no other write transaction runs meanwhile.
+        let row = sqlx::query(&format!(
+            "SELECT {CASE_COLUMNS}, p.requested_by FROM ops_case c \
+             LEFT JOIN plan_proposed p ON p.id = c.current_plan_id WHERE c.id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|row| {
+            Ok(LockedCase {
+                case: case_from_row(&row)?,
+                plan_requested_by: row.try_get("requested_by")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn update_case(&mut self, case: &Case) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE ops_case SET status = ?, version = ?, resolution = ?, current_plan_id = ?, updated_at = ? \
+             WHERE id = ?",
+        )
+        .bind(case.status.as_str())
+        .bind(case.version)
+        .bind(&case.resolution)
+        .bind(case.current_plan_id.map(|id| id.to_string()))
+        .bind(case.updated_at)
+        .bind(case.id.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn append_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<i64> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO case_timeline (case_id, version, event, outcome, from_status, to_status, actor, reason, \
+             correlation_id, request_id, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(entry.case_id.to_string())
+        .bind(entry.version)
+        .bind(&entry.event)
+        .bind(entry.outcome.as_str())
+        .bind(entry.from_status.map(|s| s.as_str()))
+        .bind(entry.to_status.map(|s| s.as_str()))
+        .bind(&entry.actor)
+        .bind(&entry.reason)
+        .bind(&entry.correlation_id)
+        .bind(&entry.request_id)
+        .bind(Json(&entry.meta))
+        .bind(entry.created_at)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(id)
+    }
+
+    async fn append_outbox(&mut self, message: &OutboxMessage) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO outbox (message_id, topic, key, payload, headers, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(message.message_id.to_string())
+        .bind(&message.topic)
+        .bind(&message.key)
+        .bind(Json(&message.payload))
+        .bind(Json(&message.headers))
+        .bind(message.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO plan_proposed (id, case_id, plan, digest, requested_by, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(plan.id.to_string())
+        .bind(plan.case_id.to_string())
+        .bind(Json(&plan.plan))
+        .bind(&plan.digest)
+        .bind(&plan.requested_by)
+        .bind(plan.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_decision(&mut self, decision: &DecisionRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO plan_decision (id, case_id, plan_id, decision, decided_by, reason, policy_rev, inputs, \
+             created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(decision.id.to_string())
+        .bind(decision.case_id.to_string())
+        .bind(decision.plan_id.to_string())
+        .bind(&decision.decision)
+        .bind(&decision.decided_by)
+        .bind(&decision.reason)
+        .bind(&decision.policy_rev)
+        .bind(Json(&decision.inputs))
+        .bind(decision.created_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn uuid_at(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
+    let text: String = row.try_get(column)?;
+    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn case_from_row(row: &SqliteRow) -> StoreResult<Case> {
+    let current_plan_id: Option<String> = row.try_get("current_plan_id")?;
+    Ok(Case {
+        id: uuid_at(row, "id")?,
+        tenant: row.try_get("tenant")?,
+        title: row.try_get("title")?,
+        severity: parse_enum(&row.try_get::<String, _>("severity")?)?,
+        labels: row.try_get::<Json<_>, _>("labels")?.0,
+        automation: parse_enum(&row.try_get::<String, _>("automation")?)?,
+        evidence: row.try_get::<Json<_>, _>("evidence")?.0,
+        status: parse_status(&row.try_get::<String, _>("status")?)?,
+        version: row.try_get("version")?,
+        resolution: row.try_get("resolution")?,
+        current_plan_id: current_plan_id
+            .map(|id| Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn timeline_from_row(row: &SqliteRow) -> StoreResult<TimelineEntry> {
+    let optional_status = |column: &str| -> StoreResult<_> {
+        row.try_get::<Option<String>, _>(column)?
+            .map(|s| parse_status(&s))
+            .transpose()
+    };
+    let outcome: String = row.try_get("outcome")?;
+    Ok(TimelineEntry {
+        id: row.try_get("id")?,
+        case_id: uuid_at(row, "case_id")?,
+        version: row.try_get("version")?,
+        event: row.try_get("event")?,
+        outcome: Outcome::parse(&outcome)
+            .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
+        from_status: optional_status("from_status")?,
+        to_status: optional_status("to_status")?,
+        actor: row.try_get("actor")?,
+        reason: row.try_get("reason")?,
+        correlation_id: row.try_get("correlation_id")?,
+        request_id: row.try_get("request_id")?,
+        meta: row.try_get::<Json<Value>, _>("meta")?.0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Error unless every migration of `migrator` is among the `applied` versions.
+pub(super) fn missing_migrations(
+    migrator: &sqlx::migrate::Migrator,
+    applied: &[i64],
+) -> StoreResult<()> {
+    let missing: Vec<String> = migrator
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| m.version.to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "migrations not applied: {}",
+            missing.join(", ")
+        )))
+    }
+}
