@@ -42,16 +42,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ),
             )
         })?;
+        if !raw.is_object() {
+            return Err(Problem::invalid("body", "the body must be a JSON object"));
+        }
         let value = serde_path_to_error::deserialize(&raw).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "body".to_string()
-            } else {
-                path
-            };
+            let field = field_of(&e.path().to_string(), &e.inner().to_string(), "body");
             Problem::invalid(field.clone(), format!("{field}: {}", e.inner()))
         })?;
         Ok(JsonBody { value, raw })
+    }
+}
+
+/// The field an error is about. serde's path already ends in an unknown field's name, but a
+/// missing field's path is the object that lacks it, so that name is appended.
+fn field_of(path: &str, message: &str, root: &str) -> String {
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match (path, missing) {
+        (".", Some(name)) => name.to_string(),
+        (".", None) => root.to_string(),
+        (path, Some(name)) => format!("{path}.{name}"),
+        (path, None) => path.to_string(),
     }
 }
 
@@ -92,12 +104,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
         serde_path_to_error::deserialize(deserializer)
             .map(QueryParams)
             .map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." {
-                    "query".to_string()
-                } else {
-                    path
-                };
+                let field = field_of(&e.path().to_string(), &e.inner().to_string(), "query");
                 Problem::invalid(
                     field.clone(),
                     format!("query parameter {field}: {}", e.inner()),

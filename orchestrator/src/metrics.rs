@@ -2,7 +2,7 @@
 //! metrics to the same registry.
 
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
-use workflow::Status;
+use workflow::{Status, TRANSITIONS};
 
 /// Why a request changed nothing (the `reason` label of `conflict_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,19 @@ impl Metrics {
             registry
                 .register(collector)
                 .expect("metric names are unique");
+        }
+        // Every row of the table starts at zero, so dashboards and rate() see the series at once.
+        for transition in TRANSITIONS {
+            for from in Status::ALL
+                .into_iter()
+                .filter(|s| transition.from.matches(*s))
+            {
+                transitions.with_label_values(&[
+                    from.as_str(),
+                    transition.to.as_str(),
+                    transition.event.as_str(),
+                ]);
+            }
         }
         for reason in ConflictReason::ALL {
             conflicts.with_label_values(&[reason.as_str()]);

@@ -1,1 +1,14 @@
+//! End-to-end tests: the service over real HTTP on a random port, on SQLite and PostgreSQL.
+//!
+//! PostgreSQL tests create a database of their own on `OPSCASE_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`). Outside CI they skip, saying so, when it is
+//! unreachable; with `CI=true` they fail.
 
+mod helpers;
+
+mod concurrency;
+mod docs;
+mod http;
+mod readiness;
+mod restart;
+mod transitions;

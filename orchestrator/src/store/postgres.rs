@@ -405,8 +405,7 @@ impl Tx for PostgresTx {
 }
 
 fn uuid_at(row: &PgRow, column: &str) -> StoreResult<Uuid> {
-    let text: String = row.try_get(column)?;
-    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+    Ok(row.try_get(column)?)
 }
 
 fn case_from_row(row: &PgRow) -> StoreResult<Case> {

@@ -1,0 +1,312 @@
+//! A real opscase on a random port, on SQLite (a temp dir) or PostgreSQL (a fresh database).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use opscase::{Application, Config};
+use orchestrator::Orchestrator;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `$name(app)` once on each backend, as `$name::sqlite` and `$name::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                $crate::helpers::run($crate::helpers::Backend::Sqlite, super::$name).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                $crate::helpers::run($crate::helpers::Backend::Postgres, super::$name).await;
+            }
+        }
+    };
+}
+
+pub async fn run<F, Fut>(backend: Backend, test: F)
+where
+    F: FnOnce(TestApp) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(database) = TestDatabase::create(backend).await else {
+        return;
+    };
+    let app = TestApp::start(database.config()).await;
+    test(app).await;
+    database.drop_database().await;
+}
+
+/// Where PostgreSQL tests create their databases.
+pub fn postgres_admin_url() -> String {
+    std::env::var("OPSCASE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A database of its own for one test: a temp dir for SQLite, a new database on PostgreSQL.
+pub struct TestDatabase {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pub postgres_name: Option<String>,
+}
+
+impl TestDatabase {
+    /// `None` (with a visible message) when PostgreSQL is unreachable outside CI; in CI
+    /// (`CI=true`) an unreachable PostgreSQL fails the test.
+    pub async fn create(backend: Backend) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if backend == Backend::Sqlite {
+            return Some(Self {
+                backend,
+                dir,
+                postgres_name: None,
+            });
+        }
+        let admin_url = postgres_admin_url();
+        let mut admin = match PgConnection::connect(&admin_url).await {
+            Ok(connection) => connection,
+            Err(error) => {
+                if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                    panic!("PostgreSQL is required in CI but unreachable at {admin_url}: {error}");
+                }
+                eprintln!("SKIPPED: PostgreSQL unreachable at {admin_url} ({error}); set OPSCASE_TEST_POSTGRES_URL or start it");
+                return None;
+            }
+        };
+        let name = format!("opscase_t_{}", Uuid::new_v4().simple());
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create test database");
+        Some(Self {
+            backend,
+            dir,
+            postgres_name: Some(name),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        match &self.postgres_name {
+            Some(name) => {
+                let admin = postgres_admin_url();
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(base, _)| base);
+                format!("{base}/{name}")
+            }
+            None => format!("sqlite://{}", self.dir.path().join("opscase.db").display()),
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.database.data_dir = self.dir.path().to_path_buf();
+        if self.backend == Backend::Postgres {
+            config.database.url = Some(self.url());
+        }
+        config
+    }
+
+    pub async fn drop_database(&self) {
+        if let Some(name) = &self.postgres_name {
+            if let Ok(mut admin) = PgConnection::connect(&postgres_admin_url()).await {
+                let _ = admin
+                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                    .await;
+            }
+        }
+    }
+}
+
+/// A running service and an HTTP client for it.
+pub struct TestApp {
+    pub base: String,
+    pub client: Client,
+    pub orchestrator: Arc<Orchestrator>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    pub async fn start(config: Config) -> Self {
+        let app = Application::build(&config)
+            .await
+            .expect("application builds");
+        let base = format!("http://{}", app.local_addr());
+        let orchestrator = app.orchestrator();
+        let (shutdown, stop) = oneshot::channel();
+        tokio::spawn(app.run_until(async move {
+            let _ = stop.await;
+        }));
+        Self {
+            base,
+            client: Client::new(),
+            orchestrator,
+            shutdown: Some(shutdown),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Open a case in `tenant` and return its id.
+    pub async fn open_case(&self, tenant: &str) -> Uuid {
+        let response = self
+            .client
+            .post(self.url("/v1/cases"))
+            .json(&serde_json::json!({"title": "p95 spike", "tenant": tenant}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// PATCH a transition with a fresh Idempotency-Key.
+    pub async fn transition(&self, case: Uuid, body: Value) -> Response {
+        self.transition_with_key(case, &Uuid::new_v4().to_string(), body)
+            .await
+    }
+
+    pub async fn transition_with_key(&self, case: Uuid, key: &str, body: Value) -> Response {
+        self.client
+            .patch(self.url(&format!("/v1/cases/{case}/transition")))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// PATCH a transition and insist it is accepted; returns the case.
+    pub async fn advance(&self, case: Uuid, body: Value) -> Value {
+        let response = self.transition(case, body.clone()).await;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body} was refused: {answer:#}");
+        answer
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn case(&self, case: Uuid) -> Value {
+        let (status, body) = self.get_json(&format!("/v1/cases/{case}")).await;
+        assert_eq!(status, StatusCode::OK);
+        body
+    }
+
+    pub async fn timeline(&self, case: Uuid) -> Vec<Value> {
+        let (status, body) = self
+            .get_json(&format!("/v1/cases/{case}/timeline?limit=200"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        body["items"].as_array().unwrap().clone()
+    }
+
+    /// Topics of the case's outbox rows, in order (read from the database).
+    pub async fn outbox(&self, case: Uuid) -> Vec<orchestrator::model::OutboxMessage> {
+        self.orchestrator
+            .store()
+            .outbox_for(&case.to_string())
+            .await
+            .unwrap()
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |value| value.trim().parse().unwrap())
+    }
+
+    /// Walk a new case to `target` along the happy path (WAIT_GATE and beyond carry a plan).
+    pub async fn case_in(&self, target: &str) -> Uuid {
+        let case = self.open_case("t-001").await;
+        for (event, reached) in happy_path() {
+            if self.case(case).await["status"] == target {
+                break;
+            }
+            self.advance(case, event).await;
+            let _ = reached;
+        }
+        assert_eq!(self.case(case).await["status"], target);
+        case
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A ChangePlan that passes the schema and the completeness guard.
+pub fn valid_plan() -> Value {
+    serde_json::json!({
+        "title": "canary rollout of checkout",
+        "risk_score": 0.2,
+        "steps": [{"id": "rollout", "action": "k8s.rollout", "params": {"deployment": "checkout", "image": "checkout:1.2.4"}, "timeout_s": 300, "retry": 1}],
+        "rollback": {"steps": [{"id": "undo", "action": "k8s.rollout", "params": {"deployment": "checkout", "undo": true}, "timeout_s": 300, "retry": 0}]},
+        "verify": {"checks": [{"source": "metric_1m", "query": "service=checkout", "threshold": "p95_ms < 300"}], "window_s": 300}
+    })
+}
+
+/// NEW → CLOSED, each event with what its guard needs.
+pub fn happy_path() -> Vec<(Value, &'static str)> {
+    use serde_json::json;
+    vec![
+        (
+            json!({"event": "start_analysis", "actor": "analyst@svc"}),
+            "ANALYZING",
+        ),
+        (
+            json!({"event": "analysis_done", "actor": "analyst@svc"}),
+            "PLANNING",
+        ),
+        (
+            json!({"event": "plan_ready", "actor": "planner@svc", "plan": valid_plan()}),
+            "WAIT_GATE",
+        ),
+        (
+            json!({"event": "gate_approved", "actor": "lead@svc", "decision": {"approver": "lead@svc"}}),
+            "EXECUTING",
+        ),
+        (
+            json!({"event": "exec_done", "actor": "executor@svc"}),
+            "VERIFYING",
+        ),
+        (
+            json!({"event": "verify_pass", "actor": "verifier@svc"}),
+            "CLOSED",
+        ),
+    ]
+}

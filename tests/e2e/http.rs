@@ -1,0 +1,371 @@
+//! What a client sees at the edges: bad input, listing, paging, unknown things, docs.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::TestApp;
+use crate::on_both_backends;
+
+on_both_backends!(the_seed_aliases_accept_curl_default_content_type);
+async fn the_seed_aliases_accept_curl_default_content_type(app: TestApp) {
+    // curl -d sends application/x-www-form-urlencoded; the seed demo relies on it.
+    let created = app
+        .client
+        .post(app.url("/case/create"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"title":"p95 spike","tenant":"t-001"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let body: Value = created.json().await.unwrap();
+    let id = body["data"].as_str().unwrap().to_string();
+    assert_eq!(body["case"]["status"], "NEW");
+
+    let moved = app
+        .client
+        .patch(app.url(&format!("/case/{id}/transition")))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("Idempotency-Key", "a1")
+        .body(r#"{"event":"start_analysis","actor":"analyst@svc"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    let (status, case) = app.get_json(&format!("/case/{id}")).await;
+    assert_eq!(
+        (status, case["status"].as_str()),
+        (StatusCode::OK, Some("ANALYZING"))
+    );
+    let (_, timeline) = app.get_json(&format!("/case/{id}/timeline")).await;
+    assert_eq!(timeline["items"][1]["actor"], "analyst@svc");
+}
+
+on_both_backends!(bad_input_is_a_problem_naming_the_field);
+async fn bad_input_is_a_problem_naming_the_field(app: TestApp) {
+    let case = app.open_case("t-001").await;
+    let patch = |body: &'static str| {
+        app.client
+            .patch(app.url(&format!("/v1/cases/{case}/transition")))
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .body(body)
+            .send()
+    };
+    // The seed demo's step 2 as printed, with its stray quote.
+    let broken = patch(r#"{"event":"start_analysis","actor":"analyst@svc}""#)
+        .await
+        .unwrap();
+    assert_eq!(broken.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(broken.headers()["content-type"], "application/problem+json");
+    let problem: Value = broken.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("line 1, column 48"),
+        "{problem}"
+    );
+
+    for (body, field) in [
+        (r#"{"event":"start_anaylsis"}"#, "event"),
+        (r#"{"actor":"x"}"#, "event"),
+        (r#"{"event":"start_analysis","colour":"red"}"#, "colour"),
+        (
+            r#"{"event":"gate_approved","decision":{"approvr":"x"}}"#,
+            "decision.approvr",
+        ),
+        ("[1, 2]", "body"),
+        (
+            r#"{"event":"start_analysis","expected_version":"two"}"#,
+            "expected_version",
+        ),
+        (
+            r#"{"event":"gate_approved","decision":{"plan_id":"nope"}}"#,
+            "decision.plan_id",
+        ),
+        ("", "body"),
+    ] {
+        let response = patch(body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+    }
+    let unknown_event: Value = patch(r#"{"event":"start_anaylsis"}"#)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        unknown_event["detail"]
+            .as_str()
+            .unwrap()
+            .contains("start_analysis"),
+        "{unknown_event}"
+    );
+
+    for (body, field) in [
+        (json!({"title": ""}), "title"),
+        (json!({"title": "x", "tenant": "has space"}), "tenant"),
+        (json!({"title": "x", "severity": "sev1"}), "severity"),
+        (json!({"title": "x", "automation": "yolo"}), "automation"),
+        (
+            json!({"title": "x", "labels": {"bad key": "v"}}),
+            "labels.bad key",
+        ),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/cases"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["field"],
+            field,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        app.case(case).await["version"],
+        1,
+        "nothing bad reached the case"
+    );
+}
+
+on_both_backends!(unknown_cases_routes_and_methods_are_problems);
+async fn unknown_cases_routes_and_methods_are_problems(app: TestApp) {
+    let missing = uuid::Uuid::now_v7();
+    for path in [
+        format!("/v1/cases/{missing}"),
+        format!("/v1/cases/{missing}/timeline"),
+        format!("/v1/cases/{missing}/plans"),
+        format!("/case/{missing}"),
+    ] {
+        let (status, problem) = app.get_json(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            problem["type"], "urn:opscase:problem:case-not-found",
+            "{path}"
+        );
+    }
+    let transition = app
+        .transition(missing, json!({"event": "start_analysis"}))
+        .await;
+    assert_eq!(transition.status(), StatusCode::NOT_FOUND);
+
+    let (status, problem) = app.get_json("/v1/cases/not-a-uuid").await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("id"))
+    );
+    let (status, problem) = app.get_json("/v2/nothing").await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (StatusCode::NOT_FOUND, Some("urn:opscase:problem:not-found"))
+    );
+    let delete = app
+        .client
+        .delete(app.url("/v1/cases"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(delete.headers()["content-type"], "application/problem+json");
+}
+
+on_both_backends!(an_oversized_body_is_413);
+async fn an_oversized_body_is_413(app: TestApp) {
+    let title = "x".repeat(2 * 1024 * 1024);
+    let response = app
+        .client
+        .post(app.url("/v1/cases"))
+        .json(&json!({"title": title}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["type"],
+        "urn:opscase:problem:body-too-large"
+    );
+}
+
+on_both_backends!(cases_are_listed_newest_first_filtered_and_paged);
+async fn cases_are_listed_newest_first_filtered_and_paged(app: TestApp) {
+    let mut opened = Vec::new();
+    for i in 0..5 {
+        let tenant = if i % 2 == 0 { "t-even" } else { "t-odd" };
+        let response = app
+            .client
+            .post(app.url("/v1/cases"))
+            .json(&json!({"title": format!("case {i}"), "tenant": tenant, "labels": {"service": format!("svc-{}", i % 2)}}))
+            .send()
+            .await
+            .unwrap();
+        opened.push(
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    app.advance(
+        opened[4].parse().unwrap(),
+        json!({"event": "start_analysis"}),
+    )
+    .await;
+
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, first) = app.get_json("/v1/cases?limit=2").await;
+    assert_eq!(ids(&first), vec![opened[4].clone(), opened[3].clone()]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = app
+        .get_json(&format!("/v1/cases?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(ids(&second), vec![opened[2].clone(), opened[1].clone()]);
+    let (_, third) = app
+        .get_json(&format!(
+            "/v1/cases?limit=2&cursor={}",
+            second["next_cursor"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(ids(&third), vec![opened[0].clone()]);
+    assert!(third["next_cursor"].is_null());
+
+    let (_, even) = app.get_json("/v1/cases?tenant=t-even").await;
+    assert_eq!(
+        ids(&even),
+        vec![opened[4].clone(), opened[2].clone(), opened[0].clone()]
+    );
+    let (_, analyzing) = app.get_json("/v1/cases?status=ANALYZING").await;
+    assert_eq!(ids(&analyzing), vec![opened[4].clone()]);
+    let (_, labelled) = app.get_json("/v1/cases?label=service=svc-1").await;
+    assert_eq!(ids(&labelled), vec![opened[3].clone(), opened[1].clone()]);
+
+    for (query, field) in [
+        ("status=OPEN", "status"),
+        ("limit=0", "limit"),
+        ("limit=500", "limit"),
+        ("cursor=x", "cursor"),
+        ("label=nokey", "label"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, problem) = app.get_json(&format!("/v1/cases?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(problem["field"], field, "{query}: {problem}");
+    }
+}
+
+on_both_backends!(the_timeline_pages_by_cursor);
+async fn the_timeline_pages_by_cursor(app: TestApp) {
+    let case = app.case_in("CLOSED").await;
+    let mut events = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (_, page) = app
+            .get_json(&format!("/v1/cases/{case}/timeline?limit=3{cursor}"))
+            .await;
+        events.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["event"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        events,
+        [
+            "open",
+            "start_analysis",
+            "analysis_done",
+            "plan_ready",
+            "gate_approved",
+            "exec_done",
+            "verify_pass"
+        ]
+    );
+}
+
+on_both_backends!(health_schema_metrics_and_docs_are_served);
+async fn health_schema_metrics_and_docs_are_served(app: TestApp) {
+    let (status, live) = app.get_json("/livez").await;
+    assert_eq!(
+        (status, live["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(
+        (status, ready["checks"]["database"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+
+    let schema = app
+        .client
+        .get(app.url("/v1/schemas/change-plan"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(schema.headers()["content-type"], "application/schema+json");
+    let schema: Value = schema.json().await.unwrap();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert_eq!(schema["title"], "ChangePlan");
+
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = metrics.text().await.unwrap();
+    for family in [
+        "case_transition_total",
+        "conflict_total",
+        "idempotent_replay_total",
+        "cases_open",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing from /metrics"
+        );
+    }
+
+    let (status, document) = app.get_json("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
+    let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    let page = docs.text().await.unwrap();
+    assert!(
+        page.contains("swagger-ui"),
+        "the docs page is the bundled Swagger UI"
+    );
+    let bundle = app
+        .client
+        .get(app.url("/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        bundle.status(),
+        StatusCode::OK,
+        "the UI's script is served locally, not from a CDN"
+    );
+}

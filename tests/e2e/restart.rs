@@ -1,0 +1,153 @@
+//! The real `opscase` binary: a case survives a stop and a start; SIGTERM stops it cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{Backend, TestDatabase};
+
+struct Served {
+    child: Child,
+    base: String,
+}
+
+/// Start `opscase serve` on a free port and read its address from the ready log line.
+fn serve(database: &TestDatabase) -> Served {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_opscase"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(database.dir.path())
+        .env_remove("OPSCASE_DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .current_dir(database.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if database.backend == Backend::Postgres {
+        command.env("OPSCASE_DATABASE_URL", database.url());
+    }
+    let mut child = command.spawn().expect("opscase starts");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = stdout.lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("opscase printed its ready line")
+            .unwrap();
+        let entry: Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log lines are JSON: {line}"));
+        if entry["message"] == "opscase is ready" {
+            break entry["address"].as_str().unwrap().to_string();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Served { child, base }
+}
+
+fn terminate(mut served: Served) {
+    let pid = served.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = served.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM is a clean shutdown, got {status}"
+    );
+}
+
+async fn survives_a_restart(backend: Backend) {
+    let Some(database) = TestDatabase::create(backend).await else {
+        return;
+    };
+    let client = reqwest::Client::new();
+
+    let first = serve(&database);
+    let created: Value = client
+        .post(format!("{}/v1/cases", first.base))
+        .json(&json!({"title": "disk full on db-3", "tenant": "t-9", "labels": {"host": "db-3"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let moved = client
+        .patch(format!("{}/v1/cases/{id}/transition", first.base))
+        .header("Idempotency-Key", "before-restart")
+        .json(&json!({"event": "start_analysis", "actor": "oncall"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    terminate(first);
+
+    let second = serve(&database);
+    let case: Value = client
+        .get(format!("{}/v1/cases/{id}", second.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(case["status"], "ANALYZING");
+    assert_eq!(case["version"], 2);
+    assert_eq!(case["labels"]["host"], "db-3");
+    let timeline: Value = client
+        .get(format!("{}/v1/cases/{id}/timeline", second.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(timeline["items"].as_array().unwrap().len(), 2);
+    // The idempotency record survived too: the same request is a replay, not a second event.
+    let replay = client
+        .patch(format!("{}/v1/cases/{id}/transition", second.base))
+        .header("Idempotency-Key", "before-restart")
+        .json(&json!({"event": "start_analysis", "actor": "oncall"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let metrics = client
+        .get(format!("{}/metrics", second.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cases_open{status=\"ANALYZING\"} 1"),
+        "the gauge is reloaded from the database"
+    );
+    terminate(second);
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_case_survives_a_restart_on_sqlite() {
+    survives_a_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_case_survives_a_restart_on_postgres() {
+    survives_a_restart(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_bad_setting_fails_start_up_naming_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_opscase"))
+        .args(["serve"])
+        .env("OPSCASE_POOL_SIZE", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("OPSCASE_POOL_SIZE=\"lots\""), "{stderr}");
+}
