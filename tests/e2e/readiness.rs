@@ -49,3 +49,48 @@ async fn readyz_is_503_when_postgres_goes_away_and_livez_stays_200() {
         "{detail}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_timeout_is_a_503_problem_and_rolls_back() {
+    let Some(database) = TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let mut config = database.config();
+    config.server.request_timeout_s = 0.5;
+    let app = TestApp::start(config).await;
+    let case = app.open_case("t-001").await;
+
+    // Another session holds the case's row lock, so the transition waits past the timeout.
+    let mut blocker = PgConnection::connect(&database.url()).await.unwrap();
+    blocker.execute("BEGIN").await.unwrap();
+    sqlx::query("SELECT 1 FROM ops_case WHERE id = $1 FOR UPDATE")
+        .bind(case)
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let response = app
+        .transition(case, serde_json::json!({"event": "start_analysis"}))
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["type"],
+        "urn:opscase:problem:timeout"
+    );
+    blocker.execute("ROLLBACK").await.unwrap();
+
+    assert_eq!(
+        app.case(case).await["version"],
+        1,
+        "the abandoned transition left nothing behind"
+    );
+    assert_eq!(app.timeline(case).await.len(), 1);
+    let retried = app
+        .transition(case, serde_json::json!({"event": "start_analysis"}))
+        .await;
+    assert_eq!(
+        retried.status(),
+        StatusCode::OK,
+        "the case is not left locked"
+    );
+    database.drop_database().await;
+}

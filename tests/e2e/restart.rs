@@ -151,3 +151,32 @@ async fn a_bad_setting_fails_start_up_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("OPSCASE_POOL_SIZE=\"lots\""), "{stderr}");
 }
+
+#[tokio::test]
+async fn migrate_creates_the_schema_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let output = Command::new(env!("CARGO_BIN_EXE_opscase"))
+            .args(["migrate", "--data-dir"])
+            .arg(dir.path())
+            .env_remove("OPSCASE_DATABASE_URL")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let store = orchestrator::connect(
+        &format!("sqlite://{}", dir.path().join("opscase.db").display()),
+        1,
+    )
+    .await
+    .unwrap();
+    store
+        .check_ready()
+        .await
+        .expect("every migration is applied");
+}
