@@ -13,6 +13,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub idempotency: IdempotencyConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -23,6 +24,9 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     pub request_timeout_s: f64,
     pub require_precondition: bool,
+    pub max_in_flight: usize,
+    /// Browser origins allowed to call the API; empty means CORS stays off.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +42,47 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencyConfig {
     pub ttl_hours: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The first admin key, for automation; when unset a first start generates and prints one.
+    pub bootstrap_admin_key: Option<Secret>,
+    /// Per-key token bucket (0 = unlimited).
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: f64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_admin_key: None,
+            rate_limit_per_second: 200.0,
+            rate_limit_burst: 400.0,
+        }
+    }
+}
+
+/// A value that must never reach a log: `Debug` shows `***`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -73,6 +118,8 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             request_timeout_s: 30.0,
             require_precondition: false,
+            max_in_flight: 1024,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -166,6 +213,32 @@ impl Config {
             "OPSCASE_REQUIRE_PRECONDITION",
             &env,
         )?;
+        set(
+            &mut self.server.max_in_flight,
+            "OPSCASE_MAX_IN_FLIGHT",
+            &env,
+        )?;
+        if let Some(origins) = env("OPSCASE_CORS_ALLOWED_ORIGINS") {
+            self.server.cors_allowed_origins = origins
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+        set(
+            &mut self.auth.rate_limit_per_second,
+            "OPSCASE_RATE_LIMIT_PER_SECOND",
+            &env,
+        )?;
+        set(
+            &mut self.auth.rate_limit_burst,
+            "OPSCASE_RATE_LIMIT_BURST",
+            &env,
+        )?;
+        if let Some(key) = env("OPSCASE_BOOTSTRAP_ADMIN_KEY").filter(|k| !k.is_empty()) {
+            self.auth.bootstrap_admin_key = Some(Secret(key));
+        }
         set(&mut self.database.data_dir, "OPSCASE_DATA_DIR", &env)?;
         set(&mut self.database.pool_size, "OPSCASE_POOL_SIZE", &env)?;
         set(
@@ -204,6 +277,29 @@ impl Config {
             return Err(ConfigError(
                 "server.body_limit_bytes (OPSCASE_BODY_LIMIT_BYTES) must be at least 1024".into(),
             ));
+        }
+        if self.server.max_in_flight == 0 {
+            return Err(ConfigError(
+                "server.max_in_flight (OPSCASE_MAX_IN_FLIGHT) must be at least 1".into(),
+            ));
+        }
+        let rate = self.auth.rate_limit_per_second;
+        if !(rate >= 0.0 && rate.is_finite()) || self.auth.rate_limit_burst < 1.0 {
+            return Err(ConfigError(
+                "auth.rate_limit_per_second (OPSCASE_RATE_LIMIT_PER_SECOND) must be >= 0 and \
+                 auth.rate_limit_burst (OPSCASE_RATE_LIMIT_BURST) >= 1"
+                    .into(),
+            ));
+        }
+        if let Some(origin) = self
+            .server
+            .cors_allowed_origins
+            .iter()
+            .find(|o| !o.starts_with("http"))
+        {
+            return Err(ConfigError(format!(
+                "server.cors_allowed_origins (OPSCASE_CORS_ALLOWED_ORIGINS): {origin:?} is not an origin like https://ops.example.com"
+            )));
         }
         if self.idempotency.ttl_hours == 0 {
             return Err(ConfigError(
@@ -312,6 +408,24 @@ mod tests {
             error.to_string().contains("OPSCASE_DATABASE_URL"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_bootstrap_key_never_shows_in_debug_output() {
+        let config = Config::load(
+            None,
+            env_of(&[(
+                "OPSCASE_BOOTSTRAP_ADMIN_KEY",
+                "osk_very_secret_value_0123456789ab",
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.auth.bootstrap_admin_key.as_ref().unwrap().expose(),
+            "osk_very_secret_value_0123456789ab"
+        );
+        assert!(!format!("{config:?}").contains("very_secret"));
     }
 
     #[test]

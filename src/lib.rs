@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use api::{ApiSettings, AppState};
-use orchestrator::{Metrics, Orchestrator, Settings};
+use orchestrator::{Bootstrap, Metrics, Orchestrator, Settings};
 use tokio::net::TcpListener;
 
 pub use config::{Config, LogFormat, Overrides};
@@ -19,27 +19,20 @@ pub struct Application {
     listener: TcpListener,
     orchestrator: Arc<Orchestrator>,
     settings: ApiSettings,
+    bootstrap_key: Option<String>,
 }
 
 impl Application {
-    /// Connect and migrate the database, then bind the listen address (port 0 picks a free one).
+    /// Connect and migrate the database, make sure an admin key exists, then bind the listen
+    /// address (port 0 picks a free one).
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
-        let url = config.database_url();
-        let store = orchestrator::connect(&url, config.database.pool_size)
-            .await
-            .with_context(|| format!("cannot open the database ({})", redact_url(&url)))?;
-        store
-            .migrate()
-            .await
-            .context("cannot apply database migrations")?;
-        let orchestrator = Arc::new(Orchestrator::new(
-            store,
-            Metrics::new(),
-            Settings {
-                idempotency_ttl: chrono_hours(config.idempotency.ttl_hours),
-            },
-        ));
+        let orchestrator = Arc::new(open_orchestrator(config).await?);
         orchestrator.refresh_gauges().await?;
+        let supplied = config.auth.bootstrap_admin_key.as_ref().map(|k| k.expose());
+        let bootstrap_key = match orchestrator.bootstrap_admin_key(supplied).await? {
+            Bootstrap::Generated(key) => Some(key),
+            Bootstrap::Supplied | Bootstrap::KeysExist => None,
+        };
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| {
@@ -52,8 +45,18 @@ impl Application {
                 body_limit_bytes: config.server.body_limit_bytes,
                 request_timeout: Duration::from_secs_f64(config.server.request_timeout_s),
                 require_precondition: config.server.require_precondition,
+                max_in_flight: config.server.max_in_flight,
+                rate_limit_per_second: config.auth.rate_limit_per_second,
+                rate_limit_burst: config.auth.rate_limit_burst,
+                cors_allowed_origins: config.server.cors_allowed_origins.clone(),
             },
+            bootstrap_key,
         })
+    }
+
+    /// The admin key a first start generated, if it did: to be shown once, then forgotten.
+    pub fn take_bootstrap_key(&mut self) -> Option<String> {
+        self.bootstrap_key.take()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -71,10 +74,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let router = api::app(AppState {
-            orchestrator: self.orchestrator.clone(),
-            settings: Arc::new(self.settings),
-        });
+        let router = api::app(AppState::new(self.orchestrator.clone(), self.settings));
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
@@ -82,6 +82,25 @@ impl Application {
         self.orchestrator.store().close().await;
         Ok(())
     }
+}
+
+/// The orchestrator on the configured database, migrated.
+pub async fn open_orchestrator(config: &Config) -> anyhow::Result<Orchestrator> {
+    let url = config.database_url();
+    let store = orchestrator::connect(&url, config.database.pool_size)
+        .await
+        .with_context(|| format!("cannot open the database ({})", redact_url(&url)))?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
+    Ok(Orchestrator::new(
+        store,
+        Metrics::new(),
+        Settings {
+            idempotency_ttl: chrono_hours(config.idempotency.ttl_hours),
+        },
+    ))
 }
 
 fn chrono_hours(hours: u32) -> chrono::Duration {

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use opscase::{Application, Config, LogFormat, Overrides};
+use orchestrator::{NewApiKey, Role};
 use tracing_subscriber::EnvFilter;
+use uuid::Uuid;
 
 #[derive(Parser)]
 #[command(name = "opscase", version, about = "AI-ops case orchestrator")]
@@ -33,10 +35,39 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Manage API keys directly in the database (the same as /v1/keys for admins).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// Print the OpenAPI document (the committed copy is openapi/openapi.json).
     Openapi,
     /// Print the Mermaid state diagram generated from the transition table.
     StateDiagram,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key and print its secret (once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, approver, admin or metrics; repeat for several.
+        #[arg(long = "role", required = true, value_parser = parse_role)]
+        roles: Vec<Role>,
+        /// Confine the key to one tenant's cases.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime such as 90d, 12h, 30m.
+        #[arg(long, value_parser = parse_lifetime)]
+        expires_in: Option<chrono::Duration>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key: it is refused from the next request on.
+    Revoke { id: Uuid },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +99,112 @@ fn main() -> ExitCode {
             },
             false,
         ),
+        Command::Keys { action, data_dir } => keys(
+            &cli.config,
+            Overrides {
+                data_dir,
+                log_format: cli.log_format,
+                ..Overrides::default()
+            },
+            action,
+        ),
+    }
+}
+
+fn keys(config_file: &Option<PathBuf>, overrides: Overrides, action: KeysAction) -> ExitCode {
+    let config = match Config::load(
+        config_file.as_deref(),
+        |name| std::env::var(name).ok(),
+        &overrides,
+    ) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("opscase: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let orchestrator = opscase::open_orchestrator(&config).await?;
+        match action {
+            KeysAction::Create {
+                name,
+                roles,
+                tenant,
+                expires_in,
+            } => {
+                let (key, secret) = orchestrator
+                    .create_key(NewApiKey {
+                        name,
+                        roles,
+                        tenant,
+                        expires_at: expires_in.map(|d| chrono::Utc::now() + d),
+                        created_by: "cli".into(),
+                    })
+                    .await?;
+                println!(
+                    "created key {} ({}); its secret is shown only now:",
+                    key.id, key.name
+                );
+                println!("{secret}");
+            }
+            KeysAction::List => {
+                println!(
+                    "{:<36}  {:<24}  {:<24}  {:<12}  {:<20}  state",
+                    "id", "name", "roles", "tenant", "expires"
+                );
+                let now = chrono::Utc::now();
+                for key in orchestrator.list_keys().await? {
+                    let roles: Vec<&str> = key.roles.iter().map(|r| r.as_str()).collect();
+                    let state = if key.revoked_at.is_some() {
+                        "revoked"
+                    } else if key.is_usable(now) {
+                        "active"
+                    } else {
+                        "expired"
+                    };
+                    println!(
+                        "{:<36}  {:<24}  {:<24}  {:<12}  {:<20}  {state}",
+                        key.id,
+                        key.name,
+                        roles.join(","),
+                        key.tenant.as_deref().unwrap_or("*"),
+                        key.expires_at
+                            .map_or("never".into(), |at| at.format("%Y-%m-%d %H:%M").to_string()),
+                    );
+                }
+            }
+            KeysAction::Revoke { id } => {
+                let key = orchestrator.revoke_key(id).await?;
+                println!("revoked key {} ({})", key.id, key.name);
+            }
+        }
+        orchestrator.store().close().await;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("opscase: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text)
+        .ok_or_else(|| format!("{text:?} is not one of viewer, operator, approver, admin, metrics"))
+}
+
+fn parse_lifetime(text: &str) -> Result<chrono::Duration, String> {
+    let invalid = || format!("{text:?} is not a lifetime like 90d, 12h or 30m");
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let amount: i64 = number.parse().map_err(|_| invalid())?;
+    match unit {
+        "d" => Ok(chrono::Duration::days(amount)),
+        "h" => Ok(chrono::Duration::hours(amount)),
+        "m" => Ok(chrono::Duration::minutes(amount)),
+        _ => Err(invalid()),
     }
 }
 
@@ -86,7 +223,11 @@ fn run(config_file: &Option<PathBuf>, overrides: Overrides, serve: bool) -> Exit
     init_logging(&config);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result = runtime.block_on(async {
-        let app = Application::build(&config).await?;
+        let mut app = Application::build(&config).await?;
+        if let Some(key) = app.take_bootstrap_key() {
+            // Printed, never logged: this line is the only place the key will ever appear.
+            println!("opscase: first start: created an admin API key (shown only this once): {key}");
+        }
         if serve {
             tracing::info!(
                 address = %format!("http://{}", app.local_addr()),

@@ -10,6 +10,7 @@ use orchestrator::model::{
     Automation, Case, CaseFilter, DecisionRecord, NewCase, PlanRecord, Severity, TimelineEntry,
 };
 use orchestrator::service::Render;
+use orchestrator::Principal;
 use orchestrator::{
     Error, IdempotencyClaim, Reply, RequestContext, StoredResponse, TransitionRequest,
 };
@@ -19,12 +20,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use workflow::{ApprovalInput, Event, Status, StepResult};
 
+use crate::auth::{Allowed, Decide, Operate, Read, Transition};
 use crate::extract::{self, JsonBody, QueryParams};
 use crate::problem::{Problem, PROBLEM_JSON};
 use crate::{request_id, AppState};
 
-/// Who the caller is, for idempotency scope and the timeline, until API keys exist.
-const ANONYMOUS: &str = "anonymous";
 const MAX_PAGE: u32 = 200;
 const DEFAULT_PAGE: u32 = 50;
 
@@ -34,14 +34,14 @@ const DEFAULT_PAGE: u32 = 50;
 pub struct OpenCase {
     #[schema(example = "p95 spike on checkout")]
     pub title: String,
-    /// Defaults to `default`.
+    /// Defaults to the key's tenant, or `default` for an unscoped key.
     #[schema(example = "t-001")]
     pub tenant: Option<String>,
     pub severity: Option<Severity>,
     pub labels: Option<BTreeMap<String, String>>,
     pub automation: Option<Automation>,
     pub evidence: Option<Vec<Value>>,
-    /// Who opens the case (recorded on the timeline).
+    /// Who opens the case, as the client names it (the key is recorded next to it).
     pub actor: Option<String>,
 }
 
@@ -143,20 +143,28 @@ pub struct CreatedAlias {
     ))]
 pub async fn open_case(
     State(app): State<AppState>,
+    caller: Allowed<Operate>,
     headers: HeaderMap,
     body: JsonBody<OpenCase>,
 ) -> Result<Response, Problem> {
-    open(app, headers, body, "/v1/cases", &|result| match result {
-        Ok(case) => StoredResponse {
-            status: StatusCode::CREATED.as_u16(),
-            body: json!(case),
-            headers: vec![
-                etag(case),
-                ("location".into(), format!("/v1/cases/{}", case.id)),
-            ],
+    open(
+        app,
+        caller.principal,
+        headers,
+        body,
+        "/v1/cases",
+        &|result| match result {
+            Ok(case) => StoredResponse {
+                status: StatusCode::CREATED.as_u16(),
+                body: json!(case),
+                headers: vec![
+                    etag(case),
+                    ("location".into(), format!("/v1/cases/{}", case.id)),
+                ],
+            },
+            Err(error) => problem_response(error),
         },
-        Err(error) => problem_response(error),
-    })
+    )
     .await
 }
 
@@ -170,37 +178,46 @@ pub async fn open_case(
     ))]
 pub async fn open_case_alias(
     State(app): State<AppState>,
+    caller: Allowed<Operate>,
     headers: HeaderMap,
     body: JsonBody<OpenCase>,
 ) -> Result<Response, Problem> {
-    open(app, headers, body, "/case/create", &|result| match result {
-        Ok(case) => StoredResponse {
-            status: StatusCode::CREATED.as_u16(),
-            body: json!(CreatedAlias {
-                data: case.id,
-                case: case.clone()
-            }),
-            headers: vec![
-                etag(case),
-                ("location".into(), format!("/v1/cases/{}", case.id)),
-            ],
+    open(
+        app,
+        caller.principal,
+        headers,
+        body,
+        "/case/create",
+        &|result| match result {
+            Ok(case) => StoredResponse {
+                status: StatusCode::CREATED.as_u16(),
+                body: json!(CreatedAlias {
+                    data: case.id,
+                    case: case.clone()
+                }),
+                headers: vec![
+                    etag(case),
+                    ("location".into(), format!("/v1/cases/{}", case.id)),
+                ],
+            },
+            Err(error) => problem_response(error),
         },
-        Err(error) => problem_response(error),
-    })
+    )
     .await
 }
 
 async fn open(
     app: AppState,
+    principal: Principal,
     headers: HeaderMap,
     body: JsonBody<OpenCase>,
     route: &str,
     render: Render<'_>,
 ) -> Result<Response, Problem> {
-    let new = validate_new_case(body.value)?;
+    let new = validate_new_case(body.value, &principal)?;
     let claim = extract::idempotency_key(&headers)?
-        .map(|key| IdempotencyClaim::new(ANONYMOUS, &key, "POST", route, &body.raw));
-    let context = request_context(&headers, None);
+        .map(|key| IdempotencyClaim::new(&principal.identity(), &key, "POST", route, &body.raw));
+    let context = request_context(principal, &headers, None);
     let reply = app
         .orchestrator
         .open_case(new, &context, claim.as_ref(), render)
@@ -215,9 +232,21 @@ async fn open(
     ))]
 pub async fn list_cases(
     State(app): State<AppState>,
+    caller: Allowed<Read>,
     QueryParams(query): QueryParams<ListCasesQuery>,
 ) -> Result<Json<CasePage>, Problem> {
     let limit = page_limit(query.limit)?;
+    // A tenant-scoped key lists its own tenant; asking for another one finds nothing.
+    let tenant = match (&caller.principal.tenant, query.tenant) {
+        (Some(own), Some(asked)) if *own != asked => {
+            return Ok(Json(CasePage {
+                items: vec![],
+                next_cursor: None,
+            }));
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, asked) => asked,
+    };
     let label = query
         .label
         .map(|text| {
@@ -230,7 +259,7 @@ pub async fn list_cases(
         .transpose()?;
     let filter = CaseFilter {
         status: query.status,
-        tenant: query.tenant,
+        tenant,
         label,
         before: query.cursor,
         limit,
@@ -250,11 +279,13 @@ pub async fn list_cases(
     ))]
 pub async fn get_case(
     State(app): State<AppState>,
+    caller: Allowed<Read>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
+    let context = read_context(caller);
     let case = app
         .orchestrator
-        .get_case(extract::parse_uuid("id", &id)?)
+        .get_case(extract::parse_uuid("id", &id)?, &context)
         .await?;
     let (name, value) = etag(&case);
     Ok(([(name, value)], Json(case)).into_response())
@@ -267,8 +298,12 @@ pub async fn get_case(
         (status = 200, description = "The case", body = Case),
         (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_case_alias(state: State<AppState>, id: Path<String>) -> Result<Response, Problem> {
-    get_case(state, id).await
+pub async fn get_case_alias(
+    state: State<AppState>,
+    caller: Allowed<Read>,
+    id: Path<String>,
+) -> Result<Response, Problem> {
+    get_case(state, caller, id).await
 }
 
 #[utoipa::path(get, path = "/v1/cases/{id}/timeline", tag = "cases",
@@ -279,13 +314,20 @@ pub async fn get_case_alias(state: State<AppState>, id: Path<String>) -> Result<
     ))]
 pub async fn timeline(
     State(app): State<AppState>,
+    caller: Allowed<Read>,
     Path(id): Path<String>,
     QueryParams(query): QueryParams<TimelineQuery>,
 ) -> Result<Json<TimelinePage>, Problem> {
     let limit = page_limit(query.limit)?;
+    let context = read_context(caller);
     let items = app
         .orchestrator
-        .timeline(extract::parse_uuid("id", &id)?, query.cursor, limit)
+        .timeline(
+            extract::parse_uuid("id", &id)?,
+            query.cursor,
+            limit,
+            &context,
+        )
         .await?;
     let next_cursor = (items.len() == limit as usize)
         .then(|| items.last().map(|e| e.id.to_string()))
@@ -302,10 +344,11 @@ pub async fn timeline(
     ))]
 pub async fn timeline_alias(
     state: State<AppState>,
+    caller: Allowed<Read>,
     id: Path<String>,
     query: QueryParams<TimelineQuery>,
 ) -> Result<Json<TimelinePage>, Problem> {
-    timeline(state, id, query).await
+    timeline(state, caller, id, query).await
 }
 
 #[utoipa::path(patch, path = "/v1/cases/{id}/transition", tag = "cases",
@@ -327,11 +370,12 @@ pub async fn timeline_alias(
     ))]
 pub async fn transition(
     State(app): State<AppState>,
+    caller: Allowed<Transition>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: JsonBody<TransitionBody>,
 ) -> Result<Response, Problem> {
-    transition_at(app, id, headers, body, "/v1/cases/{id}/transition").await
+    transition_at(app, caller, id, headers, body, "/v1/cases/{id}/transition").await
 }
 
 /// Seed alias of `PATCH /v1/cases/{id}/transition`.
@@ -349,21 +393,30 @@ pub async fn transition(
     ))]
 pub async fn transition_alias(
     State(app): State<AppState>,
+    caller: Allowed<Transition>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: JsonBody<TransitionBody>,
 ) -> Result<Response, Problem> {
-    transition_at(app, id, headers, body, "/case/{id}/transition").await
+    transition_at(app, caller, id, headers, body, "/case/{id}/transition").await
 }
 
 async fn transition_at(
     app: AppState,
+    caller: Allowed<Transition>,
     id: String,
     headers: HeaderMap,
     body: JsonBody<TransitionBody>,
     route: &str,
 ) -> Result<Response, Problem> {
     let case_id = extract::parse_uuid("id", &id)?;
+    // Deciding the gate is the approvers' job; everything else is the operators'.
+    if matches!(body.value.event, Event::GateApproved | Event::GateRejected) {
+        caller.also::<Decide>()?;
+    } else {
+        caller.also::<Operate>()?;
+    }
+    let principal = caller.principal;
     let key = extract::idempotency_key(&headers)?.ok_or_else(|| {
         Problem::invalid("Idempotency-Key", "the Idempotency-Key header is required on transitions (any unique string, e.g. a UUID)")
     })?;
@@ -379,7 +432,7 @@ async fn transition_at(
         problem.field = Some("If-Match".into());
         return Err(problem);
     }
-    let actor = actor_of(body.actor.as_deref())?;
+    let actor = actor_of(body.actor.as_deref(), &principal)?;
     let request = TransitionRequest {
         case_id,
         event: body.event,
@@ -395,14 +448,9 @@ async fn transition_at(
         if_match,
         expected_version: body.expected_version,
     };
-    let claim = IdempotencyClaim::new(
-        ANONYMOUS,
-        &key,
-        "PATCH",
-        &route.replace("{id}", &case_id.to_string()),
-        &raw,
-    );
-    let context = request_context(&headers, body.correlation_id);
+    let route = route.replace("{id}", &case_id.to_string());
+    let claim = IdempotencyClaim::new(&principal.identity(), &key, "PATCH", &route, &raw);
+    let context = request_context(principal, &headers, body.correlation_id);
     let render: Render<'_> = &|result| match result {
         Ok(case) => StoredResponse {
             status: StatusCode::OK.as_u16(),
@@ -426,11 +474,13 @@ async fn transition_at(
     ))]
 pub async fn plans(
     State(app): State<AppState>,
+    caller: Allowed<Read>,
     Path(id): Path<String>,
 ) -> Result<Json<PlanList>, Problem> {
+    let context = read_context(caller);
     let items = app
         .orchestrator
-        .plans(extract::parse_uuid("id", &id)?)
+        .plans(extract::parse_uuid("id", &id)?, &context)
         .await?;
     Ok(Json(PlanList { items }))
 }
@@ -443,11 +493,13 @@ pub async fn plans(
     ))]
 pub async fn decisions(
     State(app): State<AppState>,
+    caller: Allowed<Read>,
     Path(id): Path<String>,
 ) -> Result<Json<DecisionList>, Problem> {
+    let context = read_context(caller);
     let items = app
         .orchestrator
-        .decisions(extract::parse_uuid("id", &id)?)
+        .decisions(extract::parse_uuid("id", &id)?, &context)
         .await?;
     Ok(Json(DecisionList { items }))
 }
@@ -491,8 +543,20 @@ fn etag(case: &Case) -> (String, String) {
     ("etag".into(), format!("\"{}\"", case.version))
 }
 
-fn request_context(headers: &HeaderMap, correlation_id: Option<String>) -> RequestContext {
+fn read_context(caller: Allowed<Read>) -> RequestContext {
     RequestContext {
+        principal: Some(caller.principal),
+        ..RequestContext::default()
+    }
+}
+
+fn request_context(
+    principal: Principal,
+    headers: &HeaderMap,
+    correlation_id: Option<String>,
+) -> RequestContext {
+    RequestContext {
+        principal: Some(principal),
         request_id: request_id::current(),
         correlation_id,
         traceparent: extract::traceparent(headers),
@@ -510,9 +574,10 @@ fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
     }
 }
 
-fn actor_of(actor: Option<&str>) -> Result<String, Problem> {
+/// The client's name for itself, defaulting to the key's name.
+fn actor_of(actor: Option<&str>, principal: &Principal) -> Result<String, Problem> {
     match actor.map(str::trim) {
-        None => Ok(ANONYMOUS.into()),
+        None => Ok(principal.name.clone()),
         Some(a) if a.is_empty() || a.len() > 200 => Err(Problem::invalid(
             "actor",
             "actor must be 1 to 200 characters",
@@ -521,7 +586,7 @@ fn actor_of(actor: Option<&str>) -> Result<String, Problem> {
     }
 }
 
-fn validate_new_case(body: OpenCase) -> Result<NewCase, Problem> {
+fn validate_new_case(body: OpenCase, principal: &Principal) -> Result<NewCase, Problem> {
     let title = body.title.trim().to_string();
     if title.is_empty() || title.chars().count() > 200 {
         return Err(Problem::invalid(
@@ -529,17 +594,21 @@ fn validate_new_case(body: OpenCase) -> Result<NewCase, Problem> {
             "title must be 1 to 200 characters",
         ));
     }
-    let tenant = body.tenant.unwrap_or_else(|| "default".into());
-    let tenant_ok = (1..=64).contains(&tenant.len())
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !tenant_ok {
-        return Err(Problem::invalid(
-            "tenant",
-            "tenant must be 1 to 64 of A-Z a-z 0-9 - _ .",
-        ));
-    }
+    let tenant = match (body.tenant, &principal.tenant) {
+        (Some(asked), Some(own)) if asked != *own => {
+            let mut problem = Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                format!("this key is scoped to tenant {own:?} and cannot open cases in {asked:?}"),
+            );
+            problem.field = Some("tenant".into());
+            return Err(problem);
+        }
+        (Some(asked), _) => asked,
+        (None, own) => own.clone().unwrap_or_else(|| "default".into()),
+    };
+    extract::validate_tenant("tenant", &tenant)?;
     let labels = body.labels.unwrap_or_default();
     if labels.len() > 32 {
         return Err(Problem::invalid("labels", "at most 32 labels"));
@@ -564,7 +633,7 @@ fn validate_new_case(body: OpenCase) -> Result<NewCase, Problem> {
         labels,
         automation: body.automation.unwrap_or_default(),
         evidence,
-        created_by: actor_of(body.actor.as_deref())?,
+        created_by: actor_of(body.actor.as_deref(), principal)?,
     })
 }
 

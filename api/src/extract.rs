@@ -179,3 +179,19 @@ pub fn traceparent(headers: &HeaderMap) -> Option<String> {
         && hex(parts[3], 2);
     valid.then_some(text)
 }
+
+/// Tenant names: 1 to 64 of `A-Z a-z 0-9 - _ .`.
+pub fn validate_tenant(field: &str, tenant: &str) -> Result<(), Problem> {
+    let ok = (1..=64).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::invalid(
+            field,
+            "tenant must be 1 to 64 of A-Z a-z 0-9 - _ .",
+        ))
+    }
+}

@@ -4,8 +4,10 @@
 // the I/O each request does.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
 pub mod cases;
 pub mod extract;
+pub mod keys;
 pub mod openapi;
 pub mod problem;
 pub mod request_id;
@@ -14,16 +16,21 @@ pub mod system;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use orchestrator::Orchestrator;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::auth::RateLimiter;
 use crate::problem::Problem;
 
 #[derive(Debug, Clone)]
@@ -32,6 +39,13 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// Answer 428 to a transition with neither If-Match nor expected_version.
     pub require_precondition: bool,
+    /// Requests handled at once before new ones are refused with 503.
+    pub max_in_flight: usize,
+    /// Per-key token bucket: sustained requests per second (0 = unlimited) and burst.
+    pub rate_limit_per_second: f64,
+    pub rate_limit_burst: f64,
+    /// Origins browsers may call from; empty = no CORS headers at all.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ApiSettings {
@@ -40,6 +54,10 @@ impl Default for ApiSettings {
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             require_precondition: false,
+            max_in_flight: 1024,
+            rate_limit_per_second: 200.0,
+            rate_limit_burst: 400.0,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -48,9 +66,25 @@ impl Default for ApiSettings {
 pub struct AppState {
     pub orchestrator: Arc<Orchestrator>,
     pub settings: Arc<ApiSettings>,
+    pub rate_limiter: Arc<RateLimiter>,
 }
 
-/// The whole HTTP surface of opscase.
+impl AppState {
+    pub fn new(orchestrator: Arc<Orchestrator>, settings: ApiSettings) -> Self {
+        let rate_limiter = Arc::new(RateLimiter::new(
+            settings.rate_limit_per_second,
+            settings.rate_limit_burst,
+        ));
+        Self {
+            orchestrator,
+            settings: Arc::new(settings),
+            rate_limiter,
+        }
+    }
+}
+
+/// The whole HTTP surface of opscase. Everything needs an API key except health and the API
+/// description.
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
     let v1 = Router::new()
@@ -66,21 +100,69 @@ pub fn app(state: AppState) -> Router {
         .route("/case/{id}", get(cases::get_case_alias))
         .route("/case/{id}/timeline", get(cases::timeline_alias))
         .route("/case/{id}/transition", patch(cases::transition_alias));
-    let system = Router::new()
-        .route("/livez", get(system::livez))
-        .route("/readyz", get(system::readyz))
+    let admin = Router::new()
+        .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
+        .route("/v1/keys/{id}", delete(keys::revoke_key))
         .route("/metrics", get(system::metrics));
-    Router::new()
+    let protected = Router::new()
         .merge(v1)
         .merge(seed_aliases)
-        .merge(system)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(admin)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    let open = Router::new()
+        .route("/livez", get(system::livez))
+        .route("/readyz", get(system::readyz))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()));
+    let mut router = Router::new()
+        .merge(protected)
+        .merge(open)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(settings, timeout))
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
+    if let Some(cors) = cors_layer(&settings.cors_allowed_origins) {
+        router = router.layer(cors);
+    }
+    router
+        .layer(middleware::from_fn_with_state(settings.clone(), timeout))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+            auth::limit_in_flight,
+        ))
         .layer(middleware::from_fn(request_id::middleware))
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("traceparent"),
+            ])
+            .expose_headers([
+                header::ETAG,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("idempotent-replayed"),
+            ]),
+    )
 }
 
 async fn timeout(

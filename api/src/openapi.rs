@@ -1,8 +1,10 @@
 //! The OpenAPI 3.1 document, generated from the handlers and types.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
-use crate::{cases, problem, system};
+use crate::{cases, keys, problem, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,16 +20,83 @@ use crate::{cases, problem, system};
         cases::plans, cases::decisions,
         cases::open_case_alias, cases::get_case_alias, cases::timeline_alias, cases::transition_alias,
         system::change_plan_schema, system::livez, system::readyz, system::metrics,
+        keys::create_key, keys::list_keys, keys::revoke_key,
     ),
+    modifiers(&Security),
+    security(("bearer" = []), ("api_key" = [])),
     components(schemas(problem::Problem)),
     tags(
         (name = "cases", description = "Incident cases and their state machine"),
         (name = "seed aliases", description = "The paths of the source design's curl demo"),
         (name = "contracts", description = "Schemas artifacts must satisfy"),
         (name = "system", description = "Health and metrics"),
+        (name = "keys", description = "API keys (admin role)"),
     )
 )]
 pub struct ApiDoc;
+
+/// The API-key schemes, and the 401/403/429 answers of every operation that needs a key.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.put,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let open = operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(is_empty_requirement));
+                if open {
+                    continue;
+                }
+                let responses = &mut operation.responses.responses;
+                responses.insert(
+                    "401".into(),
+                    problem("No API key, or not a valid one").into(),
+                );
+                responses.insert(
+                    "403".into(),
+                    problem("The key's roles do not allow this").into(),
+                );
+                responses.insert(
+                    "429".into(),
+                    problem("The key is over its rate limit (see Retry-After)").into(),
+                );
+            }
+        }
+    }
+}
+
+fn is_empty_requirement(requirement: &utoipa::openapi::security::SecurityRequirement) -> bool {
+    serde_json::to_value(requirement).is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
+}
 
 /// The document as committed in `openapi/openapi.json`.
 pub fn document_json() -> String {

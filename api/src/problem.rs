@@ -173,6 +173,13 @@ impl From<&Error> for Problem {
                 problem.field = Some("Idempotency-Key".into());
                 problem
             }
+            Error::KeyNotFound(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "key-not-found",
+                "API key not found",
+                error.to_string(),
+            ),
+            Error::InvalidKey(message) => Problem::invalid("key", message.clone()),
             Error::Store(store) => store_problem(store),
         }
     }

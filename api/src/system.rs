@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::{Allowed, Read, Scrape};
 use crate::problem::Problem;
 use crate::AppState;
 
@@ -23,7 +24,7 @@ pub struct Health {
     pub checks: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-#[utoipa::path(get, path = "/livez", tag = "system",
+#[utoipa::path(get, path = "/livez", tag = "system", security(()),
     responses((status = 200, description = "The process is up (no dependency is checked)", body = Health)))]
 pub async fn livez() -> Json<Health> {
     Json(Health {
@@ -32,7 +33,7 @@ pub async fn livez() -> Json<Health> {
     })
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "system",
+#[utoipa::path(get, path = "/readyz", tag = "system", security(()),
     responses(
         (status = 200, description = "The database is reachable and migrated", body = Health),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -72,7 +73,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4")))]
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub async fn metrics(State(app): State<AppState>, _caller: Allowed<Scrape>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -86,7 +87,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/v1/schemas/change-plan", tag = "contracts",
     responses((status = 200, description = "The ChangePlan JSON Schema (draft 2020-12) that plan_ready is validated against",
         body = Object, content_type = "application/schema+json")))]
-pub async fn change_plan_schema() -> Response {
+pub async fn change_plan_schema(_caller: Allowed<Read>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/schema+json")],
         workflow::plan::CHANGE_PLAN_SCHEMA,

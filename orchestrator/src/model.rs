@@ -121,7 +121,11 @@ pub struct TimelineEntry {
     pub outcome: Outcome,
     pub from_status: Option<Status>,
     pub to_status: Option<Status>,
+    /// What the client says it is.
     pub actor: String,
+    /// The API key that authenticated the write (`key:<id>`), and its name.
+    pub principal_id: Option<String>,
+    pub principal_name: Option<String>,
     pub reason: Option<String>,
     pub correlation_id: Option<String>,
     pub request_id: Option<String>,
@@ -140,6 +144,8 @@ pub struct NewTimelineEntry {
     pub from_status: Option<Status>,
     pub to_status: Option<Status>,
     pub actor: String,
+    pub principal_id: Option<String>,
+    pub principal_name: Option<String>,
     pub reason: Option<String>,
     pub correlation_id: Option<String>,
     pub request_id: Option<String>,
@@ -169,6 +175,8 @@ pub struct PlanRecord {
     /// SHA-256 of the plan's canonical JSON.
     pub digest: String,
     pub requested_by: String,
+    /// The key that proposed it (`key:<id>`): four eyes compares this, not `requested_by`.
+    pub requested_by_key: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -180,6 +188,8 @@ pub struct DecisionRecord {
     /// `approved` or `rejected`.
     pub decision: String,
     pub decided_by: String,
+    /// The key that decided (`key:<id>`).
+    pub decided_by_key: Option<String>,
     pub reason: Option<String>,
     pub policy_rev: Option<String>,
     pub inputs: Value,

@@ -16,6 +16,7 @@ use workflow::{
     PlanRef, Rejection, Status, StepResult, TOPIC_CASE_TRANSITION,
 };
 
+use crate::access::{self, ApiKey, NewApiKey, Principal, MIN_SUPPLIED_KEY_LEN};
 use crate::idempotency::{IdempotencyClaim, InFlightKeys, StoredResponse};
 use crate::metrics::{ConflictReason, Metrics};
 use crate::model::{
@@ -31,6 +32,10 @@ const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f70_7363_6173_6500_8000_6f
 pub enum Error {
     #[error("case {0} does not exist")]
     NotFound(Uuid),
+    #[error("API key {0} does not exist")]
+    KeyNotFound(Uuid),
+    #[error("{0}")]
+    InvalidKey(String),
     #[error("If-Match names version {expected} but the case is at version {}", .case.version)]
     PreconditionFailed { case: Box<Case>, expected: i64 },
     #[error("expected_version is {expected} but the case is at version {}", .case.version)]
@@ -64,9 +69,20 @@ impl Error {
             Error::GuardFailed { .. } => Some(ConflictReason::GuardFailed),
             Error::IdempotencyMismatch => Some(ConflictReason::IdempotencyMismatch),
             Error::InFlight => Some(ConflictReason::InFlight),
-            Error::NotFound(_) | Error::Store(_) => None,
+            Error::NotFound(_) | Error::KeyNotFound(_) | Error::InvalidKey(_) | Error::Store(_) => {
+                None
+            }
         }
     }
+}
+
+/// What `bootstrap_admin_key` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    KeysExist,
+    Supplied,
+    /// A new key, to be shown once.
+    Generated(String),
 }
 
 /// A fresh result, or the stored response of an earlier request with the same key.
@@ -76,9 +92,12 @@ pub enum Reply<T> {
     Replayed(StoredResponse),
 }
 
-/// Where a write came from, for the timeline and the outbox headers.
+/// Where a request came from: who (the authenticated key), and the ids that tie it to logs,
+/// traces and other requests.
 #[derive(Debug, Clone, Default)]
 pub struct RequestContext {
+    /// `None` only for the service's own work; every HTTP request has one.
+    pub principal: Option<Principal>,
     pub request_id: Option<String>,
     pub correlation_id: Option<String>,
     /// W3C trace context of the request, carried into timeline meta and outbox headers.
@@ -86,6 +105,25 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// The tenant the caller is confined to, if any.
+    fn tenant_scope(&self) -> Option<&str> {
+        self.principal.as_ref().and_then(|p| p.tenant.as_deref())
+    }
+
+    fn principal_identity(&self) -> Option<String> {
+        self.principal.as_ref().map(Principal::identity)
+    }
+
+    fn principal_name(&self) -> Option<String> {
+        self.principal.as_ref().map(|p| p.name.clone())
+    }
+
+    /// Who four eyes sees: the key when there is one, else the name the client gave.
+    fn identity_or(&self, name: &str) -> String {
+        self.principal_identity()
+            .unwrap_or_else(|| name.to_string())
+    }
+
     fn trace_id(&self) -> Option<&str> {
         // traceparent = version "-" trace-id "-" parent-id "-" flags
         self.traceparent
@@ -235,6 +273,8 @@ impl Orchestrator {
             from_status: None,
             to_status: Some(Status::New),
             actor: case.created_by.clone(),
+            principal_id: context.principal_identity(),
+            principal_name: context.principal_name(),
             reason: None,
             correlation_id: context.correlation_id.clone(),
             request_id: context.request_id.clone(),
@@ -293,6 +333,12 @@ impl Orchestrator {
             .await?
             .ok_or(Error::NotFound(request.case_id))?;
         let case = locked.case;
+        if context
+            .tenant_scope()
+            .is_some_and(|tenant| tenant != case.tenant)
+        {
+            return Err(Error::NotFound(request.case_id));
+        }
         if let Some(expected) = request.if_match.filter(|v| *v != case.version) {
             return Err(Error::PreconditionFailed {
                 case: Box::new(case),
@@ -311,14 +357,17 @@ impl Orchestrator {
             auto: case.automation == crate::model::Automation::Auto,
             current_plan: case.current_plan_id.map(|id| PlanRef {
                 id: id.to_string(),
-                requested_by: locked.plan_requested_by.clone().unwrap_or_default(),
+                requested_by: locked.plan_requester.clone().unwrap_or_default(),
             }),
         };
         let input = EventInput {
-            actor: request.actor.clone(),
+            actor: context.identity_or(&request.actor),
             reason: request.reason.clone(),
             plan: request.plan.clone(),
-            approval: request.approval.clone(),
+            approval: request.approval.as_ref().map(|approval| ApprovalInput {
+                plan_id: approval.plan_id.clone(),
+                approver: context.identity_or(&approval.approver),
+            }),
             results: request.results.clone(),
         };
         match workflow::evaluate(&view, request.event, &input) {
@@ -362,8 +411,17 @@ impl Orchestrator {
         }
     }
 
-    pub async fn get_case(&self, id: Uuid) -> Result<Case, Error> {
-        self.store.get_case(id).await?.ok_or(Error::NotFound(id))
+    /// The case, if it exists and the caller may see it (another tenant's case is "not found").
+    pub async fn get_case(&self, id: Uuid, context: &RequestContext) -> Result<Case, Error> {
+        self.store
+            .get_case(id)
+            .await?
+            .filter(|case| {
+                context
+                    .tenant_scope()
+                    .is_none_or(|tenant| tenant == case.tenant)
+            })
+            .ok_or(Error::NotFound(id))
     }
 
     pub async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, Error> {
@@ -376,19 +434,106 @@ impl Orchestrator {
         case_id: Uuid,
         after: Option<i64>,
         limit: u32,
+        context: &RequestContext,
     ) -> Result<Vec<TimelineEntry>, Error> {
-        self.get_case(case_id).await?;
+        self.get_case(case_id, context).await?;
         Ok(self.store.timeline(case_id, after, limit).await?)
     }
 
-    pub async fn plans(&self, case_id: Uuid) -> Result<Vec<PlanRecord>, Error> {
-        self.get_case(case_id).await?;
+    pub async fn plans(
+        &self,
+        case_id: Uuid,
+        context: &RequestContext,
+    ) -> Result<Vec<PlanRecord>, Error> {
+        self.get_case(case_id, context).await?;
         Ok(self.store.plans(case_id).await?)
     }
 
-    pub async fn decisions(&self, case_id: Uuid) -> Result<Vec<DecisionRecord>, Error> {
-        self.get_case(case_id).await?;
+    pub async fn decisions(
+        &self,
+        case_id: Uuid,
+        context: &RequestContext,
+    ) -> Result<Vec<DecisionRecord>, Error> {
+        self.get_case(case_id, context).await?;
         Ok(self.store.decisions(case_id).await?)
+    }
+
+    /// The principal of a presented API key, if the key exists, is unexpired and unrevoked.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<Principal>, Error> {
+        let hash = access::hash_key(presented);
+        let Some((key, stored_hash)) = self.store.find_key(&hash).await? else {
+            return Ok(None);
+        };
+        let genuine = access::hashes_match(&hash, &stored_hash);
+        Ok((genuine && key.is_usable(Utc::now())).then(|| key.principal()))
+    }
+
+    /// Create a key; the returned secret is the only copy there will ever be.
+    pub async fn create_key(&self, new: NewApiKey) -> Result<(ApiKey, String), Error> {
+        let secret = access::generate_key();
+        let key = self.insert_key(new, &secret).await?;
+        Ok((key, secret))
+    }
+
+    async fn insert_key(&self, new: NewApiKey, secret: &str) -> Result<ApiKey, Error> {
+        if new.roles.is_empty() {
+            return Err(Error::InvalidKey("a key needs at least one role".into()));
+        }
+        let key = ApiKey {
+            id: Uuid::now_v7(),
+            name: new.name,
+            roles: new.roles,
+            tenant: new.tenant,
+            created_by: new.created_by,
+            created_at: Utc::now(),
+            expires_at: new.expires_at,
+            revoked_at: None,
+        };
+        self.store
+            .insert_key(&key, &access::hash_key(secret))
+            .await?;
+        Ok(key)
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, Error> {
+        Ok(self.store.list_keys().await?)
+    }
+
+    /// Revoke a key: it is refused from the next request on.
+    pub async fn revoke_key(&self, id: Uuid) -> Result<ApiKey, Error> {
+        self.store
+            .revoke_key(id, Utc::now())
+            .await?
+            .ok_or(Error::KeyNotFound(id))
+    }
+
+    /// On a store without keys, create the first admin key: `supplied` when given (it must be
+    /// long enough), a generated one otherwise. Only a generated key is returned, to be shown
+    /// once; nothing happens when keys exist.
+    pub async fn bootstrap_admin_key(&self, supplied: Option<&str>) -> Result<Bootstrap, Error> {
+        if self.store.count_keys().await? > 0 {
+            return Ok(Bootstrap::KeysExist);
+        }
+        let admin = NewApiKey {
+            name: "bootstrap-admin".into(),
+            roles: vec![access::Role::Admin],
+            tenant: None,
+            expires_at: None,
+            created_by: "bootstrap".into(),
+        };
+        match supplied {
+            Some(key) if key.len() < MIN_SUPPLIED_KEY_LEN => Err(Error::InvalidKey(format!(
+                "OPSCASE_BOOTSTRAP_ADMIN_KEY must be at least {MIN_SUPPLIED_KEY_LEN} characters"
+            ))),
+            Some(key) => {
+                self.insert_key(admin, key).await?;
+                Ok(Bootstrap::Supplied)
+            }
+            None => {
+                let (_, secret) = self.create_key(admin).await?;
+                Ok(Bootstrap::Generated(secret))
+            }
+        }
     }
 
     fn claim_key(
@@ -503,15 +648,14 @@ async fn apply(
                     plan: plan.clone(),
                     digest: digest(plan),
                     requested_by: request.actor.clone(),
+                    requested_by_key: context.principal_identity(),
                     created_at: now,
                 };
                 tx.insert_plan(&record).await?;
                 case.current_plan_id = Some(record.id);
             }
             Effect::RecordDecision {
-                plan_id,
-                approved,
-                decided_by,
+                plan_id, approved, ..
             } => {
                 let plan_id =
                     Uuid::parse_str(plan_id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -520,7 +664,11 @@ async fn apply(
                     case_id: case.id,
                     plan_id,
                     decision: if *approved { "approved" } else { "rejected" }.into(),
-                    decided_by: decided_by.clone(),
+                    decided_by: request
+                        .approval
+                        .as_ref()
+                        .map_or_else(|| request.actor.clone(), |a| a.approver.clone()),
+                    decided_by_key: context.principal_identity(),
                     reason: request.reason.clone(),
                     policy_rev: None,
                     inputs: json!({"source": "api", "actor": request.actor}),
@@ -585,6 +733,8 @@ fn timeline_entry(
         from_status: Some(case.status),
         to_status: Some(to),
         actor: request.actor.clone(),
+        principal_id: context.principal_identity(),
+        principal_name: context.principal_name(),
         reason: request.reason.clone(),
         correlation_id: context.correlation_id.clone(),
         request_id: context.request_id.clone(),

@@ -3,8 +3,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use opscase::config::Secret;
 use opscase::{Application, Config};
-use orchestrator::Orchestrator;
+use orchestrator::{NewApiKey, Orchestrator, Role};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::Value;
 use sqlx::{Connection, Executor, PgConnection};
@@ -110,6 +112,7 @@ impl TestDatabase {
 
     pub fn config(&self) -> Config {
         let mut config = Config::default();
+        config.auth.bootstrap_admin_key = Some(Secret::new(ADMIN_KEY));
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.database.data_dir = self.dir.path().to_path_buf();
         if self.backend == Backend::Postgres {
@@ -129,10 +132,25 @@ impl TestDatabase {
     }
 }
 
-/// A running service and an HTTP client for it.
+/// The bootstrap admin key of every test service.
+pub const ADMIN_KEY: &str = "osk_test_admin_0123456789abcdef0123456789abcdef";
+
+/// A client that sends `key` on every request.
+pub fn client_with(key: &str) -> Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+    );
+    Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// A running service and HTTP clients for it: `client` holds the admin key, `approver` an
+/// approver key (four eyes needs a second key to approve what the first one planned).
 pub struct TestApp {
     pub base: String,
     pub client: Client,
+    pub approver: Client,
     pub orchestrator: Arc<Orchestrator>,
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -148,9 +166,12 @@ impl TestApp {
         tokio::spawn(app.run_until(async move {
             let _ = stop.await;
         }));
+        let approver =
+            client_with(&create_key(&orchestrator, "approver", &[Role::Approver], None).await);
         Self {
             base,
-            client: Client::new(),
+            client: client_with(ADMIN_KEY),
+            approver,
             orchestrator,
             shutdown: Some(shutdown),
         }
@@ -180,8 +201,14 @@ impl TestApp {
             .await
     }
 
+    /// Gate decisions go out under the approver key, everything else under the admin key.
     pub async fn transition_with_key(&self, case: Uuid, key: &str, body: Value) -> Response {
-        self.client
+        let gate = matches!(
+            body["event"].as_str(),
+            Some("gate_approved" | "gate_rejected")
+        );
+        let client = if gate { &self.approver } else { &self.client };
+        client
             .patch(self.url(&format!("/v1/cases/{case}/transition")))
             .header("Idempotency-Key", key)
             .json(&body)
@@ -259,6 +286,26 @@ impl TestApp {
         assert_eq!(self.case(case).await["status"], target);
         case
     }
+}
+
+/// A key made directly in the store (its secret returned).
+pub async fn create_key(
+    orchestrator: &Orchestrator,
+    name: &str,
+    roles: &[Role],
+    tenant: Option<&str>,
+) -> String {
+    orchestrator
+        .create_key(NewApiKey {
+            name: name.into(),
+            roles: roles.to_vec(),
+            tenant: tenant.map(str::to_string),
+            expires_at: None,
+            created_by: "test".into(),
+        })
+        .await
+        .unwrap()
+        .1
 }
 
 impl Drop for TestApp {

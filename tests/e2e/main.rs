@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod access;
 mod concurrency;
 mod docs;
 mod http;

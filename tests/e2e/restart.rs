@@ -6,20 +6,26 @@ use std::process::{Child, Command, Stdio};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{Backend, TestDatabase};
+use std::sync::{Arc, Mutex};
 
-struct Served {
+use crate::helpers::{client_with, Backend, TestDatabase, ADMIN_KEY};
+
+pub struct Served {
     child: Child,
-    base: String,
+    pub base: String,
+    /// Every line the process printed on stdout so far (drained in the background).
+    pub stdout: Arc<Mutex<Vec<String>>>,
 }
 
 /// Start `opscase serve` on a free port and read its address from the ready log line.
-fn serve(database: &TestDatabase) -> Served {
+/// `bootstrap_key` is passed as OPSCASE_BOOTSTRAP_ADMIN_KEY when given.
+pub fn serve(database: &TestDatabase, bootstrap_key: Option<&str>) -> Served {
     let mut command = Command::new(env!("CARGO_BIN_EXE_opscase"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(database.dir.path())
         .env_remove("OPSCASE_DATABASE_URL")
+        .env_remove("OPSCASE_BOOTSTRAP_ADMIN_KEY")
         .env("RUST_LOG", "info")
         .current_dir(database.dir.path())
         .stdout(Stdio::piped())
@@ -27,26 +33,49 @@ fn serve(database: &TestDatabase) -> Served {
     if database.backend == Backend::Postgres {
         command.env("OPSCASE_DATABASE_URL", database.url());
     }
+    if let Some(key) = bootstrap_key {
+        command.env("OPSCASE_BOOTSTRAP_ADMIN_KEY", key);
+    }
     let mut child = command.spawn().expect("opscase starts");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = stdout.lines();
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let base = loop {
         let line = lines
             .next()
             .expect("opscase printed its ready line")
             .unwrap();
-        let entry: Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log lines are JSON: {line}"));
-        if entry["message"] == "opscase is ready" {
-            break entry["address"].as_str().unwrap().to_string();
+        stdout.lock().unwrap().push(line.clone());
+        if let Ok(entry) = serde_json::from_str::<Value>(&line) {
+            if entry["message"] == "opscase is ready" {
+                break entry["address"].as_str().unwrap().to_string();
+            }
         }
     };
     // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Served { child, base }
+    let drained = stdout.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            drained.lock().unwrap().push(line);
+        }
+    });
+    Served {
+        child,
+        base,
+        stdout,
+    }
 }
 
-fn terminate(mut served: Served) {
+/// A test that fails midway must not leave a server behind.
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn terminate(mut served: Served) {
     let pid = served.child.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
@@ -61,9 +90,9 @@ async fn survives_a_restart(backend: Backend) {
     let Some(database) = TestDatabase::create(backend).await else {
         return;
     };
-    let client = reqwest::Client::new();
+    let client = client_with(ADMIN_KEY);
 
-    let first = serve(&database);
+    let first = serve(&database, Some(ADMIN_KEY));
     let created: Value = client
         .post(format!("{}/v1/cases", first.base))
         .json(&json!({"title": "disk full on db-3", "tenant": "t-9", "labels": {"host": "db-3"}}))
@@ -73,7 +102,10 @@ async fn survives_a_restart(backend: Backend) {
         .json()
         .await
         .unwrap();
-    let id = created["id"].as_str().unwrap().to_string();
+    let id = created["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_string();
     let moved = client
         .patch(format!("{}/v1/cases/{id}/transition", first.base))
         .header("Idempotency-Key", "before-restart")
@@ -84,7 +116,7 @@ async fn survives_a_restart(backend: Backend) {
     assert_eq!(moved.status(), StatusCode::OK);
     terminate(first);
 
-    let second = serve(&database);
+    let second = serve(&database, Some(ADMIN_KEY));
     let case: Value = client
         .get(format!("{}/v1/cases/{id}", second.base))
         .send()

@@ -334,18 +334,25 @@ async fn a_guard_failure_is_422_records_the_attempt_and_changes_nothing(app: Tes
 
 on_both_backends!(four_eyes_refuses_the_requester_approving_their_own_plan);
 async fn four_eyes_refuses_the_requester_approving_their_own_plan(app: TestApp) {
+    // The admin key proposed the plan (in case_in). It holds the approver role too, but four
+    // eyes compares keys: neither its own name nor someone else's name gets it through.
     let case = app.case_in("WAIT_GATE").await;
-    let own = app
-        .transition(
-            case,
-            json!({"event": "gate_approved", "actor": "planner@svc", "decision": {}}),
-        )
-        .await;
-    assert_eq!(own.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        own.json::<Value>().await.unwrap()["guard_failures"][0]["field"],
-        "decision.approver"
-    );
+    for decision in [json!({}), json!({"approver": "someone-else@svc"})] {
+        let own = app
+            .client
+            .patch(app.url(&format!("/v1/cases/{case}/transition")))
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .json(&json!({"event": "gate_approved", "actor": "someone-else@svc", "decision": decision}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(own.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let problem: Value = own.json().await.unwrap();
+        assert_eq!(
+            problem["guard_failures"][0]["field"], "decision.approver",
+            "{problem}"
+        );
+    }
     let without_decision = app
         .transition(case, json!({"event": "gate_approved", "actor": "lead@svc"}))
         .await;
@@ -354,6 +361,24 @@ async fn four_eyes_refuses_the_requester_approving_their_own_plan(app: TestApp) 
         .advance(case, json!({"event": "gate_approved", "actor": "lead@svc", "decision": {"approver": "lead@svc"}}))
         .await;
     assert_eq!(other["status"], "EXECUTING");
+    let (_, decisions) = app.get_json(&format!("/v1/cases/{case}/decisions")).await;
+    assert_eq!(decisions["items"][0]["decided_by"], "lead@svc");
+    assert!(decisions["items"][0]["decided_by_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("key:"));
+    let (_, plans) = app.get_json(&format!("/v1/cases/{case}/plans")).await;
+    assert_ne!(
+        plans["items"][0]["requested_by_key"],
+        decisions["items"][0]["decided_by_key"]
+    );
+    let timeline = app.timeline(case).await;
+    let approval = timeline.last().unwrap();
+    assert_eq!(
+        approval["principal_name"], "approver",
+        "the timeline names the key next to the actor"
+    );
+    assert_eq!(approval["actor"], "lead@svc");
 }
 
 on_both_backends!(cancel_needs_a_reason_and_closes_as_cancelled);

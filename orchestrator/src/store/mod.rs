@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::access::ApiKey;
 use crate::model::{
     Case, CaseFilter, DecisionRecord, NewTimelineEntry, OutboxMessage, PlanRecord, TimelineEntry,
 };
@@ -74,11 +75,12 @@ pub struct IdempotencyRecord {
     pub expires_at: DateTime<Utc>,
 }
 
-/// A case locked for the rest of the transaction, with who requested its current plan.
+/// A case locked for the rest of the transaction, with who requested its current plan (the
+/// requesting key's identity when there was one, else the client's actor).
 #[derive(Debug, Clone)]
 pub struct LockedCase {
     pub case: Case,
-    pub plan_requested_by: Option<String>,
+    pub plan_requester: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +122,15 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_for(&self, key: &str) -> StoreResult<Vec<OutboxMessage>>;
     /// Number of open (not CLOSED) cases per status.
     async fn count_open_by_status(&self) -> StoreResult<Vec<(String, i64)>>;
+
+    async fn count_keys(&self) -> StoreResult<i64>;
+    async fn insert_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()>;
+    /// The key with this secret hash, and the stored hash (for a constant-time check).
+    async fn find_key(&self, secret_hash: &str) -> StoreResult<Option<(ApiKey, String)>>;
+    async fn list_keys(&self) -> StoreResult<Vec<ApiKey>>;
+    /// Mark the key revoked (once); `None` when there is no such key.
+    async fn revoke_key(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<Option<ApiKey>>;
+
     async fn close(&self);
 }
 

@@ -18,6 +18,7 @@ use super::{
     parse_enum, parse_status, Backend, IdempotencyRecord, LockedCase, Store, StoreError,
     StoreResult, Tx,
 };
+use crate::access::ApiKey;
 use crate::model::{
     Case, CaseFilter, DecisionRecord, NewTimelineEntry, OutboxMessage, Outcome, PlanRecord,
     TimelineEntry,
@@ -115,8 +116,8 @@ impl Store for PostgresStore {
         limit: u32,
     ) -> StoreResult<Vec<TimelineEntry>> {
         let rows = sqlx::query(
-            "SELECT id, case_id, version, event, outcome, from_status, to_status, actor, reason, \
-             correlation_id, request_id, meta, created_at FROM case_timeline \
+            "SELECT id, case_id, version, event, outcome, from_status, to_status, actor, principal_id, \
+             principal_name, reason, correlation_id, request_id, meta, created_at FROM case_timeline \
              WHERE case_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(case_id)
@@ -129,7 +130,7 @@ impl Store for PostgresStore {
 
     async fn plans(&self, case_id: Uuid) -> StoreResult<Vec<PlanRecord>> {
         let rows = sqlx::query(
-            "SELECT id, case_id, plan, digest, requested_by, created_at FROM plan_proposed \
+            "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at FROM plan_proposed \
              WHERE case_id = $1 ORDER BY created_at, id",
         )
         .bind(case_id)
@@ -143,6 +144,7 @@ impl Store for PostgresStore {
                     plan: row.try_get::<Json<Value>, _>("plan")?.0,
                     digest: row.try_get("digest")?,
                     requested_by: row.try_get("requested_by")?,
+                    requested_by_key: row.try_get("requested_by_key")?,
                     created_at: row.try_get("created_at")?,
                 })
             })
@@ -151,7 +153,7 @@ impl Store for PostgresStore {
 
     async fn decisions(&self, case_id: Uuid) -> StoreResult<Vec<DecisionRecord>> {
         let rows = sqlx::query(
-            "SELECT id, case_id, plan_id, decision, decided_by, reason, policy_rev, inputs, created_at \
+            "SELECT id, case_id, plan_id, decision, decided_by, decided_by_key, reason, policy_rev, inputs, created_at \
              FROM plan_decision WHERE case_id = $1 ORDER BY created_at, id",
         )
         .bind(case_id)
@@ -165,6 +167,7 @@ impl Store for PostgresStore {
                     plan_id: uuid_at(row, "plan_id")?,
                     decision: row.try_get("decision")?,
                     decided_by: row.try_get("decided_by")?,
+                    decided_by_key: row.try_get("decided_by_key")?,
                     reason: row.try_get("reason")?,
                     policy_rev: row.try_get("policy_rev")?,
                     inputs: row.try_get::<Json<Value>, _>("inputs")?.0,
@@ -201,6 +204,62 @@ impl Store for PostgresStore {
         )
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn count_keys(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_key")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn insert_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO api_key (id, name, roles, tenant, secret_hash, created_by, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(key.id)
+        .bind(&key.name)
+        .bind(Json(&key.roles))
+        .bind(&key.tenant)
+        .bind(secret_hash)
+        .bind(&key.created_by)
+        .bind(key.created_at)
+        .bind(key.expires_at)
+        .bind(key.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn find_key(&self, secret_hash: &str) -> StoreResult<Option<(ApiKey, String)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS}, secret_hash FROM api_key WHERE secret_hash = $1"
+        ))
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((key_from_row(&row)?, row.try_get("secret_hash")?)))
+            .transpose()
+    }
+
+    async fn list_keys(&self) -> StoreResult<Vec<ApiKey>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_key ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_key(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<Option<ApiKey>> {
+        let row = sqlx::query(&format!(
+            "UPDATE api_key SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 RETURNING {KEY_COLUMNS}"
+        ))
+        .bind(at)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| key_from_row(&row)).transpose()
     }
 
     async fn close(&self) {
@@ -296,7 +355,7 @@ impl Tx for PostgresTx {
 
     async fn lock_case(&mut self, id: Uuid) -> StoreResult<Option<LockedCase>> {
         let row = sqlx::query(&format!(
-            "SELECT {CASE_COLUMNS}, p.requested_by FROM ops_case c \
+            "SELECT {CASE_COLUMNS}, COALESCE(p.requested_by_key, p.requested_by) AS plan_requester FROM ops_case c \
              LEFT JOIN plan_proposed p ON p.id = c.current_plan_id WHERE c.id = $1 FOR UPDATE OF c"
         ))
         .bind(id)
@@ -305,7 +364,7 @@ impl Tx for PostgresTx {
         row.map(|row| {
             Ok(LockedCase {
                 case: case_from_row(&row)?,
-                plan_requested_by: row.try_get("requested_by")?,
+                plan_requester: row.try_get("plan_requester")?,
             })
         })
         .transpose()
@@ -329,8 +388,9 @@ impl Tx for PostgresTx {
 
     async fn append_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<i64> {
         let id = sqlx::query_scalar(
-            "INSERT INTO case_timeline (case_id, version, event, outcome, from_status, to_status, actor, reason, \
-             correlation_id, request_id, meta, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+            "INSERT INTO case_timeline (case_id, version, event, outcome, from_status, to_status, actor, principal_id, \
+             principal_name, reason, correlation_id, request_id, meta, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
         )
         .bind(entry.case_id)
         .bind(entry.version)
@@ -339,6 +399,8 @@ impl Tx for PostgresTx {
         .bind(entry.from_status.map(|s| s.as_str()))
         .bind(entry.to_status.map(|s| s.as_str()))
         .bind(&entry.actor)
+        .bind(&entry.principal_id)
+        .bind(&entry.principal_name)
         .bind(&entry.reason)
         .bind(&entry.correlation_id)
         .bind(&entry.request_id)
@@ -366,13 +428,15 @@ impl Tx for PostgresTx {
 
     async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO plan_proposed (id, case_id, plan, digest, requested_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO plan_proposed (id, case_id, plan, digest, requested_by, requested_by_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(plan.id)
         .bind(plan.case_id)
         .bind(Json(&plan.plan))
         .bind(&plan.digest)
         .bind(&plan.requested_by)
+        .bind(&plan.requested_by_key)
         .bind(plan.created_at)
         .execute(&mut *self.tx)
         .await?;
@@ -381,14 +445,15 @@ impl Tx for PostgresTx {
 
     async fn insert_decision(&mut self, decision: &DecisionRecord) -> StoreResult<()> {
         sqlx::query(
-            "INSERT INTO plan_decision (id, case_id, plan_id, decision, decided_by, reason, policy_rev, inputs, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO plan_decision (id, case_id, plan_id, decision, decided_by, decided_by_key, reason, policy_rev, \
+             inputs, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(decision.id)
         .bind(decision.case_id)
         .bind(decision.plan_id)
         .bind(&decision.decision)
         .bind(&decision.decided_by)
+        .bind(&decision.decided_by_key)
         .bind(&decision.reason)
         .bind(&decision.policy_rev)
         .bind(Json(&decision.inputs))
@@ -444,10 +509,27 @@ fn timeline_from_row(row: &PgRow) -> StoreResult<TimelineEntry> {
         from_status: optional_status("from_status")?,
         to_status: optional_status("to_status")?,
         actor: row.try_get("actor")?,
+        principal_id: row.try_get("principal_id")?,
+        principal_name: row.try_get("principal_name")?,
         reason: row.try_get("reason")?,
         correlation_id: row.try_get("correlation_id")?,
         request_id: row.try_get("request_id")?,
         meta: row.try_get::<Json<Value>, _>("meta")?.0,
         created_at: row.try_get("created_at")?,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, name, roles, tenant, created_by, created_at, expires_at, revoked_at";
+
+fn key_from_row(row: &PgRow) -> StoreResult<ApiKey> {
+    Ok(ApiKey {
+        id: uuid_at(row, "id")?,
+        name: row.try_get("name")?,
+        roles: row.try_get::<Json<_>, _>("roles")?.0,
+        tenant: row.try_get("tenant")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }

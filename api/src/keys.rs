@@ -1,0 +1,108 @@
+//! `/v1/keys`: API keys, for admins. A key's secret is shown once, in the answer that creates it.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use orchestrator::{ApiKey, NewApiKey, Role};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::{Administer, Allowed};
+use crate::extract::{self, JsonBody};
+use crate::problem::Problem;
+use crate::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[schema(example = "ci-pipeline")]
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// Confine the key to one tenant's cases.
+    pub tenant: Option<String>,
+    /// RFC 3339; the key is refused from then on.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    /// The secret. It is not stored and will not be shown again.
+    pub key: String,
+    pub api_key: ApiKey,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    pub items: Vec<ApiKey>,
+}
+
+#[utoipa::path(post, path = "/v1/keys", tag = "keys",
+    request_body(content = CreateKey, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The key and, once only, its secret", body = CreatedKey),
+        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_key(
+    State(app): State<AppState>,
+    caller: Allowed<Administer>,
+    body: JsonBody<CreateKey>,
+) -> Result<Response, Problem> {
+    let body = body.value;
+    let name = body.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(Problem::invalid("name", "name must be 1 to 100 characters"));
+    }
+    if body.roles.is_empty() {
+        return Err(Problem::invalid("roles", "a key needs at least one role"));
+    }
+    if let Some(tenant) = &body.tenant {
+        extract::validate_tenant("tenant", tenant)?;
+    }
+    if body.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(Problem::invalid("expires_at", "expires_at is in the past"));
+    }
+    let (api_key, key) = app
+        .orchestrator
+        .create_key(NewApiKey {
+            name,
+            roles: body.roles,
+            tenant: body.tenant,
+            expires_at: body.expires_at,
+            created_by: caller.principal.identity(),
+        })
+        .await?;
+    tracing::info!(key_id = %api_key.id, name = %api_key.name, "API key created");
+    Ok((StatusCode::CREATED, Json(CreatedKey { key, api_key })).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/keys", tag = "keys",
+    responses((status = 200, description = "All keys, without secrets", body = KeyList)))]
+pub async fn list_keys(
+    State(app): State<AppState>,
+    _caller: Allowed<Administer>,
+) -> Result<Json<KeyList>, Problem> {
+    Ok(Json(KeyList {
+        items: app.orchestrator.list_keys().await?,
+    }))
+}
+
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys",
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key, revoked: refused from the next request on", body = ApiKey),
+        (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn revoke_key(
+    State(app): State<AppState>,
+    _caller: Allowed<Administer>,
+    Path(id): Path<String>,
+) -> Result<Json<ApiKey>, Problem> {
+    let key = app
+        .orchestrator
+        .revoke_key(extract::parse_uuid("id", &id)?)
+        .await?;
+    tracing::info!(key_id = %key.id, name = %key.name, "API key revoked");
+    Ok(Json(key))
+}
