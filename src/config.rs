@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -27,6 +30,10 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Browser origins allowed to call the API; empty means CORS stays off.
     pub cors_allowed_origins: Vec<String>,
+    /// PEM certificate chain (leaf first); with `tls_key` the API is served over HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +127,8 @@ impl Default for ServerConfig {
             require_precondition: false,
             max_in_flight: 1024,
             cors_allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -159,6 +168,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -185,6 +196,12 @@ impl Config {
         }
         if let Some(format) = overrides.log_format {
             config.log.format = format;
+        }
+        if let Some(path) = &overrides.tls_cert {
+            config.server.tls_cert = Some(path.clone());
+        }
+        if let Some(path) = &overrides.tls_key {
+            config.server.tls_key = Some(path.clone());
         }
         config.validate()?;
         Ok(config)
@@ -225,6 +242,13 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .map(str::to_string)
                 .collect();
+        }
+        // Empty counts as unset, so a deployment template can leave them blank for plain HTTP.
+        if let Some(path) = env("OPSCASE_TLS_CERT").filter(|p| !p.is_empty()) {
+            self.server.tls_cert = Some(PathBuf::from(path));
+        }
+        if let Some(path) = env("OPSCASE_TLS_KEY").filter(|p| !p.is_empty()) {
+            self.server.tls_key = Some(PathBuf::from(path));
         }
         set(
             &mut self.auth.rate_limit_per_second,
@@ -306,6 +330,7 @@ impl Config {
                 "idempotency.ttl_hours (OPSCASE_IDEMPOTENCY_TTL_HOURS) must be at least 1".into(),
             ));
         }
+        self.server.tls_files()?;
         Ok(())
     }
 
@@ -318,6 +343,81 @@ impl Config {
             )
         })
     }
+}
+
+const TLS_CERT: &str = "server.tls_cert (OPSCASE_TLS_CERT)";
+const TLS_KEY: &str = "server.tls_key (OPSCASE_TLS_KEY)";
+
+impl ServerConfig {
+    /// The certificate and key files, when TLS is on.
+    fn tls_files(&self) -> Result<Option<(&Path, &Path)>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some((cert, key))),
+            (None, None) => Ok(None),
+            // Half a TLS setting is a mistake, not a request for plain HTTP.
+            _ => Err(ConfigError(format!(
+                "{TLS_CERT} and {TLS_KEY} must be set together, or neither for plain HTTP"
+            ))),
+        }
+    }
+
+    /// The rustls server configuration for `tls_cert` and `tls_key`, or `None` for plain HTTP.
+    /// Reads and checks both files, so a bad one stops start-up instead of failing every
+    /// handshake later.
+    pub fn tls_config(&self) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+        let Some((cert_path, key_path)) = self.tls_files()? else {
+            return Ok(None);
+        };
+        let chain = CertificateDer::pem_file_iter(cert_path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| pem_error(TLS_CERT, cert_path, "CERTIFICATE", e))?;
+        if chain.is_empty() {
+            return Err(pem_error(
+                TLS_CERT,
+                cert_path,
+                "CERTIFICATE",
+                pem::Error::NoItemsFound,
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|e| pem_error(TLS_KEY, key_path, "private key", e))?;
+        // An explicit provider instead of the process-wide default: nothing else has to
+        // install one, and aws-lc-rs (the rustls default) never gets built.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+            .map_err(|e| {
+                let reason = match e {
+                    rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                        "the private key does not belong to the certificate".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                ConfigError(format!(
+                    "{TLS_CERT} {} and {TLS_KEY} {}: {reason}",
+                    cert_path.display(),
+                    key_path.display()
+                ))
+            })?;
+        // Only HTTP/1.1: axum is built without HTTP/2, and turning that on would also make the
+        // plain listener accept h2c.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(Arc::new(config)))
+    }
+}
+
+fn pem_error(setting: &str, path: &Path, expected: &str, error: pem::Error) -> ConfigError {
+    let path = path.display();
+    ConfigError(match error {
+        pem::Error::Io(e) => format!("{setting}: cannot read {path}: {e}"),
+        pem::Error::NoItemsFound => format!("{setting}: {path} holds no PEM {expected}"),
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "{setting}: {path} is not valid PEM: \"-----END {}-----\" is missing",
+            String::from_utf8_lossy(&end_marker)
+        ),
+        other => format!("{setting}: {path} is not valid PEM: {other}"),
+    })
 }
 
 fn set<T: FromStr>(
@@ -437,5 +537,148 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.database_url(), "sqlite:///tmp/x/opscase.db");
+    }
+
+    /// A self-signed certificate for localhost and its key, as PEM files in `dir`.
+    fn write_identity(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let identity = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, identity.cert.pem()).unwrap();
+        std::fs::write(&key, identity.key_pair.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    fn server_with(cert: &Path, key: &Path) -> ServerConfig {
+        ServerConfig {
+            tls_cert: Some(cert.to_path_buf()),
+            tls_key: Some(key.to_path_buf()),
+            ..ServerConfig::default()
+        }
+    }
+
+    fn tls_error(server: ServerConfig) -> String {
+        match server.tls_config() {
+            Ok(_) => panic!("{server:?} was accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn tls_is_off_unless_configured() {
+        let config = Config::load(
+            None,
+            env_of(&[("OPSCASE_TLS_CERT", ""), ("OPSCASE_TLS_KEY", "")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.server.tls_cert, None);
+        assert!(config.server.tls_config().unwrap().is_none());
+    }
+
+    #[test]
+    fn tls_cert_without_tls_key_is_an_error_naming_both() {
+        let only_cert = Config::load(
+            None,
+            env_of(&[("OPSCASE_TLS_CERT", "/etc/opscase/tls.crt")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        let only_key = Config::load(
+            None,
+            env_of(&[]),
+            &Overrides {
+                tls_key: Some("/etc/opscase/tls.key".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        for error in [only_cert, only_key] {
+            assert!(
+                error.contains("server.tls_cert (OPSCASE_TLS_CERT)")
+                    && error.contains("server.tls_key (OPSCASE_TLS_KEY)"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_paths_come_from_the_file_env_and_flags_in_that_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("opscase.toml");
+        std::fs::write(
+            &file,
+            "[server]\ntls_cert = \"/file.crt\"\ntls_key = \"/file.key\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env_of(&[("OPSCASE_TLS_KEY", "/env.key")]),
+            &Overrides {
+                tls_cert: Some("/flag.crt".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.server.tls_cert, Some(PathBuf::from("/flag.crt")));
+        assert_eq!(config.server.tls_key, Some(PathBuf::from("/env.key")));
+    }
+
+    #[test]
+    fn a_matching_pem_cert_and_key_make_a_tls_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_identity(dir.path(), "server");
+        let tls = server_with(&cert, &key).tls_config().unwrap().unwrap();
+        assert_eq!(tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn unusable_tls_files_are_errors_naming_the_setting_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_identity(dir.path(), "server");
+        let (_, other_key) = write_identity(dir.path(), "other");
+        let missing = dir.path().join("missing.key");
+        let garbage = dir.path().join("garbage.crt");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let truncated = dir.path().join("truncated.key");
+        std::fs::write(&truncated, "-----BEGIN PRIVATE KEY-----\nMIIB\n").unwrap();
+
+        let error = tls_error(server_with(&cert, &missing));
+        assert!(
+            error.contains("server.tls_key (OPSCASE_TLS_KEY): cannot read")
+                && error.contains(&missing.display().to_string()),
+            "{error}"
+        );
+        let error = tls_error(server_with(&garbage, &key));
+        assert!(
+            error.contains("server.tls_cert (OPSCASE_TLS_CERT)")
+                && error.contains(&garbage.display().to_string())
+                && error.contains("no PEM CERTIFICATE"),
+            "{error}"
+        );
+        // Swapped files: the key file holds no certificate.
+        let error = tls_error(server_with(&key, &cert));
+        assert!(
+            error.contains("server.tls_cert (OPSCASE_TLS_CERT)")
+                && error.contains(&key.display().to_string()),
+            "{error}"
+        );
+        let error = tls_error(server_with(&cert, &truncated));
+        assert!(
+            error.contains("server.tls_key (OPSCASE_TLS_KEY)")
+                && error.contains(&truncated.display().to_string())
+                && error.contains("not valid PEM"),
+            "{error}"
+        );
+        let error = tls_error(server_with(&cert, &other_key));
+        assert!(
+            error.contains("server.tls_cert (OPSCASE_TLS_CERT)")
+                && error.contains("server.tls_key (OPSCASE_TLS_KEY)")
+                && error.contains(&other_key.display().to_string())
+                && error.contains("does not belong to the certificate"),
+            "{error}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 pub mod config;
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,22 +11,30 @@ use std::time::Duration;
 use anyhow::Context;
 use api::{ApiSettings, AppState};
 use orchestrator::{Bootstrap, Metrics, Orchestrator, Settings};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 pub use config::{Config, LogFormat, Overrides};
 
 /// A bound, migrated, ready-to-serve opscase.
 pub struct Application {
     listener: TcpListener,
+    /// Set when `server.tls_cert` and `server.tls_key` are: the listener then speaks HTTPS only.
+    tls: Option<TlsAcceptor>,
     orchestrator: Arc<Orchestrator>,
     settings: ApiSettings,
     bootstrap_key: Option<String>,
 }
 
 impl Application {
-    /// Connect and migrate the database, make sure an admin key exists, then bind the listen
-    /// address (port 0 picks a free one).
+    /// Load the TLS certificate and key when configured, connect and migrate the database, make
+    /// sure an admin key exists, then bind the listen address (port 0 picks a free one).
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        // Before the database, so a bad certificate fails fast and touches nothing.
+        let tls = config.server.tls_config()?.map(TlsAcceptor::from);
         let orchestrator = Arc::new(open_orchestrator(config).await?);
         orchestrator.refresh_gauges().await?;
         let supplied = config.auth.bootstrap_admin_key.as_ref().map(|k| k.expose());
@@ -40,6 +49,7 @@ impl Application {
             })?;
         Ok(Self {
             listener,
+            tls,
             orchestrator,
             settings: ApiSettings {
                 body_limit_bytes: config.server.body_limit_bytes,
@@ -65,6 +75,11 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// Whether `run_until` serves HTTPS (`https://` + `local_addr`) rather than plain HTTP.
+    pub fn serves_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub fn orchestrator(&self) -> Arc<Orchestrator> {
         self.orchestrator.clone()
     }
@@ -75,12 +90,103 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = api::app(AppState::new(self.orchestrator.clone(), self.settings));
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        match self.tls {
+            None => {
+                axum::serve(self.listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Some(tls) => {
+                axum::serve(TlsListener::new(self.listener, tls)?, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
+        .context("HTTP server failed")?;
         self.orchestrator.store().close().await;
         Ok(())
+    }
+}
+
+/// A client gets this long to complete its TLS handshake; one that stalls is dropped rather
+/// than holding a socket and a task for ever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Yields connections whose TLS handshake is done, so HTTPS goes through `axum::serve` with
+/// exactly the plain listener's graceful shutdown. Handshakes run in tasks of their own: one
+/// slow client must not hold up accepting the next.
+struct TlsListener {
+    local_addr: SocketAddr,
+    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    acceptor: JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: TlsAcceptor) -> io::Result<Self> {
+        let local_addr = listener.local_addr()?;
+        let (sender, handshaken) = mpsc::channel(64);
+        let acceptor = tokio::spawn(accept_tls(listener, tls, sender));
+        Ok(Self {
+            local_addr,
+            handshaken,
+            acceptor,
+        })
+    }
+}
+
+/// `axum::serve` drops its listener when shutdown starts. Aborting the acceptor closes the
+/// port and abandons unfinished handshakes, as dropping a `TcpListener` does for plain HTTP.
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.handshaken.recv().await {
+            Some(connection) => connection,
+            // The acceptor ends only when aborted, which happens after the last accept; there is
+            // no error to report here, so never resolve rather than invent a connection.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+async fn accept_tls(
+    mut listener: TcpListener,
+    tls: TlsAcceptor,
+    handshaken: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    // Owned here so that aborting this task aborts every handshake still in progress.
+    let mut handshakes = JoinSet::new();
+    loop {
+        tokio::select! {
+            // axum's own accept: it retries, and backs off on errors such as EMFILE.
+            (stream, peer) = axum::serve::Listener::accept(&mut listener) => {
+                let tls = tls.clone();
+                let handshaken = handshaken.clone();
+                handshakes.spawn(async move {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = handshaken.send((stream, peer)).await;
+                        }
+                        // Scanners and plain-HTTP clients end up here: not worth a warning.
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+            // Reap finished handshakes so the set holds only those in progress.
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+        }
     }
 }
 

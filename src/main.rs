@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use opscase::config::ConfigError;
 use opscase::{Application, Config, LogFormat, Overrides};
 use orchestrator::{NewApiKey, Role};
 use tracing_subscriber::EnvFilter;
@@ -29,6 +30,12 @@ enum Command {
         listen: Option<SocketAddr>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -81,12 +88,19 @@ fn main() -> ExitCode {
             print!("{}", workflow::mermaid_state_diagram());
             ExitCode::SUCCESS
         }
-        Command::Serve { listen, data_dir } => run(
+        Command::Serve {
+            listen,
+            data_dir,
+            tls_cert,
+            tls_key,
+        } => run(
             &cli.config,
             Overrides {
                 listen,
                 data_dir,
                 log_format: cli.log_format,
+                tls_cert,
+                tls_key,
             },
             true,
         ),
@@ -223,29 +237,38 @@ fn run(config_file: &Option<PathBuf>, overrides: Overrides, serve: bool) -> Exit
     init_logging(&config);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result = runtime.block_on(async {
+        if !serve {
+            // Only the schema: no port, no keys, so it also runs beside a live server.
+            let orchestrator = opscase::open_orchestrator(&config).await?;
+            orchestrator.store().close().await;
+            tracing::info!(database = %opscase::redact_url(&config.database_url()), "migrations applied");
+            return Ok(());
+        }
         let mut app = Application::build(&config).await?;
         if let Some(key) = app.take_bootstrap_key() {
             // Printed, never logged: this line is the only place the key will ever appear.
             println!("opscase: first start: created an admin API key (shown only this once): {key}");
         }
-        if serve {
-            tracing::info!(
-                address = %format!("http://{}", app.local_addr()),
-                database = %opscase::redact_url(&config.database_url()),
-                "opscase is ready"
-            );
-            app.run_until(opscase::shutdown_signal()).await
-        } else {
-            tracing::info!(database = %opscase::redact_url(&config.database_url()), "migrations applied");
-            Ok(())
-        }
+        let scheme = if app.serves_tls() { "https" } else { "http" };
+        tracing::info!(
+            address = %format!("{scheme}://{}", app.local_addr()),
+            database = %opscase::redact_url(&config.database_url()),
+            "opscase is ready"
+        );
+        app.run_until(opscase::shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "opscase stopped");
             eprintln!("opscase: {error:#}");
-            ExitCode::FAILURE
+            // A setting that is only found wrong at start-up (an unreadable TLS file) exits
+            // like one that `Config::load` refuses.
+            if error.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -12,4 +12,5 @@ mod docs;
 mod http;
 mod readiness;
 mod restart;
+mod tls;
 mod transitions;

@@ -187,11 +187,15 @@ async fn a_bad_setting_fails_start_up_naming_it() {
 #[tokio::test]
 async fn migrate_creates_the_schema_and_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
+    // A busy listen port must not matter: migrate neither listens nor creates keys.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
     for _ in 0..2 {
         let output = Command::new(env!("CARGO_BIN_EXE_opscase"))
             .args(["migrate", "--data-dir"])
             .arg(dir.path())
             .env_remove("OPSCASE_DATABASE_URL")
+            .env("OPSCASE_LISTEN", &taken)
             .current_dir(dir.path())
             .output()
             .unwrap();
