@@ -4,12 +4,14 @@ pub mod access;
 pub mod idempotency;
 pub mod metrics;
 pub mod model;
+pub mod relay;
 pub mod service;
 pub mod store;
 
 pub use access::{ApiKey, NewApiKey, Principal, Role};
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use metrics::{ConflictReason, Metrics};
+pub use relay::{Relay, RelayError, RelaySettings};
 pub use service::{
     Bootstrap, Error, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
 };

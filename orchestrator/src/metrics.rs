@@ -1,7 +1,9 @@
 //! The orchestrator's Prometheus metrics. One registry per process; the API adds its HTTP
 //! metrics to the same registry.
 
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use workflow::{Status, TRANSITIONS};
 
 /// Why a request changed nothing (the `reason` label of `conflict_total`).
@@ -44,6 +46,9 @@ pub struct Metrics {
     conflicts: IntCounterVec,
     replays: IntCounter,
     cases_open: IntGaugeVec,
+    outbox_publishes: IntCounterVec,
+    outbox_pending: IntGauge,
+    outbox_lag: Histogram,
 }
 
 impl Metrics {
@@ -72,11 +77,35 @@ impl Metrics {
             &["status"],
         )
         .expect("valid metric");
+        let outbox_publishes = IntCounterVec::new(
+            Opts::new(
+                "outbox_publish_total",
+                "Outbox messages handed to the bus, by topic and outcome.",
+            ),
+            &["topic", "status"],
+        )
+        .expect("valid metric");
+        let outbox_pending = IntGauge::new("outbox_pending", "Outbox rows not yet published.")
+            .expect("valid metric");
+        let outbox_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "outbox_lag_seconds",
+                "Time from commit to the bus's acknowledgement.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(transitions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(conflicts.clone()),
             Box::new(replays.clone()),
             Box::new(cases_open.clone()),
+            Box::new(outbox_publishes.clone()),
+            Box::new(outbox_pending.clone()),
+            Box::new(outbox_lag.clone()),
         ] {
             registry
                 .register(collector)
@@ -107,6 +136,9 @@ impl Metrics {
             conflicts,
             replays,
             cases_open,
+            outbox_publishes,
+            outbox_pending,
+            outbox_lag,
         }
     }
 
@@ -139,6 +171,20 @@ impl Metrics {
 
     pub fn replay(&self) {
         self.replays.inc();
+    }
+
+    pub fn outbox_published(&self, topic: &str, status: &str) {
+        self.outbox_publishes
+            .with_label_values(&[topic, status])
+            .inc();
+    }
+
+    pub fn outbox_lag(&self, lag: std::time::Duration) {
+        self.outbox_lag.observe(lag.as_secs_f64());
+    }
+
+    pub fn set_outbox_pending(&self, pending: i64) {
+        self.outbox_pending.set(pending);
     }
 
     /// Set `cases_open` from the database (at start-up, so the gauge survives restarts).

@@ -123,6 +123,15 @@ pub trait Store: Send + Sync + 'static {
     /// Number of open (not CLOSED) cases per status.
     async fn count_open_by_status(&self) -> StoreResult<Vec<(String, i64)>>;
 
+    /// Take up to `limit` unpublished outbox rows, oldest first. On PostgreSQL they stay
+    /// locked (`FOR UPDATE SKIP LOCKED`) until the claim is marked or dropped, so relays
+    /// running side by side never take the same row.
+    async fn claim_outbox(&self, limit: u32) -> StoreResult<Box<dyn OutboxClaim>>;
+    /// Unpublished outbox rows.
+    async fn outbox_pending(&self) -> StoreResult<i64>;
+    /// Delete rows published before `before`; returns how many.
+    async fn prune_outbox(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
     async fn count_keys(&self) -> StoreResult<i64>;
     async fn insert_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()>;
     /// The key with this secret hash, and the stored hash (for a constant-time check).
@@ -154,6 +163,22 @@ pub trait Tx: Send {
     async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()>;
     async fn insert_decision(&mut self, decision: &DecisionRecord) -> StoreResult<()>;
     async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// An outbox row with its position, as the relay sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub message: OutboxMessage,
+}
+
+/// Outbox rows taken by one relay.
+#[async_trait]
+pub trait OutboxClaim: Send {
+    fn rows(&self) -> &[OutboxRow];
+    /// Mark these rows published and release the claim. Dropping the claim instead releases
+    /// the rows unmarked, for the next batch to take.
+    async fn mark_published(self: Box<Self>, ids: &[i64], at: DateTime<Utc>) -> StoreResult<()>;
 }
 
 /// Open the store a URL names: `postgres://...`, or `sqlite://path` for a file.

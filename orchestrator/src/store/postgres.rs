@@ -18,6 +18,7 @@ use super::{
     parse_enum, parse_status, Backend, IdempotencyRecord, LockedCase, Store, StoreError,
     StoreResult, Tx,
 };
+use super::{OutboxClaim, OutboxRow};
 use crate::access::ApiKey;
 use crate::model::{
     Case, CaseFilter, DecisionRecord, NewTimelineEntry, OutboxMessage, Outcome, PlanRecord,
@@ -184,18 +185,7 @@ impl Store for PostgresStore {
         .bind(key)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxMessage {
-                    message_id: uuid_at(row, "message_id")?,
-                    topic: row.try_get("topic")?,
-                    key: row.try_get("key")?,
-                    payload: row.try_get::<Json<Value>, _>("payload")?.0,
-                    headers: row.try_get::<Json<Value>, _>("headers")?.0,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(outbox_message_from_row).collect()
     }
 
     async fn count_open_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
@@ -204,6 +194,44 @@ impl Store for PostgresStore {
         )
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn claim_outbox(&self, limit: u32) -> StoreResult<Box<dyn OutboxClaim>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, message_id, topic, key, payload, headers, created_at FROM outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok(OutboxRow {
+                    id: row.try_get("id")?,
+                    message: outbox_message_from_row(row)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Box::new(PostgresOutboxClaim { tx, rows }))
+    }
+
+    async fn outbox_pending(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn prune_outbox(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let done =
+            sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
     }
 
     async fn count_keys(&self) -> StoreResult<i64> {
@@ -264,6 +292,32 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+struct PostgresOutboxClaim {
+    tx: Transaction<'static, Postgres>,
+    rows: Vec<OutboxRow>,
+}
+
+#[async_trait]
+impl OutboxClaim for PostgresOutboxClaim {
+    fn rows(&self) -> &[OutboxRow] {
+        &self.rows
+    }
+
+    async fn mark_published(
+        mut self: Box<Self>,
+        ids: &[i64],
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE outbox SET published_at = $1 WHERE id = ANY($2)")
+            .bind(at)
+            .bind(ids)
+            .execute(&mut *self.tx)
+            .await?;
+        self.tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -489,6 +543,17 @@ fn case_from_row(row: &PgRow) -> StoreResult<Case> {
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn outbox_message_from_row(row: &PgRow) -> StoreResult<OutboxMessage> {
+    Ok(OutboxMessage {
+        message_id: uuid_at(row, "message_id")?,
+        topic: row.try_get("topic")?,
+        key: row.try_get("key")?,
+        payload: row.try_get::<Json<Value>, _>("payload")?.0,
+        headers: row.try_get::<Json<Value>, _>("headers")?.0,
+        created_at: row.try_get("created_at")?,
     })
 }
 

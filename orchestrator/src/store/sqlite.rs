@@ -20,6 +20,7 @@ use super::{
     parse_enum, parse_status, Backend, IdempotencyRecord, LockedCase, Store, StoreError,
     StoreResult, Tx,
 };
+use super::{OutboxClaim, OutboxRow};
 use crate::access::ApiKey;
 use crate::model::{
     Case, CaseFilter, DecisionRecord, NewTimelineEntry, OutboxMessage, Outcome, PlanRecord,
@@ -201,18 +202,7 @@ impl Store for SqliteStore {
         .bind(key)
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(OutboxMessage {
-                    message_id: uuid_at(row, "message_id")?,
-                    topic: row.try_get("topic")?,
-                    key: row.try_get("key")?,
-                    payload: row.try_get::<Json<Value>, _>("payload")?.0,
-                    headers: row.try_get::<Json<Value>, _>("headers")?.0,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(outbox_message_from_row).collect()
     }
 
     async fn count_open_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
@@ -221,6 +211,48 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.readers)
         .await?)
+    }
+
+    async fn claim_outbox(&self, limit: u32) -> StoreResult<Box<dyn OutboxClaim>> {
+        // No lock is held while the relay publishes: on SQLite one relay runs per database,
+        // and holding the single writer across network I/O would stall every transition.
+        let rows = sqlx::query(
+            "SELECT id, message_id, topic, key, payload, headers, created_at FROM outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                Ok(OutboxRow {
+                    id: row.try_get("id")?,
+                    message: outbox_message_from_row(row)?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Box::new(SqliteOutboxClaim {
+            writer: self.writer.clone(),
+            rows,
+        }))
+    }
+
+    async fn outbox_pending(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.readers)
+                .await?,
+        )
+    }
+
+    async fn prune_outbox(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let done =
+            sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?")
+                .bind(before)
+                .execute(&self.writer)
+                .await?;
+        Ok(done.rows_affected())
     }
 
     async fn count_keys(&self) -> StoreResult<i64> {
@@ -282,6 +314,33 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.writer.close().await;
         self.readers.close().await;
+    }
+}
+
+struct SqliteOutboxClaim {
+    writer: SqlitePool,
+    rows: Vec<OutboxRow>,
+}
+
+#[async_trait]
+impl OutboxClaim for SqliteOutboxClaim {
+    fn rows(&self) -> &[OutboxRow] {
+        &self.rows
+    }
+
+    async fn mark_published(self: Box<Self>, ids: &[i64], at: DateTime<Utc>) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut query = QueryBuilder::<Sqlite>::new("UPDATE outbox SET published_at = ");
+        query.push_bind(at).push(" WHERE id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        query.push(")");
+        query.build().execute(&self.writer).await?;
+        Ok(())
     }
 }
 
@@ -512,6 +571,17 @@ fn case_from_row(row: &SqliteRow) -> StoreResult<Case> {
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn outbox_message_from_row(row: &SqliteRow) -> StoreResult<OutboxMessage> {
+    Ok(OutboxMessage {
+        message_id: uuid_at(row, "message_id")?,
+        topic: row.try_get("topic")?,
+        key: row.try_get("key")?,
+        payload: row.try_get::<Json<Value>, _>("payload")?.0,
+        headers: row.try_get::<Json<Value>, _>("headers")?.0,
+        created_at: row.try_get("created_at")?,
     })
 }
 

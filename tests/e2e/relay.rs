@@ -1,0 +1,297 @@
+//! The outbox relay against a real nats-server: every committed row reaches the stream once,
+//! whatever fails in between.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bus::{
+    BusError, Delivery, Envelope, JetStreamSettings, JetStreamTransport, Transport, STREAM_EVENTS,
+};
+use orchestrator::{Relay, RelayError, RelaySettings};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::helpers::{happy_path, TestApp};
+use crate::nats::TestNats;
+use crate::on_both_backends;
+
+fn relay(app: &TestApp, transport: Arc<dyn Transport>, batch_size: u32) -> Relay {
+    Relay::new(
+        app.orchestrator.store().clone(),
+        transport,
+        app.orchestrator.metrics().clone(),
+        Arc::new(Notify::new()),
+        RelaySettings {
+            batch_size,
+            ..RelaySettings::default()
+        },
+    )
+}
+
+async fn drain(relay: &Relay) -> usize {
+    let mut total = 0;
+    loop {
+        match relay.relay_batch().await.expect("relay batch") {
+            0 => return total,
+            n => total += n,
+        }
+    }
+}
+
+/// Every envelope in OPS_EVT, in stream order.
+async fn stream_events(transport: &JetStreamTransport) -> Vec<Envelope> {
+    let mut stream = transport.context().get_stream(STREAM_EVENTS).await.unwrap();
+    let count = stream.info().await.unwrap().state.messages;
+    let mut envelopes = Vec::new();
+    for sequence in 1..=count {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        envelopes.push(Envelope::from_json(&message.payload).unwrap());
+    }
+    envelopes
+}
+
+/// Open cases and move them, returning every outbox message id the database holds for them.
+async fn make_traffic(app: &TestApp, cases: usize, steps: usize) -> (Vec<Uuid>, HashSet<Uuid>) {
+    let mut ids = Vec::new();
+    for _ in 0..cases {
+        let case = app.open_case("t-001").await;
+        for (event, _) in happy_path().into_iter().take(steps) {
+            app.advance(case, event).await;
+        }
+        ids.push(case);
+    }
+    let mut messages = HashSet::new();
+    for case in &ids {
+        messages.extend(app.outbox(*case).await.into_iter().map(|m| m.message_id));
+    }
+    (ids, messages)
+}
+
+on_both_backends!(every_committed_transition_reaches_the_stream_once);
+async fn every_committed_transition_reaches_the_stream_once(app: TestApp) {
+    let Some(nats) = TestNats::start().await else {
+        return;
+    };
+    let transport = Arc::new(
+        JetStreamTransport::connect(&nats.url, &JetStreamSettings::default())
+            .await
+            .unwrap(),
+    );
+    let (cases, committed) = make_traffic(&app, 60, 4).await;
+    assert_eq!(committed.len(), 60 * 5);
+
+    let relay = relay(&app, transport.clone(), 64);
+    assert_eq!(drain(&relay).await, committed.len());
+    assert_eq!(app.orchestrator.store().outbox_pending().await.unwrap(), 0);
+    assert_eq!(drain(&relay).await, 0, "nothing is published twice");
+
+    let events = stream_events(&transport).await;
+    let published: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    assert_eq!(
+        published.len(),
+        committed.len(),
+        "one stream message per row"
+    );
+    assert_eq!(published.iter().copied().collect::<HashSet<_>>(), committed);
+
+    // Per case, the stream holds the versions in order; envelopes are CloudEvents.
+    let mut versions: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for event in &events {
+        assert_eq!(event.specversion, "1.0");
+        assert_eq!(event.kind, "evt.case.transition.v1");
+        versions
+            .entry(event.subject.clone())
+            .or_default()
+            .push(event.data["version"].as_i64().unwrap());
+    }
+    assert_eq!(versions.len(), cases.len());
+    assert!(
+        versions.values().all(|v| *v == vec![1, 2, 3, 4, 5]),
+        "{versions:?}"
+    );
+    assert_eq!(
+        app.metric("outbox_publish_total{status=\"acked\",topic=\"evt.case.transition.v1\"}")
+            .await,
+        300.0
+    );
+}
+
+/// Publishes for real, then reports the acks as lost: the relay must not mark the rows.
+struct AckLost {
+    inner: Arc<JetStreamTransport>,
+}
+
+#[async_trait]
+impl Transport for AckLost {
+    async fn publish(&self, envelopes: &[Envelope]) -> Result<Vec<Delivery>, BusError> {
+        self.inner.publish(envelopes).await?;
+        Err(BusError::Unavailable(
+            "connection lost before the acks were read".into(),
+        ))
+    }
+
+    async fn check(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+on_both_backends!(a_relay_that_dies_between_publish_and_mark_causes_no_duplicate);
+async fn a_relay_that_dies_between_publish_and_mark_causes_no_duplicate(app: TestApp) {
+    let Some(nats) = TestNats::start().await else {
+        return;
+    };
+    let transport = Arc::new(
+        JetStreamTransport::connect(&nats.url, &JetStreamSettings::default())
+            .await
+            .unwrap(),
+    );
+    let (_, committed) = make_traffic(&app, 10, 2).await;
+
+    let crashing = relay(
+        &app,
+        Arc::new(AckLost {
+            inner: transport.clone(),
+        }),
+        500,
+    );
+    assert!(matches!(
+        crashing.relay_batch().await,
+        Err(RelayError::Bus(_))
+    ));
+    assert_eq!(
+        app.orchestrator.store().outbox_pending().await.unwrap(),
+        committed.len() as i64,
+        "nothing marked"
+    );
+
+    let healthy = relay(&app, transport.clone(), 500);
+    assert_eq!(drain(&healthy).await, committed.len());
+    let events = stream_events(&transport).await;
+    assert_eq!(
+        events.len(),
+        committed.len(),
+        "the republished batch was deduplicated by Nats-Msg-Id"
+    );
+    assert_eq!(
+        app.metric("outbox_publish_total{status=\"duplicate\",topic=\"evt.case.transition.v1\"}")
+            .await,
+        committed.len() as f64
+    );
+}
+
+on_both_backends!(while_nats_is_down_rows_wait_and_then_drain_in_order);
+async fn while_nats_is_down_rows_wait_and_then_drain_in_order(app: TestApp) {
+    let Some(mut nats) = TestNats::start().await else {
+        return;
+    };
+    let transport = Arc::new(
+        JetStreamTransport::connect(&nats.url, &JetStreamSettings::default())
+            .await
+            .unwrap(),
+    );
+    let relay = relay(&app, transport.clone(), 50);
+    let case = app.open_case("t-001").await;
+    assert_eq!(drain(&relay).await, 1);
+
+    nats.stop();
+    for (event, _) in happy_path() {
+        app.advance(case, event).await; // writes do not depend on the bus
+    }
+    assert!(
+        relay.relay_batch().await.is_err(),
+        "publishing fails while NATS is down"
+    );
+    assert!(transport.check().await.is_err());
+    assert_eq!(app.orchestrator.store().outbox_pending().await.unwrap(), 6);
+
+    nats.resume().await;
+    let mut drained = 0;
+    for _ in 0..100 {
+        match relay.relay_batch().await {
+            Ok(n) => {
+                drained += n;
+                if app.orchestrator.store().outbox_pending().await.unwrap() == 0 {
+                    break;
+                }
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(drained, 6, "the backlog drains once NATS is back");
+    let versions: Vec<i64> = stream_events(&transport)
+        .await
+        .iter()
+        .map(|e| e.data["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        vec![1, 2, 3, 4, 5, 6, 7],
+        "nothing lost, order kept"
+    );
+}
+
+/// Counts how often each message id is handed to the bus.
+struct Counting {
+    inner: Arc<JetStreamTransport>,
+    published: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+#[async_trait]
+impl Transport for Counting {
+    async fn publish(&self, envelopes: &[Envelope]) -> Result<Vec<Delivery>, BusError> {
+        {
+            let mut published = self.published.lock().unwrap();
+            for envelope in envelopes {
+                *published.entry(envelope.id).or_default() += 1;
+            }
+        }
+        self.inner.publish(envelopes).await
+    }
+
+    async fn check(&self) -> Result<(), BusError> {
+        self.inner.check().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_relays_on_one_postgres_database_never_take_the_same_row() {
+    crate::helpers::run(
+        crate::helpers::Backend::Postgres,
+        |app: TestApp| async move {
+            let Some(nats) = TestNats::start().await else {
+                return;
+            };
+            let transport = Arc::new(
+                JetStreamTransport::connect(&nats.url, &JetStreamSettings::default())
+                    .await
+                    .unwrap(),
+            );
+            let (_, committed) = make_traffic(&app, 50, 3).await;
+            let published = Arc::new(Mutex::new(HashMap::new()));
+            let relays: Vec<Relay> = (0..2)
+                .map(|_| {
+                    relay(
+                        &app,
+                        Arc::new(Counting {
+                            inner: transport.clone(),
+                            published: published.clone(),
+                        }),
+                        7,
+                    )
+                })
+                .collect();
+            let (a, b) = tokio::join!(drain(&relays[0]), drain(&relays[1]));
+            assert_eq!(a + b, committed.len());
+            assert!(a > 0 && b > 0, "both relays took part: {a} and {b}");
+            let published = published.lock().unwrap().clone();
+            assert_eq!(published.keys().copied().collect::<HashSet<_>>(), committed);
+            assert!(
+                published.values().all(|n| *n == 1),
+                "a row was published twice"
+            );
+            assert_eq!(stream_events(&transport).await.len(), committed.len());
+        },
+    )
+    .await;
+}
