@@ -17,6 +17,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub idempotency: IdempotencyConfig,
     pub auth: AuthConfig,
+    pub bus: BusConfig,
     pub log: LogConfig,
 }
 
@@ -49,6 +50,31 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencyConfig {
     pub ttl_hours: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// `nats://host:4222` publishes the outbox to NATS JetStream; unset keeps it in the database.
+    pub nats_url: Option<String>,
+    /// Messages with the same id within this window are stored once by JetStream.
+    pub duplicate_window_s: u64,
+    pub relay_batch_size: u32,
+    pub relay_poll_interval_ms: u64,
+    /// Published outbox rows are deleted after this long.
+    pub outbox_retention_hours: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            duplicate_window_s: 120,
+            relay_batch_size: 500,
+            relay_poll_interval_ms: 1000,
+            outbox_retention_hours: 24,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,6 +198,24 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
 }
 
+impl BusConfig {
+    pub fn relay_settings(&self) -> orchestrator::RelaySettings {
+        orchestrator::RelaySettings {
+            batch_size: self.relay_batch_size,
+            poll_interval: std::time::Duration::from_millis(self.relay_poll_interval_ms),
+            retention: std::time::Duration::from_secs(self.outbox_retention_hours * 3600),
+            ..orchestrator::RelaySettings::default()
+        }
+    }
+
+    pub fn jetstream_settings(&self) -> bus::JetStreamSettings {
+        bus::JetStreamSettings {
+            duplicate_window: std::time::Duration::from_secs(self.duplicate_window_s),
+            ..bus::JetStreamSettings::default()
+        }
+    }
+}
+
 impl Config {
     /// Load from `file` (when given it must exist; otherwise `./opscase.toml` if present), then
     /// the environment, then `overrides`.
@@ -263,6 +307,29 @@ impl Config {
         if let Some(key) = env("OPSCASE_BOOTSTRAP_ADMIN_KEY").filter(|k| !k.is_empty()) {
             self.auth.bootstrap_admin_key = Some(Secret(key));
         }
+        if let Some(url) = env("OPSCASE_NATS_URL").filter(|u| !u.is_empty()) {
+            self.bus.nats_url = Some(url);
+        }
+        set(
+            &mut self.bus.duplicate_window_s,
+            "OPSCASE_NATS_DUPLICATE_WINDOW_S",
+            &env,
+        )?;
+        set(
+            &mut self.bus.relay_batch_size,
+            "OPSCASE_RELAY_BATCH_SIZE",
+            &env,
+        )?;
+        set(
+            &mut self.bus.relay_poll_interval_ms,
+            "OPSCASE_RELAY_POLL_INTERVAL_MS",
+            &env,
+        )?;
+        set(
+            &mut self.bus.outbox_retention_hours,
+            "OPSCASE_OUTBOX_RETENTION_HOURS",
+            &env,
+        )?;
         set(&mut self.database.data_dir, "OPSCASE_DATA_DIR", &env)?;
         set(&mut self.database.pool_size, "OPSCASE_POOL_SIZE", &env)?;
         set(
@@ -279,6 +346,20 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.bus.nats_url {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return Err(ConfigError(
+                    "bus.nats_url (OPSCASE_NATS_URL) must start with nats:// or tls://".into(),
+                ));
+            }
+        }
+        if self.bus.relay_batch_size == 0 || self.bus.relay_poll_interval_ms == 0 {
+            return Err(ConfigError(
+                "bus.relay_batch_size (OPSCASE_RELAY_BATCH_SIZE) and bus.relay_poll_interval_ms \
+                 (OPSCASE_RELAY_POLL_INTERVAL_MS) must be at least 1"
+                    .into(),
+            ));
+        }
         if let Some(url) = &self.database.url {
             let known = ["postgres://", "postgresql://", "sqlite://"];
             if !known.iter().any(|scheme| url.starts_with(scheme)) {

@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use api::{ApiSettings, AppState};
-use orchestrator::{Bootstrap, Metrics, Orchestrator, Settings};
+use bus::{JetStreamTransport, Transport};
+use orchestrator::{Bootstrap, Metrics, Orchestrator, Relay, RelaySettings, Settings};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +29,8 @@ pub struct Application {
     orchestrator: Arc<Orchestrator>,
     settings: ApiSettings,
     bootstrap_key: Option<String>,
+    /// The bus the outbox is relayed to (`bus.nats_url`), with the relay's settings.
+    relay: Option<(Arc<JetStreamTransport>, RelaySettings)>,
 }
 
 impl Application {
@@ -41,6 +45,13 @@ impl Application {
         let bootstrap_key = match orchestrator.bootstrap_admin_key(supplied).await? {
             Bootstrap::Generated(key) => Some(key),
             Bootstrap::Supplied | Bootstrap::KeysExist => None,
+        };
+        let relay = match &config.bus.nats_url {
+            Some(url) => Some((
+                Arc::new(connect_bus(url, config).await?),
+                config.bus.relay_settings(),
+            )),
+            None => None,
         };
         let listener = TcpListener::bind(config.server.listen)
             .await
@@ -61,6 +72,7 @@ impl Application {
                 cors_allowed_origins: config.server.cors_allowed_origins.clone(),
             },
             bootstrap_key,
+            relay,
         })
     }
 
@@ -89,7 +101,22 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let router = api::app(AppState::new(self.orchestrator.clone(), self.settings));
+        let bus = self
+            .relay
+            .as_ref()
+            .map(|(transport, _)| transport.clone() as Arc<dyn Transport>);
+        let router = api::app(AppState::new(self.orchestrator.clone(), self.settings, bus));
+        let (stop_relay, relay_stopped) = watch::channel(false);
+        let relay = self.relay.map(|(transport, settings)| {
+            let relay = Relay::new(
+                self.orchestrator.store().clone(),
+                transport,
+                self.orchestrator.metrics().clone(),
+                self.orchestrator.outbox_written(),
+                settings,
+            );
+            tokio::spawn(relay.run(relay_stopped))
+        });
         match self.tls {
             None => {
                 axum::serve(self.listener, router)
@@ -103,6 +130,11 @@ impl Application {
             }
         }
         .context("HTTP server failed")?;
+        // In-flight requests are done: let the relay finish its batch, then close the database.
+        let _ = stop_relay.send(true);
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
         self.orchestrator.store().close().await;
         Ok(())
     }
@@ -188,6 +220,13 @@ async fn accept_tls(
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
         }
     }
+}
+
+/// Connect to NATS and make sure the streams exist; fails fast, naming the setting.
+pub async fn connect_bus(url: &str, config: &Config) -> anyhow::Result<JetStreamTransport> {
+    JetStreamTransport::connect(url, &config.bus.jetstream_settings())
+        .await
+        .with_context(|| format!("cannot use the bus at {url} (bus.nats_url, OPSCASE_NATS_URL)"))
 }
 
 /// The orchestrator on the configured database, migrated.

@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use opscase::config::ConfigError;
@@ -39,6 +40,11 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run only the outbox relay (needs OPSCASE_NATS_URL); `serve` runs one in-process too.
+    Relay {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -112,6 +118,14 @@ fn main() -> ExitCode {
                 ..Overrides::default()
             },
             false,
+        ),
+        Command::Relay { data_dir } => relay(
+            &cli.config,
+            Overrides {
+                data_dir,
+                log_format: cli.log_format,
+                ..Overrides::default()
+            },
         ),
         Command::Keys { action, data_dir } => keys(
             &cli.config,
@@ -193,6 +207,54 @@ fn keys(config_file: &Option<PathBuf>, overrides: Overrides, action: KeysAction)
                 println!("revoked key {} ({})", key.id, key.name);
             }
         }
+        orchestrator.store().close().await;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("opscase: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn relay(config_file: &Option<PathBuf>, overrides: Overrides) -> ExitCode {
+    let config = match Config::load(
+        config_file.as_deref(),
+        |name| std::env::var(name).ok(),
+        &overrides,
+    ) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("opscase: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(url) = config.bus.nats_url.clone() else {
+        eprintln!("opscase: configuration: the relay needs bus.nats_url (OPSCASE_NATS_URL)");
+        return ExitCode::from(2);
+    };
+    init_logging(&config);
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let orchestrator = opscase::open_orchestrator(&config).await?;
+        let transport = Arc::new(opscase::connect_bus(&url, &config).await?);
+        // Commits happen in other processes: the poll interval finds their rows.
+        let relay = orchestrator::Relay::new(
+            orchestrator.store().clone(),
+            transport,
+            orchestrator.metrics().clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            config.bus.relay_settings(),
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            opscase::shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        tracing::info!(bus = %url, database = %opscase::redact_url(&config.database_url()), "opscase relay is running");
+        relay.run(stopped).await;
         orchestrator.store().close().await;
         Ok(())
     });

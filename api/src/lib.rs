@@ -67,10 +67,16 @@ pub struct AppState {
     pub orchestrator: Arc<Orchestrator>,
     pub settings: Arc<ApiSettings>,
     pub rate_limiter: Arc<RateLimiter>,
+    /// The bus the outbox is relayed to, when there is one (for readiness).
+    pub bus: Option<Arc<dyn bus::Transport>>,
 }
 
 impl AppState {
-    pub fn new(orchestrator: Arc<Orchestrator>, settings: ApiSettings) -> Self {
+    pub fn new(
+        orchestrator: Arc<Orchestrator>,
+        settings: ApiSettings,
+        bus: Option<Arc<dyn bus::Transport>>,
+    ) -> Self {
         let rate_limiter = Arc::new(RateLimiter::new(
             settings.rate_limit_per_second,
             settings.rate_limit_burst,
@@ -79,6 +85,7 @@ impl AppState {
             orchestrator,
             settings: Arc::new(settings),
             rate_limiter,
+            bus,
         }
     }
 }

@@ -35,40 +35,49 @@ pub async fn livez() -> Json<Health> {
 
 #[utoipa::path(get, path = "/readyz", tag = "system", security(()),
     responses(
-        (status = 200, description = "The database is reachable and migrated", body = Health),
+        (status = 200, description = "The database is reachable and migrated, and the bus (when configured) is connected", body = Health),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let store = app.orchestrator.store();
     let database = match tokio::time::timeout(READY_TIMEOUT, store.check_ready()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(if error.is_unavailable() {
-            "unreachable".to_string()
-        } else {
-            error.to_string()
-        }),
+        Ok(Err(error)) if error.is_unavailable() => Err("unreachable".to_string()),
+        Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err(format!("no answer within {}s", READY_TIMEOUT.as_secs())),
     };
+    let mut failures = Vec::new();
+    let mut checks = serde_json::Map::new();
     match database {
         Ok(()) => {
-            let checks = serde_json::Map::from_iter([("database".to_string(), "ok".into())]);
-            Json(Health {
-                status: "ready",
-                checks: Some(checks),
-            })
-            .into_response()
+            checks.insert("database".into(), "ok".into());
         }
-        Err(reason) => {
-            tracing::warn!(%reason, "readiness check failed");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not-ready",
-                "Not ready",
-                format!("database ({}): {reason}", store.backend().as_str()),
-            )
-            .into_response()
+        Err(reason) => failures.push(format!("database ({}): {reason}", store.backend().as_str())),
+    }
+    if let Some(bus) = &app.bus {
+        match bus.check().await {
+            Ok(()) => {
+                checks.insert("bus".into(), "ok".into());
+            }
+            Err(error) => failures.push(format!("bus: {error}")),
         }
     }
+    if failures.is_empty() {
+        return Json(Health {
+            status: "ready",
+            checks: Some(checks),
+        })
+        .into_response();
+    }
+    let detail = failures.join("; ");
+    tracing::warn!(reason = %detail, "readiness check failed");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not-ready",
+        "Not ready",
+        detail,
+    )
+    .into_response()
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "system",

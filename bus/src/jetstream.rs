@@ -43,7 +43,6 @@ impl JetStreamTransport {
     pub async fn connect(url: &str, settings: &JetStreamSettings) -> Result<Self, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name("opscase")
-            .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .connect(url)
             .await

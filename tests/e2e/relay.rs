@@ -295,3 +295,93 @@ async fn two_relays_on_one_postgres_database_never_take_the_same_row() {
     )
     .await;
 }
+
+async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {seconds}s");
+}
+
+async fn serve_relays_through_an_outage(backend: crate::helpers::Backend) {
+    let Some(database) = crate::helpers::TestDatabase::create(backend).await else {
+        return;
+    };
+    let Some(mut nats) = TestNats::start().await else {
+        return;
+    };
+    let mut config = database.config();
+    config.bus.nats_url = Some(nats.url.clone());
+    config.bus.relay_poll_interval_ms = 100;
+    let app = TestApp::start(config).await;
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(
+        (status.as_u16(), ready["checks"]["bus"].as_str()),
+        (200, Some("ok"))
+    );
+
+    let case = app.open_case("t-001").await;
+    let store = app.orchestrator.store().clone();
+    eventually("the relay publishing the new case", 5, async || {
+        store.outbox_pending().await.unwrap() == 0
+    })
+    .await;
+
+    nats.stop();
+    eventually("/readyz noticing the bus is gone", 10, async || {
+        app.get_json("/readyz").await.0.as_u16() == 503
+    })
+    .await;
+    let (_, problem) = app.get_json("/readyz").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("bus"),
+        "{problem}"
+    );
+    assert_eq!(app.get_json("/livez").await.0.as_u16(), 200);
+    for (event, _) in happy_path() {
+        app.advance(case, event).await; // writes go on while the bus is down
+    }
+    assert_eq!(
+        store.outbox_pending().await.unwrap(),
+        6,
+        "the rows wait in the outbox"
+    );
+
+    nats.resume().await;
+    eventually("the backlog draining after NATS is back", 30, async || {
+        store.outbox_pending().await.unwrap() == 0
+    })
+    .await;
+    eventually("/readyz recovering", 10, async || {
+        app.get_json("/readyz").await.0.as_u16() == 200
+    })
+    .await;
+    let reader = JetStreamTransport::connect(&nats.url, &JetStreamSettings::default())
+        .await
+        .unwrap();
+    let versions: Vec<i64> = stream_events(&reader)
+        .await
+        .iter()
+        .map(|e| e.data["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        vec![1, 2, 3, 4, 5, 6, 7],
+        "nothing lost, order kept"
+    );
+    database.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_relays_through_a_nats_outage_on_sqlite() {
+    serve_relays_through_an_outage(crate::helpers::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_relays_through_a_nats_outage_on_postgres() {
+    serve_relays_through_an_outage(crate::helpers::Backend::Postgres).await;
+}
