@@ -447,6 +447,8 @@ async fn transition_at(
         results: body.results.unwrap_or_default(),
         if_match,
         expected_version: body.expected_version,
+        policy_rev: None,
+        decision_inputs: None,
     };
     let route = route.replace("{id}", &case_id.to_string());
     let claim = IdempotencyClaim::new(&principal.identity(), &key, "PATCH", &route, &raw);

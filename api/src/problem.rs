@@ -180,6 +180,8 @@ impl From<&Error> for Problem {
                 error.to_string(),
             ),
             Error::InvalidKey(message) => Problem::invalid("key", message.clone()),
+            // Only bus consumers meet this; over HTTP it would be a bug.
+            Error::BadMessage(_) => Problem::internal(),
             Error::Store(store) => store_problem(store),
         }
     }

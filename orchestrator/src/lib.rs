@@ -1,6 +1,7 @@
 //! The orchestrator: the transition service and its stores.
 
 pub mod access;
+pub mod consumer;
 pub mod idempotency;
 pub mod metrics;
 pub mod model;
@@ -9,6 +10,7 @@ pub mod service;
 pub mod store;
 
 pub use access::{ApiKey, NewApiKey, Principal, Role};
+pub use consumer::{Consumed, WORKER_EVENTS};
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use metrics::{ConflictReason, Metrics};
 pub use relay::{Relay, RelayError, RelaySettings};

@@ -49,6 +49,7 @@ pub struct Metrics {
     outbox_publishes: IntCounterVec,
     outbox_pending: IntGauge,
     outbox_lag: Histogram,
+    inbox_duplicates: IntCounter,
 }
 
 impl Metrics {
@@ -98,6 +99,11 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let inbox_duplicates = IntCounter::new(
+            "inbox_dedup_total",
+            "Bus messages a consumer had already handled (redeliveries).",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(transitions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(conflicts.clone()),
@@ -106,6 +112,7 @@ impl Metrics {
             Box::new(outbox_publishes.clone()),
             Box::new(outbox_pending.clone()),
             Box::new(outbox_lag.clone()),
+            Box::new(inbox_duplicates.clone()),
         ] {
             registry
                 .register(collector)
@@ -139,6 +146,7 @@ impl Metrics {
             outbox_publishes,
             outbox_pending,
             outbox_lag,
+            inbox_duplicates,
         }
     }
 
@@ -181,6 +189,10 @@ impl Metrics {
 
     pub fn outbox_lag(&self, lag: std::time::Duration) {
         self.outbox_lag.observe(lag.as_secs_f64());
+    }
+
+    pub fn inbox_duplicate(&self) {
+        self.inbox_duplicates.inc();
     }
 
     pub fn set_outbox_pending(&self, pending: i64) {

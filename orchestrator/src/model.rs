@@ -85,11 +85,13 @@ pub struct NewCase {
 }
 
 /// `applied`: the event moved the case. `rejected`: a guard refused it and nothing changed.
+/// `ignored`: a worker's event arrived when the case could no longer take it (e.g. late).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Applied,
     Rejected,
+    Ignored,
 }
 
 impl Outcome {
@@ -97,6 +99,7 @@ impl Outcome {
         match self {
             Outcome::Applied => "applied",
             Outcome::Rejected => "rejected",
+            Outcome::Ignored => "ignored",
         }
     }
 
@@ -104,6 +107,7 @@ impl Outcome {
         match text {
             "applied" => Some(Outcome::Applied),
             "rejected" => Some(Outcome::Rejected),
+            "ignored" => Some(Outcome::Ignored),
             _ => None,
         }
     }

@@ -56,6 +56,9 @@ pub enum Error {
     IdempotencyMismatch,
     #[error("a request with this Idempotency-Key is still being processed")]
     InFlight,
+    /// A bus message that can never be handled (unknown type, unreadable data, no such case).
+    #[error("unusable message: {0}")]
+    BadMessage(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -69,9 +72,11 @@ impl Error {
             Error::GuardFailed { .. } => Some(ConflictReason::GuardFailed),
             Error::IdempotencyMismatch => Some(ConflictReason::IdempotencyMismatch),
             Error::InFlight => Some(ConflictReason::InFlight),
-            Error::NotFound(_) | Error::KeyNotFound(_) | Error::InvalidKey(_) | Error::Store(_) => {
-                None
-            }
+            Error::NotFound(_)
+            | Error::KeyNotFound(_)
+            | Error::InvalidKey(_)
+            | Error::BadMessage(_)
+            | Error::Store(_) => None,
         }
     }
 }
@@ -161,6 +166,9 @@ pub struct TransitionRequest {
     pub if_match: Option<i64>,
     /// From the body: stale → 409.
     pub expected_version: Option<i64>,
+    /// For gate decisions made by policy: the policy revision and the inputs it saw.
+    pub policy_rev: Option<String>,
+    pub decision_inputs: Option<Value>,
 }
 
 /// Turns the outcome of a request into the response stored for idempotent replay. Supplied by
@@ -328,6 +336,36 @@ impl Orchestrator {
         if let Some(replay) = self.replay(tx.as_mut(), idempotency, now).await? {
             return Ok(replay);
         }
+        match self.step(tx.as_mut(), &request, context, now).await {
+            Ok((case, accepted)) => {
+                self.save_response(tx.as_mut(), idempotency, render(Ok(&case)), now)
+                    .await?;
+                tx.commit().await?;
+                self.metrics
+                    .transition(accepted.from, accepted.to, request.event.as_str());
+                Ok(Reply::Fresh(case))
+            }
+            // The refused attempt is on the timeline: keep it, and answer it the same way again.
+            Err(error @ Error::GuardFailed { .. }) => {
+                self.save_response(tx.as_mut(), idempotency, render(Err(&error)), now)
+                    .await?;
+                tx.commit().await?;
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// One event inside the caller's transaction: lock, check preconditions, decide, write.
+    /// A guard refusal has already written its timeline row when it returns `GuardFailed`;
+    /// every other error has written nothing the caller must keep.
+    pub(crate) async fn step(
+        &self,
+        tx: &mut dyn Tx,
+        request: &TransitionRequest,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<(Case, Accepted), Error> {
         let locked = tx
             .lock_case(request.case_id)
             .await?
@@ -380,7 +418,7 @@ impl Orchestrator {
                 meta.insert("guard_failures".into(), json!(failures));
                 tx.append_timeline(&timeline_entry(
                     &case,
-                    &request,
+                    request,
                     Outcome::Rejected,
                     to,
                     meta,
@@ -388,25 +426,16 @@ impl Orchestrator {
                     now,
                 ))
                 .await?;
-                let error = Error::GuardFailed {
+                Err(Error::GuardFailed {
                     case: Box::new(case),
                     event: request.event,
                     to,
                     failures,
-                };
-                self.save_response(tx.as_mut(), idempotency, render(Err(&error)), now)
-                    .await?;
-                tx.commit().await?;
-                Err(error)
+                })
             }
             Ok(accepted) => {
-                let case = apply(tx.as_mut(), case, &request, &accepted, context, now).await?;
-                self.save_response(tx.as_mut(), idempotency, render(Ok(&case)), now)
-                    .await?;
-                tx.commit().await?;
-                self.metrics
-                    .transition(accepted.from, accepted.to, request.event.as_str());
-                Ok(Reply::Fresh(case))
+                let case = apply(tx, case, request, &accepted, context, now).await?;
+                Ok((case, accepted))
             }
         }
     }
@@ -670,8 +699,11 @@ async fn apply(
                         .map_or_else(|| request.actor.clone(), |a| a.approver.clone()),
                     decided_by_key: context.principal_identity(),
                     reason: request.reason.clone(),
-                    policy_rev: None,
-                    inputs: json!({"source": "api", "actor": request.actor}),
+                    policy_rev: request.policy_rev.clone(),
+                    inputs: request
+                        .decision_inputs
+                        .clone()
+                        .unwrap_or_else(|| json!({"source": "api", "actor": request.actor})),
                     created_at: now,
                 })
                 .await?;
@@ -716,7 +748,7 @@ async fn apply(
 
 /// The timeline row for `request` on `case` (whose status and version are the ones before
 /// the event for a rejected attempt, and the new version for an applied one).
-fn timeline_entry(
+pub(crate) fn timeline_entry(
     case: &Case,
     request: &TransitionRequest,
     outcome: Outcome,

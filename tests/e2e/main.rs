@@ -8,6 +8,7 @@ mod helpers;
 
 mod access;
 mod concurrency;
+mod consumer;
 mod docs;
 mod http;
 mod nats;

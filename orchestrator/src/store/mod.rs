@@ -162,6 +162,13 @@ pub trait Tx: Send {
     async fn append_outbox(&mut self, message: &OutboxMessage) -> StoreResult<()>;
     async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()>;
     async fn insert_decision(&mut self, decision: &DecisionRecord) -> StoreResult<()>;
+    /// Record that `consumer` handled `message_id`; false when it already had.
+    async fn insert_inbox(
+        &mut self,
+        consumer: &str,
+        message_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }
 

@@ -1,0 +1,199 @@
+//! Worker events in: each `evt.*` a worker publishes becomes a state-machine event applied
+//! through the same transaction as a PATCH, together with the event's product and an inbox row
+//! (consumer, message id). A redelivered message finds its inbox row and changes nothing.
+
+use bus::Envelope;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+use workflow::{ApprovalInput, Event, Status, StepResult};
+
+use crate::model::{Case, Outcome};
+use crate::service::{timeline_entry, Error, Orchestrator, RequestContext, TransitionRequest};
+
+/// The worker events the orchestrator acts on.
+pub const WORKER_EVENTS: [&str; 7] = [
+    "evt.plan.proposed.v1",
+    "evt.plan.approved.v1",
+    "evt.plan.rejected.v1",
+    "evt.exec.done.v1",
+    "evt.exec.failed.v1",
+    "evt.verify.pass.v1",
+    "evt.verify.failed.v1",
+];
+
+/// What became of one consumed message.
+#[derive(Debug)]
+pub enum Consumed {
+    /// The case moved (by one event, or two for a plan that arrives during analysis).
+    Applied { case: Box<Case>, events: Vec<Event> },
+    /// This consumer had handled the message already.
+    Duplicate,
+    /// The case could not take the event (it moved on); recorded on the timeline.
+    Ignored { status: Status },
+    /// A guard refused the event's product; recorded on the timeline.
+    Refused,
+}
+
+/// What a worker event carries. Every field is optional: each event uses its own.
+#[derive(Debug, Default, Deserialize)]
+struct WorkerData {
+    /// The worker that acted, as it names itself.
+    actor: Option<String>,
+    reason: Option<String>,
+    plan: Option<Value>,
+    plan_id: Option<Uuid>,
+    policy_rev: Option<String>,
+    inputs: Option<Value>,
+    #[serde(default)]
+    results: Vec<StepResult>,
+    verdict: Option<Value>,
+}
+
+impl Orchestrator {
+    /// Apply one worker event for `consumer`, exactly once in effect.
+    pub async fn consume(&self, consumer: &str, envelope: &Envelope) -> Result<Consumed, Error> {
+        let case_id = Uuid::parse_str(&envelope.subject).map_err(|_| {
+            Error::BadMessage(format!("subject {:?} is not a case id", envelope.subject))
+        })?;
+        let event = fsm_event(&envelope.kind)
+            .ok_or_else(|| Error::BadMessage(format!("{} is not a worker event", envelope.kind)))?;
+        let data: WorkerData = serde_json::from_value(envelope.data.clone())
+            .map_err(|e| Error::BadMessage(format!("{}: data: {e}", envelope.kind)))?;
+        let context = RequestContext {
+            traceparent: envelope.traceparent.clone(),
+            correlation_id: Some(envelope.id.to_string()),
+            ..RequestContext::default()
+        };
+        let now = Utc::now();
+        let mut tx = self.store().begin().await?;
+        if !tx.insert_inbox(consumer, envelope.id, now).await? {
+            self.metrics().inbox_duplicate();
+            return Ok(Consumed::Duplicate);
+        }
+        let locked = tx
+            .lock_case(case_id)
+            .await?
+            .ok_or_else(|| Error::BadMessage(format!("case {case_id} does not exist")))?;
+        // A plan proposed while the case is still analysing finishes the analysis first.
+        let mut events = vec![event];
+        if event == Event::PlanReady && locked.case.status == Status::Analyzing {
+            events.insert(0, Event::AnalysisDone);
+        }
+        let mut applied = Vec::new();
+        let mut last = locked.case;
+        for event in &events {
+            let request = request_of(case_id, *event, &data, envelope);
+            match self.step(tx.as_mut(), &request, &context, now).await {
+                Ok((case, accepted)) => {
+                    applied.push((accepted.from, accepted.to, *event));
+                    last = case;
+                }
+                Err(Error::Illegal { case, .. }) => {
+                    let mut meta = request.meta.clone();
+                    meta.insert(
+                        "ignored".into(),
+                        json!(format!("{event} is not allowed in {}", case.status)),
+                    );
+                    tx.append_timeline(&timeline_entry(
+                        &case,
+                        &request,
+                        Outcome::Ignored,
+                        case.status,
+                        meta,
+                        &context,
+                        now,
+                    ))
+                    .await?;
+                    tx.commit().await?;
+                    self.metrics()
+                        .conflict(crate::metrics::ConflictReason::IllegalTransition);
+                    tracing::info!(case_id = %case_id, event = %event, status = %case.status, "worker event ignored");
+                    return Ok(Consumed::Ignored {
+                        status: case.status,
+                    });
+                }
+                Err(Error::GuardFailed { .. }) => {
+                    tx.commit().await?;
+                    self.metrics()
+                        .conflict(crate::metrics::ConflictReason::GuardFailed);
+                    return Ok(Consumed::Refused);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        tx.commit().await?;
+        for (from, to, event) in &applied {
+            self.metrics().transition(*from, *to, event.as_str());
+        }
+        self.outbox_written().notify_one();
+        Ok(Consumed::Applied {
+            case: Box::new(last),
+            events: applied.into_iter().map(|(_, _, e)| e).collect(),
+        })
+    }
+}
+
+fn fsm_event(kind: &str) -> Option<Event> {
+    Some(match kind {
+        "evt.plan.proposed.v1" => Event::PlanReady,
+        "evt.plan.approved.v1" => Event::GateApproved,
+        "evt.plan.rejected.v1" => Event::GateRejected,
+        "evt.exec.done.v1" => Event::ExecDone,
+        "evt.exec.failed.v1" => Event::ExecFailed,
+        "evt.verify.pass.v1" => Event::VerifyPass,
+        "evt.verify.failed.v1" => Event::VerifyFailed,
+        _ => return None,
+    })
+}
+
+fn request_of(
+    case_id: Uuid,
+    event: Event,
+    data: &WorkerData,
+    envelope: &Envelope,
+) -> TransitionRequest {
+    let actor = data
+        .actor
+        .clone()
+        .unwrap_or_else(|| default_actor(&envelope.kind).to_string());
+    let mut meta = Map::new();
+    meta.insert("message_id".into(), json!(envelope.id));
+    meta.insert("source".into(), json!(envelope.source));
+    if !data.results.is_empty() {
+        meta.insert("results".into(), json!(data.results));
+    }
+    if let Some(verdict) = &data.verdict {
+        meta.insert("verdict".into(), verdict.clone());
+    }
+    TransitionRequest {
+        case_id,
+        event,
+        approval: (event == Event::GateApproved).then(|| ApprovalInput {
+            plan_id: data.plan_id.map(|id| id.to_string()),
+            approver: actor.clone(),
+        }),
+        actor,
+        reason: data.reason.clone(),
+        meta,
+        plan: (event == Event::PlanReady)
+            .then(|| data.plan.clone())
+            .flatten(),
+        results: data.results.clone(),
+        if_match: None,
+        expected_version: None,
+        policy_rev: data.policy_rev.clone(),
+        decision_inputs: data.inputs.clone(),
+    }
+}
+
+fn default_actor(kind: &str) -> &'static str {
+    match kind.split('.').nth(1) {
+        Some("plan") if kind.contains("proposed") => "planner",
+        Some("plan") => "gatekeeper",
+        Some("exec") => "executor",
+        Some("verify") => "verifier",
+        _ => "worker",
+    }
+}
