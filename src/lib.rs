@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use api::{ApiSettings, AppState};
 use bus::{JetStreamTransport, Transport};
-use orchestrator::{Bootstrap, Metrics, Orchestrator, Relay, RelaySettings, Settings};
+use orchestrator::{
+    event_consumers, Bootstrap, EventHandler, Metrics, Orchestrator, Relay, RelaySettings, Settings,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::sync::watch;
@@ -76,6 +78,34 @@ impl Application {
         })
     }
 
+    /// The orchestrator's consumers of worker events, when there is a bus.
+    fn consumers(&self, stopped: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some((transport, _)) = &self.relay else {
+            return Vec::new();
+        };
+        let handler: Arc<dyn bus::Handler> = Arc::new(EventHandler::new(self.orchestrator.clone()));
+        let metrics = self.orchestrator.metrics().clone();
+        let on_dead_letter: Arc<dyn Fn(&str) + Send + Sync> =
+            Arc::new(move |consumer| metrics.dead_letter(consumer));
+        event_consumers()
+            .into_iter()
+            .map(|settings| {
+                let run = bus::run_consumer(
+                    transport.clone(),
+                    settings,
+                    handler.clone(),
+                    on_dead_letter.clone(),
+                    stopped.clone(),
+                );
+                tokio::spawn(async move {
+                    if let Err(error) = run.await {
+                        tracing::error!(error = %error, "event consumer stopped");
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// The admin key a first start generated, if it did: to be shown once, then forgotten.
     pub fn take_bootstrap_key(&mut self) -> Option<String> {
         self.bootstrap_key.take()
@@ -105,8 +135,9 @@ impl Application {
             .relay
             .as_ref()
             .map(|(transport, _)| transport.clone() as Arc<dyn Transport>);
-        let router = api::app(AppState::new(self.orchestrator.clone(), self.settings, bus));
         let (stop_relay, relay_stopped) = watch::channel(false);
+        let consumers = self.consumers(&relay_stopped);
+        let router = api::app(AppState::new(self.orchestrator.clone(), self.settings, bus));
         let relay = self.relay.map(|(transport, settings)| {
             let relay = Relay::new(
                 self.orchestrator.store().clone(),
@@ -130,10 +161,14 @@ impl Application {
             }
         }
         .context("HTTP server failed")?;
-        // In-flight requests are done: let the relay finish its batch, then close the database.
+        // In-flight requests are done: let the relay and consumers finish the batch or message in
+        // hand, then close the database.
         let _ = stop_relay.send(true);
         if let Some(relay) = relay {
             let _ = relay.await;
+        }
+        for consumer in consumers {
+            let _ = consumer.await;
         }
         self.orchestrator.store().close().await;
         Ok(())

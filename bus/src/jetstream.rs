@@ -68,7 +68,7 @@ impl JetStreamTransport {
     }
 }
 
-fn stream_configs(settings: &JetStreamSettings) -> [stream::Config; 2] {
+fn stream_configs(settings: &JetStreamSettings) -> [stream::Config; 3] {
     [
         stream::Config {
             name: STREAM_COMMANDS.into(),
@@ -85,6 +85,14 @@ fn stream_configs(settings: &JetStreamSettings) -> [stream::Config; 2] {
             storage: stream::StorageType::File,
             duplicate_window: settings.duplicate_window,
             max_age: settings.event_max_age,
+            ..Default::default()
+        },
+        stream::Config {
+            name: crate::STREAM_DEAD_LETTERS.into(),
+            subjects: vec!["dlq.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            duplicate_window: settings.duplicate_window,
             ..Default::default()
         },
     ]

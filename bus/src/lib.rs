@@ -4,11 +4,15 @@
 //! sent as `Nats-Msg-Id`, so a message published twice is stored once (within the stream's
 //! duplicate window) and consumers can dedup by id beyond it.
 
+mod consumer;
 mod envelope;
 mod jetstream;
 
 use async_trait::async_trait;
 
+pub use consumer::{
+    disposition, run_consumer, ConsumerSettings, Disposition, Handled, Handler, STREAM_DEAD_LETTERS,
+};
 pub use envelope::Envelope;
 pub use jetstream::{JetStreamSettings, JetStreamTransport, STREAM_COMMANDS, STREAM_EVENTS};
 

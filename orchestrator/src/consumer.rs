@@ -197,3 +197,45 @@ fn default_actor(kind: &str) -> &'static str {
         _ => "worker",
     }
 }
+
+/// The inbox name the orchestrator's consumers share.
+pub const CONSUMER: &str = "orchestrator";
+
+/// The orchestrator's durable consumers on `OPS_EVT`: one per worker-event family, since a
+/// JetStream consumer before server 2.10 takes a single filter subject.
+pub fn event_consumers() -> Vec<bus::ConsumerSettings> {
+    [
+        ("orchestrator-plan", "evt.plan.>"),
+        ("orchestrator-exec", "evt.exec.>"),
+        ("orchestrator-verify", "evt.verify.>"),
+    ]
+    .into_iter()
+    .map(|(name, subject)| bus::ConsumerSettings::new(name, bus::STREAM_EVENTS, subject))
+    .collect()
+}
+
+/// Feeds bus messages to [`Orchestrator::consume`].
+pub struct EventHandler {
+    orchestrator: std::sync::Arc<Orchestrator>,
+}
+
+impl EventHandler {
+    pub fn new(orchestrator: std::sync::Arc<Orchestrator>) -> Self {
+        Self { orchestrator }
+    }
+}
+
+#[async_trait::async_trait]
+impl bus::Handler for EventHandler {
+    async fn handle(&self, envelope: &Envelope) -> bus::Handled {
+        // Other events under the same subjects (step results) are for other readers.
+        if !WORKER_EVENTS.contains(&envelope.kind.as_str()) {
+            return bus::Handled::Done;
+        }
+        match self.orchestrator.consume(CONSUMER, envelope).await {
+            Ok(_) => bus::Handled::Done,
+            Err(Error::BadMessage(reason)) => bus::Handled::Poison(reason),
+            Err(error) => bus::Handled::Retry(error.to_string()),
+        }
+    }
+}

@@ -10,7 +10,7 @@ pub mod service;
 pub mod store;
 
 pub use access::{ApiKey, NewApiKey, Principal, Role};
-pub use consumer::{Consumed, WORKER_EVENTS};
+pub use consumer::{event_consumers, Consumed, EventHandler, CONSUMER, WORKER_EVENTS};
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use metrics::{ConflictReason, Metrics};
 pub use relay::{Relay, RelayError, RelaySettings};

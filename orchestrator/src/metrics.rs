@@ -50,6 +50,7 @@ pub struct Metrics {
     outbox_pending: IntGauge,
     outbox_lag: Histogram,
     inbox_duplicates: IntCounter,
+    dead_letters: IntCounterVec,
 }
 
 impl Metrics {
@@ -104,6 +105,14 @@ impl Metrics {
             "Bus messages a consumer had already handled (redeliveries).",
         )
         .expect("valid metric");
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "bus_dead_letter_total",
+                "Messages a consumer gave up on and copied to the dead-letter stream.",
+            ),
+            &["consumer"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(transitions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(conflicts.clone()),
@@ -113,6 +122,7 @@ impl Metrics {
             Box::new(outbox_pending.clone()),
             Box::new(outbox_lag.clone()),
             Box::new(inbox_duplicates.clone()),
+            Box::new(dead_letters.clone()),
         ] {
             registry
                 .register(collector)
@@ -147,6 +157,7 @@ impl Metrics {
             outbox_pending,
             outbox_lag,
             inbox_duplicates,
+            dead_letters,
         }
     }
 
@@ -189,6 +200,10 @@ impl Metrics {
 
     pub fn outbox_lag(&self, lag: std::time::Duration) {
         self.outbox_lag.observe(lag.as_secs_f64());
+    }
+
+    pub fn dead_letter(&self, consumer: &str) {
+        self.dead_letters.with_label_values(&[consumer]).inc();
     }
 
     pub fn inbox_duplicate(&self) {

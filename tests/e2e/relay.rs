@@ -385,3 +385,108 @@ async fn serve_relays_through_a_nats_outage_on_sqlite() {
 async fn serve_relays_through_a_nats_outage_on_postgres() {
     serve_relays_through_an_outage(crate::helpers::Backend::Postgres).await;
 }
+
+async fn worker_events_over_nats(backend: crate::helpers::Backend) {
+    use async_nats::jetstream::message::PublishMessage;
+
+    let Some(database) = crate::helpers::TestDatabase::create(backend).await else {
+        return;
+    };
+    let Some(nats) = TestNats::start().await else {
+        return;
+    };
+    let mut config = database.config();
+    config.bus.nats_url = Some(nats.url.clone());
+    let app = TestApp::start(config).await;
+    let case = app.case_in("ANALYZING").await;
+    let publisher = JetStreamTransport::connect(&nats.url, &JetStreamSettings::default())
+        .await
+        .unwrap();
+    let publish_raw = async |subject: &str, msg_id: String, payload: Vec<u8>| {
+        let message = PublishMessage::build()
+            .message_id(msg_id)
+            .payload(payload.into());
+        publisher
+            .context()
+            .send_publish(subject.to_string(), message)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    };
+
+    let proposed = Envelope::new(
+        Uuid::now_v7(),
+        "opscase/planner",
+        "evt.plan.proposed.v1",
+        &case.to_string(),
+        chrono::Utc::now(),
+        serde_json::json!({"plan": crate::helpers::valid_plan()}),
+    );
+    // Two copies the stream keeps apart, as a redelivery past the duplicate window would be.
+    for copy in ["a", "b"] {
+        publish_raw(
+            "evt.plan.proposed.v1",
+            format!("{}-{copy}", proposed.id),
+            proposed.to_json(),
+        )
+        .await;
+    }
+    eventually("the plan moving the case once", 10, async || {
+        app.case(case).await["status"] == "WAIT_GATE"
+            && app.metric("inbox_dedup_total").await == 1.0
+    })
+    .await;
+    let events: Vec<String> = app
+        .timeline(case)
+        .await
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        events,
+        ["open", "start_analysis", "analysis_done", "plan_ready"]
+    );
+
+    let poison = b"{not json".to_vec();
+    publish_raw("evt.verify.pass.v1", "poison-1".into(), poison.clone()).await;
+    eventually("the poison message dead-lettered", 10, async || {
+        app.metric("bus_dead_letter_total{consumer=\"orchestrator-verify\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    let dead = publisher
+        .context()
+        .get_stream(bus::STREAM_DEAD_LETTERS)
+        .await
+        .unwrap();
+    let letter = dead.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        letter.payload.to_vec(),
+        poison,
+        "the dead letter keeps the original bytes"
+    );
+    assert!(letter
+        .headers
+        .get("Opscase-Dead-Letter-Reason")
+        .unwrap()
+        .as_str()
+        .contains("not a CloudEvents envelope"));
+    assert_eq!(
+        app.case(case).await["version"],
+        4,
+        "the poison changed nothing"
+    );
+    database.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_events_over_nats_apply_once_and_poison_is_dead_lettered_on_sqlite() {
+    worker_events_over_nats(crate::helpers::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_events_over_nats_apply_once_and_poison_is_dead_lettered_on_postgres() {
+    worker_events_over_nats(crate::helpers::Backend::Postgres).await;
+}
