@@ -132,6 +132,9 @@ impl Relay {
 
     /// Relay until `shutdown` turns true, finishing the batch in hand.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if let Err(error) = self.store.wake_on_outbox_commits(self.wake.clone()).await {
+            tracing::warn!(error = %error, "cannot listen for outbox commits; relying on the poll interval");
+        }
         let mut backoff = Duration::ZERO;
         let mut last_prune = tokio::time::Instant::now();
         while !*shutdown.borrow() {

@@ -490,3 +490,46 @@ async fn worker_events_over_nats_apply_once_and_poison_is_dead_lettered_on_sqlit
 async fn worker_events_over_nats_apply_once_and_poison_is_dead_lettered_on_postgres() {
     worker_events_over_nats(crate::helpers::Backend::Postgres).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_in_another_process_is_woken_by_postgres_notify() {
+    crate::helpers::run(
+        crate::helpers::Backend::Postgres,
+        |app: TestApp| async move {
+            let Some(nats) = TestNats::start().await else {
+                return;
+            };
+            let transport = Arc::new(
+                JetStreamTransport::connect(&nats.url, &JetStreamSettings::default())
+                    .await
+                    .unwrap(),
+            );
+            // Its own wake-up and a poll interval of a minute: only a NOTIFY can make it publish soon.
+            let relay = Relay::new(
+                app.orchestrator.store().clone(),
+                transport.clone(),
+                app.orchestrator.metrics().clone(),
+                Arc::new(Notify::new()),
+                RelaySettings {
+                    poll_interval: std::time::Duration::from_secs(60),
+                    ..RelaySettings::default()
+                },
+            );
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let running = tokio::spawn(relay.run(stopped));
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await; // past its first, empty batch
+            let case = app.open_case("t-001").await;
+            let store = app.orchestrator.store().clone();
+            eventually("a NOTIFY-woken publish", 5, async || {
+                store.outbox_pending().await.unwrap() == 0
+            })
+            .await;
+            let published = stream_events(&transport).await;
+            assert_eq!(published.len(), 1);
+            assert_eq!(published[0].subject, case.to_string());
+            stop.send(true).unwrap();
+            running.await.unwrap();
+        },
+    )
+    .await;
+}

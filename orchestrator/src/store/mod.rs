@@ -127,6 +127,9 @@ pub trait Store: Send + Sync + 'static {
     /// locked (`FOR UPDATE SKIP LOCKED`) until the claim is marked or dropped, so relays
     /// running side by side never take the same row.
     async fn claim_outbox(&self, limit: u32) -> StoreResult<Box<dyn OutboxClaim>>;
+    /// Notify `wake` whenever another process commits outbox rows (PostgreSQL LISTEN/NOTIFY;
+    /// nothing on SQLite). Runs until the store is closed.
+    async fn wake_on_outbox_commits(&self, wake: Arc<tokio::sync::Notify>) -> StoreResult<()>;
     /// Unpublished outbox rows.
     async fn outbox_pending(&self) -> StoreResult<i64>;
     /// Delete rows published before `before`; returns how many.

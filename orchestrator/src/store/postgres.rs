@@ -3,6 +3,7 @@
 //! writers of different cases run in parallel.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,9 @@ use crate::model::{
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The channel the outbox trigger notifies (see the outbox_notify migration).
+const OUTBOX_CHANNEL: &str = "opscase_outbox";
 
 const CASE_COLUMNS: &str =
     "c.id, c.tenant, c.title, c.severity, c.labels, c.automation, c.evidence, \
@@ -215,6 +219,18 @@ impl Store for PostgresStore {
             })
             .collect::<StoreResult<Vec<_>>>()?;
         Ok(Box::new(PostgresOutboxClaim { tx, rows }))
+    }
+
+    async fn wake_on_outbox_commits(&self, wake: Arc<tokio::sync::Notify>) -> StoreResult<()> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(OUTBOX_CHANNEL).await?;
+        tokio::spawn(async move {
+            // recv() reconnects after a lost connection; it fails only once the pool is closed.
+            while listener.recv().await.is_ok() {
+                wake.notify_one();
+            }
+        });
+        Ok(())
     }
 
     async fn outbox_pending(&self) -> StoreResult<i64> {

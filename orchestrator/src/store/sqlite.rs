@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -236,6 +237,10 @@ impl Store for SqliteStore {
             writer: self.writer.clone(),
             rows,
         }))
+    }
+
+    async fn wake_on_outbox_commits(&self, _wake: Arc<tokio::sync::Notify>) -> StoreResult<()> {
+        Ok(())
     }
 
     async fn outbox_pending(&self) -> StoreResult<i64> {
