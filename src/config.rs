@@ -63,6 +63,11 @@ pub struct BusConfig {
     pub relay_poll_interval_ms: u64,
     /// Published outbox rows are deleted after this long.
     pub outbox_retention_hours: u64,
+    /// Run the relay (or, without NATS, the embedded bus) in `opscase serve`; turn off when
+    /// dedicated `opscase relay` processes publish instead.
+    pub relay_in_process: bool,
+    /// Deliveries of a failing message before it is dead-lettered.
+    pub max_deliver: i64,
 }
 
 impl Default for BusConfig {
@@ -73,6 +78,8 @@ impl Default for BusConfig {
             relay_batch_size: 500,
             relay_poll_interval_ms: 1000,
             outbox_retention_hours: 24,
+            relay_in_process: true,
+            max_deliver: 5,
         }
     }
 }
@@ -330,6 +337,12 @@ impl Config {
             "OPSCASE_OUTBOX_RETENTION_HOURS",
             &env,
         )?;
+        set(
+            &mut self.bus.relay_in_process,
+            "OPSCASE_RELAY_IN_PROCESS",
+            &env,
+        )?;
+        set(&mut self.bus.max_deliver, "OPSCASE_MAX_DELIVER", &env)?;
         set(&mut self.database.data_dir, "OPSCASE_DATA_DIR", &env)?;
         set(&mut self.database.pool_size, "OPSCASE_POOL_SIZE", &env)?;
         set(
@@ -352,6 +365,11 @@ impl Config {
                     "bus.nats_url (OPSCASE_NATS_URL) must start with nats:// or tls://".into(),
                 ));
             }
+        }
+        if self.bus.max_deliver < 1 {
+            return Err(ConfigError(
+                "bus.max_deliver (OPSCASE_MAX_DELIVER) must be at least 1".into(),
+            ));
         }
         if self.bus.relay_batch_size == 0 || self.bus.relay_poll_interval_ms == 0 {
             return Err(ConfigError(

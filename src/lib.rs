@@ -12,7 +12,8 @@ use anyhow::Context;
 use api::{ApiSettings, AppState};
 use bus::{JetStreamTransport, Transport};
 use orchestrator::{
-    event_consumers, Bootstrap, EventHandler, Metrics, Orchestrator, Relay, RelaySettings, Settings,
+    embedded_subscription, event_consumers, Bootstrap, EmbeddedTransport, EventHandler, Metrics,
+    Orchestrator, Relay, RelaySettings, Settings,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -31,8 +32,12 @@ pub struct Application {
     orchestrator: Arc<Orchestrator>,
     settings: ApiSettings,
     bootstrap_key: Option<String>,
-    /// The bus the outbox is relayed to (`bus.nats_url`), with the relay's settings.
-    relay: Option<(Arc<JetStreamTransport>, RelaySettings)>,
+    /// NATS JetStream when `bus.nats_url` is set; otherwise the embedded bus.
+    nats: Option<Arc<JetStreamTransport>>,
+    relay_settings: RelaySettings,
+    /// `bus.relay_in_process`: publish (or, embedded, deliver) the outbox from this process.
+    relay_in_process: bool,
+    max_deliver: i64,
 }
 
 impl Application {
@@ -48,11 +53,8 @@ impl Application {
             Bootstrap::Generated(key) => Some(key),
             Bootstrap::Supplied | Bootstrap::KeysExist => None,
         };
-        let relay = match &config.bus.nats_url {
-            Some(url) => Some((
-                Arc::new(connect_bus(url, config).await?),
-                config.bus.relay_settings(),
-            )),
+        let nats = match &config.bus.nats_url {
+            Some(url) => Some(Arc::new(connect_bus(url, config).await?)),
             None => None,
         };
         let listener = TcpListener::bind(config.server.listen)
@@ -74,13 +76,16 @@ impl Application {
                 cors_allowed_origins: config.server.cors_allowed_origins.clone(),
             },
             bootstrap_key,
-            relay,
+            nats,
+            relay_settings: config.bus.relay_settings(),
+            relay_in_process: config.bus.relay_in_process,
+            max_deliver: config.bus.max_deliver,
         })
     }
 
     /// The orchestrator's consumers of worker events, when there is a bus.
     fn consumers(&self, stopped: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        let Some((transport, _)) = &self.relay else {
+        let Some(transport) = &self.nats else {
             return Vec::new();
         };
         let handler: Arc<dyn bus::Handler> = Arc::new(EventHandler::new(self.orchestrator.clone()));
@@ -131,23 +136,32 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let bus = self
-            .relay
-            .as_ref()
-            .map(|(transport, _)| transport.clone() as Arc<dyn Transport>);
+        let transport: Arc<dyn Transport> = match &self.nats {
+            Some(nats) => nats.clone(),
+            None => Arc::new(EmbeddedTransport::new(
+                self.orchestrator.store().clone(),
+                vec![embedded_subscription(self.orchestrator.clone())],
+                self.orchestrator.metrics().clone(),
+                self.max_deliver,
+            )),
+        };
         let (stop_relay, relay_stopped) = watch::channel(false);
         let consumers = self.consumers(&relay_stopped);
-        let router = api::app(AppState::new(self.orchestrator.clone(), self.settings, bus));
-        let relay = self.relay.map(|(transport, settings)| {
+        let relay = self.relay_in_process.then(|| {
             let relay = Relay::new(
                 self.orchestrator.store().clone(),
-                transport,
+                transport.clone(),
                 self.orchestrator.metrics().clone(),
                 self.orchestrator.outbox_written(),
-                settings,
+                self.relay_settings.clone(),
             );
             tokio::spawn(relay.run(relay_stopped))
         });
+        let router = api::app(AppState::new(
+            self.orchestrator.clone(),
+            self.settings,
+            Some(transport),
+        ));
         match self.tls {
             None => {
                 axum::serve(self.listener, router)

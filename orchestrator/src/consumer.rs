@@ -214,6 +214,17 @@ pub fn event_consumers() -> Vec<bus::ConsumerSettings> {
     .collect()
 }
 
+/// The orchestrator as a consumer of the embedded bus.
+pub fn embedded_subscription(
+    orchestrator: std::sync::Arc<Orchestrator>,
+) -> crate::embedded::Subscription {
+    crate::embedded::Subscription {
+        consumer: CONSUMER.into(),
+        topics: WORKER_EVENTS.iter().map(|t| t.to_string()).collect(),
+        handler: std::sync::Arc::new(EventHandler::new(orchestrator)),
+    }
+}
+
 /// Feeds bus messages to [`Orchestrator::consume`].
 pub struct EventHandler {
     orchestrator: std::sync::Arc<Orchestrator>,

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod consumer;
+pub mod embedded;
 pub mod idempotency;
 pub mod metrics;
 pub mod model;
@@ -10,7 +11,10 @@ pub mod service;
 pub mod store;
 
 pub use access::{ApiKey, NewApiKey, Principal, Role};
-pub use consumer::{event_consumers, Consumed, EventHandler, CONSUMER, WORKER_EVENTS};
+pub use consumer::{
+    embedded_subscription, event_consumers, Consumed, EventHandler, CONSUMER, WORKER_EVENTS,
+};
+pub use embedded::{EmbeddedTransport, Subscription};
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use metrics::{ConflictReason, Metrics};
 pub use relay::{Relay, RelayError, RelaySettings};

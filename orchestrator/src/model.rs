@@ -210,3 +210,14 @@ pub struct CaseFilter {
     pub before: Option<Uuid>,
     pub limit: u32,
 }
+
+/// A message an embedded consumer gave up on.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DeadLetter {
+    pub consumer: String,
+    pub message_id: Uuid,
+    pub topic: String,
+    pub envelope: Value,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}

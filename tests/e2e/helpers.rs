@@ -19,24 +19,38 @@ pub enum Backend {
     Postgres,
 }
 
-/// Runs `$name(app)` once on each backend, as `$name::sqlite` and `$name::postgres`.
+/// Runs `$name(app)` once on each backend, as `$name::sqlite` and `$name::postgres`; an
+/// optional second argument adjusts the configuration (`fn(&mut Config)`).
 #[macro_export]
 macro_rules! on_both_backends {
     ($name:ident) => {
+        $crate::on_both_backends!($name, |_| {});
+    };
+    ($name:ident, $configure:expr) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sqlite() {
-                $crate::helpers::run($crate::helpers::Backend::Sqlite, super::$name).await;
+                $crate::helpers::run_with(
+                    $crate::helpers::Backend::Sqlite,
+                    $configure,
+                    super::$name,
+                )
+                .await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
-                $crate::helpers::run($crate::helpers::Backend::Postgres, super::$name).await;
+                $crate::helpers::run_with(
+                    $crate::helpers::Backend::Postgres,
+                    $configure,
+                    super::$name,
+                )
+                .await;
             }
         }
     };
 }
 
-pub async fn run<F, Fut>(backend: Backend, test: F)
+pub async fn run_with<F, Fut>(backend: Backend, configure: fn(&mut Config), test: F)
 where
     F: FnOnce(TestApp) -> Fut,
     Fut: Future<Output = ()>,
@@ -44,9 +58,16 @@ where
     let Some(database) = TestDatabase::create(backend).await else {
         return;
     };
-    let app = TestApp::start(database.config()).await;
+    let mut config = database.config();
+    configure(&mut config);
+    let app = TestApp::start(config).await;
     test(app).await;
     database.drop_database().await;
+}
+
+/// For tests that drive a relay themselves: the service does not relay its own outbox.
+pub fn without_relay(config: &mut Config) {
+    config.bus.relay_in_process = false;
 }
 
 /// Where PostgreSQL tests create their databases.

@@ -10,6 +10,7 @@ mod access;
 mod concurrency;
 mod consumer;
 mod docs;
+mod embedded;
 mod http;
 mod nats;
 mod readiness;

@@ -68,7 +68,10 @@ async fn make_traffic(app: &TestApp, cases: usize, steps: usize) -> (Vec<Uuid>, 
     (ids, messages)
 }
 
-on_both_backends!(every_committed_transition_reaches_the_stream_once);
+on_both_backends!(
+    every_committed_transition_reaches_the_stream_once,
+    crate::helpers::without_relay
+);
 async fn every_committed_transition_reaches_the_stream_once(app: TestApp) {
     let Some(nats) = TestNats::start().await else {
         return;
@@ -136,7 +139,10 @@ impl Transport for AckLost {
     }
 }
 
-on_both_backends!(a_relay_that_dies_between_publish_and_mark_causes_no_duplicate);
+on_both_backends!(
+    a_relay_that_dies_between_publish_and_mark_causes_no_duplicate,
+    crate::helpers::without_relay
+);
 async fn a_relay_that_dies_between_publish_and_mark_causes_no_duplicate(app: TestApp) {
     let Some(nats) = TestNats::start().await else {
         return;
@@ -180,7 +186,10 @@ async fn a_relay_that_dies_between_publish_and_mark_causes_no_duplicate(app: Tes
     );
 }
 
-on_both_backends!(while_nats_is_down_rows_wait_and_then_drain_in_order);
+on_both_backends!(
+    while_nats_is_down_rows_wait_and_then_drain_in_order,
+    crate::helpers::without_relay
+);
 async fn while_nats_is_down_rows_wait_and_then_drain_in_order(app: TestApp) {
     let Some(mut nats) = TestNats::start().await else {
         return;
@@ -256,8 +265,9 @@ impl Transport for Counting {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_relays_on_one_postgres_database_never_take_the_same_row() {
-    crate::helpers::run(
+    crate::helpers::run_with(
         crate::helpers::Backend::Postgres,
+        crate::helpers::without_relay,
         |app: TestApp| async move {
             let Some(nats) = TestNats::start().await else {
                 return;
@@ -493,8 +503,9 @@ async fn worker_events_over_nats_apply_once_and_poison_is_dead_lettered_on_postg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_in_another_process_is_woken_by_postgres_notify() {
-    crate::helpers::run(
+    crate::helpers::run_with(
         crate::helpers::Backend::Postgres,
+        crate::helpers::without_relay,
         |app: TestApp| async move {
             let Some(nats) = TestNats::start().await else {
                 return;

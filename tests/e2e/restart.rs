@@ -75,6 +75,12 @@ impl Drop for Served {
     }
 }
 
+/// SIGKILL: no shutdown, no flush, as in a crash.
+pub fn kill_hard(mut served: Served) {
+    served.child.kill().unwrap();
+    served.child.wait().unwrap();
+}
+
 pub fn terminate(mut served: Served) {
     let pid = served.child.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();

@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::access::ApiKey;
 use crate::model::{
-    Case, CaseFilter, DecisionRecord, NewTimelineEntry, OutboxMessage, PlanRecord, TimelineEntry,
+    Case, CaseFilter, DeadLetter, DecisionRecord, NewTimelineEntry, OutboxMessage, PlanRecord,
+    TimelineEntry,
 };
 
 pub use postgres::PostgresStore;
@@ -134,6 +135,18 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_pending(&self) -> StoreResult<i64>;
     /// Delete rows published before `before`; returns how many.
     async fn prune_outbox(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// Whether `consumer` has handled `message_id` (outside any transaction).
+    async fn inbox_contains(&self, consumer: &str, message_id: Uuid) -> StoreResult<bool>;
+    /// Record that `consumer` handled `message_id` (idempotent).
+    async fn record_inbox(
+        &self,
+        consumer: &str,
+        message_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    async fn insert_dead_letter(&self, letter: &DeadLetter) -> StoreResult<()>;
+    async fn dead_letters(&self) -> StoreResult<Vec<DeadLetter>>;
 
     async fn count_keys(&self) -> StoreResult<i64>;
     async fn insert_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()>;

@@ -22,8 +22,8 @@ use super::{
 use super::{OutboxClaim, OutboxRow};
 use crate::access::ApiKey;
 use crate::model::{
-    Case, CaseFilter, DecisionRecord, NewTimelineEntry, OutboxMessage, Outcome, PlanRecord,
-    TimelineEntry,
+    Case, CaseFilter, DeadLetter, DecisionRecord, NewTimelineEntry, OutboxMessage, Outcome,
+    PlanRecord, TimelineEntry,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -248,6 +248,68 @@ impl Store for PostgresStore {
                 .execute(&self.pool)
                 .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn inbox_contains(&self, consumer: &str, message_id: Uuid) -> StoreResult<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = $2)",
+        )
+        .bind(consumer)
+        .bind(message_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn record_inbox(
+        &self,
+        consumer: &str,
+        message_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO inbox (consumer, message_id, received_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (consumer, message_id) DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(message_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_dead_letter(&self, letter: &DeadLetter) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO dead_letter (consumer, message_id, topic, envelope, reason, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&letter.consumer)
+        .bind(letter.message_id)
+        .bind(&letter.topic)
+        .bind(Json(&letter.envelope))
+        .bind(&letter.reason)
+        .bind(letter.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self) -> StoreResult<Vec<DeadLetter>> {
+        let rows = sqlx::query("SELECT consumer, message_id, topic, envelope, reason, created_at FROM dead_letter ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    consumer: row.try_get("consumer")?,
+                    message_id: uuid_at(row, "message_id")?,
+                    topic: row.try_get("topic")?,
+                    envelope: row.try_get::<Json<Value>, _>("envelope")?.0,
+                    reason: row.try_get("reason")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn count_keys(&self) -> StoreResult<i64> {

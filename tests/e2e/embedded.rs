@@ -1,0 +1,262 @@
+//! The embedded bus (the default, no server): the outbox is the log, in-process consumers get
+//! each message, and a row is done only when every consumer handled it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bus::{Envelope, Handled, Handler};
+use chrono::Utc;
+use orchestrator::{EmbeddedTransport, Relay, RelaySettings, Subscription};
+use serde_json::json;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::helpers::{valid_plan, TestApp};
+use crate::on_both_backends;
+
+fn plan_proposed(case: Uuid) -> Envelope {
+    Envelope::new(
+        Uuid::now_v7(),
+        "opscase/planner",
+        "evt.plan.proposed.v1",
+        &case.to_string(),
+        Utc::now(),
+        json!({"plan": valid_plan()}),
+    )
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{what} did not happen within 5s");
+}
+
+on_both_backends!(a_worker_event_on_the_embedded_bus_moves_the_case_once);
+async fn a_worker_event_on_the_embedded_bus_moves_the_case_once(app: TestApp) {
+    let case = app.case_in("ANALYZING").await;
+    let event = plan_proposed(case);
+    assert!(app.orchestrator.publish_event(&event).await.unwrap());
+    assert!(
+        !app.orchestrator.publish_event(&event).await.unwrap(),
+        "the same message id is stored once"
+    );
+    eventually("the plan moving the case", async || {
+        app.case(case).await["status"] == "WAIT_GATE"
+    })
+    .await;
+    let store = app.orchestrator.store().clone();
+    eventually("every row delivered", async || {
+        store.outbox_pending().await.unwrap() == 0
+    })
+    .await;
+    assert_eq!(app.case(case).await["version"], 4);
+    let events: Vec<String> = app
+        .timeline(case)
+        .await
+        .iter()
+        .map(|r| r["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        events,
+        ["open", "start_analysis", "analysis_done", "plan_ready"]
+    );
+}
+
+/// Fails its first `failures` deliveries, then succeeds; counts what it saw.
+struct Flaky {
+    failures: usize,
+    calls: AtomicUsize,
+    done: AtomicUsize,
+    poison: bool,
+}
+
+#[async_trait]
+impl Handler for Flaky {
+    async fn handle(&self, _envelope: &Envelope) -> Handled {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.poison {
+            return Handled::Poison("cannot read this".into());
+        }
+        if call < self.failures {
+            return Handled::Retry("not yet".into());
+        }
+        self.done.fetch_add(1, Ordering::SeqCst);
+        Handled::Done
+    }
+}
+
+fn embedded_relay(app: &TestApp, handler: Arc<Flaky>, max_deliver: i64) -> Relay {
+    let transport = EmbeddedTransport::new(
+        app.orchestrator.store().clone(),
+        vec![Subscription {
+            consumer: "test-consumer".into(),
+            topics: vec!["evt.case.>".into()],
+            handler,
+        }],
+        app.orchestrator.metrics().clone(),
+        max_deliver,
+    );
+    Relay::new(
+        app.orchestrator.store().clone(),
+        Arc::new(transport),
+        app.orchestrator.metrics().clone(),
+        Arc::new(Notify::new()),
+        RelaySettings::default(),
+    )
+}
+
+on_both_backends!(
+    an_unacked_message_is_delivered_again_after_a_restart,
+    crate::helpers::without_relay
+);
+async fn an_unacked_message_is_delivered_again_after_a_restart(app: TestApp) {
+    let case = app.open_case("t-001").await;
+    let flaky = Arc::new(Flaky {
+        failures: 1,
+        calls: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        poison: false,
+    });
+
+    // The consumer fails: the row is not done, and stays in the outbox.
+    let before_crash = embedded_relay(&app, flaky.clone(), 5);
+    assert!(before_crash.relay_batch().await.is_err());
+    assert_eq!(app.orchestrator.store().outbox_pending().await.unwrap(), 1);
+    drop(before_crash);
+
+    // A new process (a new transport, nothing in memory) delivers it again, once.
+    let after_restart = embedded_relay(&app, flaky.clone(), 5);
+    assert_eq!(after_restart.relay_batch().await.unwrap(), 1);
+    assert_eq!(after_restart.relay_batch().await.unwrap(), 0);
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(flaky.done.load(Ordering::SeqCst), 1);
+    assert_eq!(app.orchestrator.store().outbox_pending().await.unwrap(), 0);
+
+    // Handled rows are not handed over again even if they were never marked (a crash between
+    // the handler's ack and the mark): the inbox remembers.
+    app.advance(case, json!({"event": "start_analysis"})).await;
+    let message = app.outbox(case).await.pop().unwrap();
+    app.orchestrator
+        .store()
+        .record_inbox("test-consumer", message.message_id, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(after_restart.relay_batch().await.unwrap(), 1);
+    assert_eq!(
+        flaky.calls.load(Ordering::SeqCst),
+        2,
+        "the inbox turned the redelivery into a no-op"
+    );
+}
+
+on_both_backends!(
+    a_message_that_keeps_failing_is_dead_lettered_not_dropped,
+    crate::helpers::without_relay
+);
+async fn a_message_that_keeps_failing_is_dead_lettered_not_dropped(app: TestApp) {
+    app.open_case("t-001").await;
+    let failing = Arc::new(Flaky {
+        failures: usize::MAX,
+        calls: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        poison: false,
+    });
+    let relay = embedded_relay(&app, failing.clone(), 3);
+    for _ in 0..2 {
+        assert!(relay.relay_batch().await.is_err());
+    }
+    assert_eq!(
+        relay.relay_batch().await.unwrap(),
+        1,
+        "the third delivery gives up and moves on"
+    );
+    assert_eq!(failing.calls.load(Ordering::SeqCst), 3);
+    let letters = app.orchestrator.store().dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].consumer, "test-consumer");
+    assert!(
+        letters[0].reason.contains("3 deliveries"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(letters[0].envelope["type"], "evt.case.transition.v1");
+    assert_eq!(
+        app.metric("bus_dead_letter_total{consumer=\"test-consumer\"}")
+            .await,
+        1.0
+    );
+
+    app.open_case("t-001").await;
+    let poison = Arc::new(Flaky {
+        failures: 0,
+        calls: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        poison: true,
+    });
+    assert_eq!(
+        embedded_relay(&app, poison.clone(), 3)
+            .relay_batch()
+            .await
+            .unwrap(),
+        1,
+        "poison is not retried"
+    );
+    assert_eq!(poison.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        app.orchestrator.store().dead_letters().await.unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_committed_while_the_process_is_dead_is_delivered_after_restart() {
+    use crate::helpers::{client_with, Backend, TestDatabase, ADMIN_KEY};
+    use crate::restart::{kill_hard, serve, terminate};
+
+    let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let client = client_with(ADMIN_KEY);
+    let first = serve(&database, Some(ADMIN_KEY));
+    let created: serde_json::Value = client
+        .post(format!("{}/v1/cases", first.base))
+        .json(&json!({"title": "crash test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let case: Uuid = created["id"].as_str().unwrap().parse().unwrap();
+    let started = client
+        .patch(format!("{}/v1/cases/{case}/transition", first.base))
+        .header("Idempotency-Key", "start")
+        .json(&json!({"event": "start_analysis"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 200);
+    kill_hard(first);
+
+    // A worker's event is committed to the outbox while no process is there to deliver it.
+    let store = orchestrator::connect(&database.url(), 2).await.unwrap();
+    let writer = orchestrator::Orchestrator::new(
+        store.clone(),
+        orchestrator::Metrics::new(),
+        orchestrator::Settings::default(),
+    );
+    assert!(writer.publish_event(&plan_proposed(case)).await.unwrap());
+    store.close().await;
+
+    let second = serve(&database, Some(ADMIN_KEY));
+    let url = format!("{}/v1/cases/{case}", second.base);
+    eventually("the event delivered after the restart", async || {
+        let case: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        case["status"] == "WAIT_GATE"
+    })
+    .await;
+    terminate(second);
+}
