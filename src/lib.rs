@@ -94,7 +94,8 @@ impl Application {
             Arc::new(move |consumer| metrics.dead_letter(consumer));
         event_consumers()
             .into_iter()
-            .map(|settings| {
+            .map(|mut settings| {
+                settings.max_deliver = self.max_deliver;
                 let run = bus::run_consumer(
                     transport.clone(),
                     settings,
