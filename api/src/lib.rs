@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod cases;
 pub mod extract;
+pub mod http_metrics;
 pub mod keys;
 pub mod openapi;
 pub mod problem;
@@ -94,6 +95,7 @@ impl AppState {
 /// description.
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
+    let http_metrics = http_metrics::HttpMetrics::register(&state.orchestrator.metrics().registry);
     let v1 = Router::new()
         .route("/v1/cases", post(cases::open_case).get(cases::list_cases))
         .route("/v1/cases/{id}", get(cases::get_case))
@@ -129,7 +131,8 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(http_metrics, http_metrics::observe));
     if let Some(cors) = cors_layer(&settings.cors_allowed_origins) {
         router = router.layer(cors);
     }
