@@ -21,20 +21,32 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn register(registry: &Registry) -> Self {
         let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by method, route template and status."),
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by method, route template and status.",
+            ),
             &["method", "route", "status"],
         )
         .expect("valid metric");
         let durations = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request durations by method and route template.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request durations by method and route template.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
             &["method", "route"],
         )
         .expect("valid metric");
         // A second registration (several routers on one registry, as in tests) reuses the first.
         let _ = registry.register(Box::new(requests.clone()));
         let _ = registry.register(Box::new(durations.clone()));
-        Self { requests, durations }
+        Self {
+            requests,
+            durations,
+        }
     }
 }
 

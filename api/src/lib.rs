@@ -132,7 +132,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(http_metrics, http_metrics::observe));
+        .layer(middleware::from_fn_with_state(
+            http_metrics,
+            http_metrics::observe,
+        ));
     if let Some(cors) = cors_layer(&settings.cors_allowed_origins) {
         router = router.layer(cors);
     }

@@ -373,23 +373,60 @@ async fn health_schema_metrics_and_docs_are_served(app: TestApp) {
 on_both_backends!(http_metrics_count_by_route_template_never_by_id);
 async fn http_metrics_count_by_route_template_never_by_id(app: TestApp) {
     let case = app.open_case("t-001").await;
-    assert_eq!(app.get_json(&format!("/v1/cases/{case}")).await.0, StatusCode::OK);
-    assert_eq!(app.get_json(&format!("/v1/cases/{}", uuid::Uuid::now_v7())).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(app.get_json("/no/such/route").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get_json(&format!("/v1/cases/{case}")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get_json(&format!("/v1/cases/{}", uuid::Uuid::now_v7()))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.get_json("/no/such/route").await.0,
+        StatusCode::NOT_FOUND
+    );
 
     let by_template = "http_requests_total{method=\"GET\",route=\"/v1/cases/{id}\"";
-    assert_eq!(app.metric(&format!("{by_template},status=\"200\"}}")).await, 1.0);
-    assert_eq!(app.metric(&format!("{by_template},status=\"404\"}}")).await, 1.0);
-    assert_eq!(app.metric("http_requests_total{method=\"POST\",route=\"/v1/cases\",status=\"201\"}").await, 1.0);
-    assert_eq!(app.metric("http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}").await, 1.0);
     assert_eq!(
-        app.metric("http_request_duration_seconds_count{method=\"GET\",route=\"/v1/cases/{id}\"}").await,
+        app.metric(&format!("{by_template},status=\"200\"}}")).await,
+        1.0
+    );
+    assert_eq!(
+        app.metric(&format!("{by_template},status=\"404\"}}")).await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("http_requests_total{method=\"POST\",route=\"/v1/cases\",status=\"201\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("http_request_duration_seconds_count{method=\"GET\",route=\"/v1/cases/{id}\"}")
+            .await,
         2.0
     );
 
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let uuid_label = text.lines().find(|line| {
-        line.split('"').skip(1).step_by(2).any(|value| uuid::Uuid::parse_str(value).is_ok())
+        line.split('"')
+            .skip(1)
+            .step_by(2)
+            .any(|value| uuid::Uuid::parse_str(value).is_ok())
     });
     assert_eq!(uuid_label, None, "a label value is a UUID");
 }
