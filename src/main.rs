@@ -140,16 +140,9 @@ fn main() -> ExitCode {
 }
 
 fn keys(config_file: &Option<PathBuf>, overrides: Overrides, action: KeysAction) -> ExitCode {
-    let config = match Config::load(
-        config_file.as_deref(),
-        |name| std::env::var(name).ok(),
-        &overrides,
-    ) {
+    let config = match load_config(config_file, &overrides) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("opscase: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result: anyhow::Result<()> = runtime.block_on(async {
@@ -210,26 +203,13 @@ fn keys(config_file: &Option<PathBuf>, overrides: Overrides, action: KeysAction)
         orchestrator.store().close().await;
         Ok(())
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("opscase: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(result)
 }
 
 fn relay(config_file: &Option<PathBuf>, overrides: Overrides) -> ExitCode {
-    let config = match Config::load(
-        config_file.as_deref(),
-        |name| std::env::var(name).ok(),
-        &overrides,
-    ) {
+    let config = match load_config(config_file, &overrides) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("opscase: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let Some(url) = config.bus.nats_url.clone() else {
         eprintln!("opscase: configuration: the relay needs bus.nats_url (OPSCASE_NATS_URL)");
@@ -258,6 +238,24 @@ fn relay(config_file: &Option<PathBuf>, overrides: Overrides) -> ExitCode {
         orchestrator.store().close().await;
         Ok(())
     });
+    exit_code(result)
+}
+
+/// The configuration, or the exit code (2) after saying which setting is wrong.
+fn load_config(config_file: &Option<PathBuf>, overrides: &Overrides) -> Result<Config, ExitCode> {
+    Config::load(
+        config_file.as_deref(),
+        |name| std::env::var(name).ok(),
+        overrides,
+    )
+    .map_err(|error| {
+        eprintln!("opscase: {error}");
+        ExitCode::from(2)
+    })
+}
+
+/// Success, or the error and its causes on stderr.
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -285,16 +283,9 @@ fn parse_lifetime(text: &str) -> Result<chrono::Duration, String> {
 }
 
 fn run(config_file: &Option<PathBuf>, overrides: Overrides, serve: bool) -> ExitCode {
-    let config = match Config::load(
-        config_file.as_deref(),
-        |name| std::env::var(name).ok(),
-        &overrides,
-    ) {
+    let config = match load_config(config_file, &overrides) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("opscase: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     init_logging(&config);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
