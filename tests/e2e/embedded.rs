@@ -260,3 +260,46 @@ async fn a_message_committed_while_the_process_is_dead_is_delivered_after_restar
     .await;
     terminate(second);
 }
+
+on_both_backends!(
+    published_rows_are_pruned_after_the_retention_and_pending_ones_kept,
+    crate::helpers::without_relay
+);
+async fn published_rows_are_pruned_after_the_retention_and_pending_ones_kept(app: TestApp) {
+    let delivered = app.open_case("t-001").await;
+    let idle = Arc::new(Flaky {
+        failures: 0,
+        calls: AtomicUsize::new(0),
+        done: AtomicUsize::new(0),
+        poison: false,
+    });
+    assert_eq!(
+        embedded_relay(&app, idle, 5).relay_batch().await.unwrap(),
+        1
+    );
+    let waiting = app.open_case("t-001").await; // committed after the relay ran: unpublished
+    let store = app.orchestrator.store().clone();
+
+    assert_eq!(
+        store
+            .prune_outbox(Utc::now() - chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        0,
+        "too recent"
+    );
+    assert_eq!(
+        store
+            .prune_outbox(Utc::now() + chrono::Duration::seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(app.outbox(delivered).await.is_empty());
+    assert_eq!(
+        app.outbox(waiting).await.len(),
+        1,
+        "an unpublished row is never pruned"
+    );
+    assert_eq!(store.outbox_pending().await.unwrap(), 1);
+}
