@@ -18,6 +18,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub auth: AuthConfig,
     pub bus: BusConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -50,6 +51,19 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencyConfig {
     pub ttl_hours: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `/metrics` needs a key with the `metrics` or `admin` role; `false` opens it.
+    pub auth: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { auth: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,6 +356,7 @@ impl Config {
             "OPSCASE_RELAY_IN_PROCESS",
             &env,
         )?;
+        set(&mut self.metrics.auth, "OPSCASE_METRICS_AUTH", &env)?;
         set(&mut self.bus.max_deliver, "OPSCASE_MAX_DELIVER", &env)?;
         set(&mut self.database.data_dir, "OPSCASE_DATA_DIR", &env)?;
         set(&mut self.database.pool_size, "OPSCASE_POOL_SIZE", &env)?;

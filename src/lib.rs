@@ -74,6 +74,7 @@ impl Application {
                 rate_limit_per_second: config.auth.rate_limit_per_second,
                 rate_limit_burst: config.auth.rate_limit_burst,
                 cors_allowed_origins: config.server.cors_allowed_origins.clone(),
+                metrics_auth: config.metrics.auth,
             },
             bootstrap_key,
             nats,

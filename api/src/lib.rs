@@ -47,6 +47,8 @@ pub struct ApiSettings {
     pub rate_limit_burst: f64,
     /// Origins browsers may call from; empty = no CORS headers at all.
     pub cors_allowed_origins: Vec<String>,
+    /// `/metrics` needs the `metrics` or `admin` role; false opens it (an explicit choice).
+    pub metrics_auth: bool,
 }
 
 impl Default for ApiSettings {
@@ -59,6 +61,7 @@ impl Default for ApiSettings {
             rate_limit_per_second: 200.0,
             rate_limit_burst: 400.0,
             cors_allowed_origins: Vec::new(),
+            metrics_auth: true,
         }
     }
 }
@@ -111,12 +114,23 @@ pub fn app(state: AppState) -> Router {
         .route("/case/{id}/transition", patch(cases::transition_alias));
     let admin = Router::new()
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
-        .route("/v1/keys/{id}", delete(keys::revoke_key))
-        .route("/metrics", get(system::metrics));
+        .route("/v1/keys/{id}", delete(keys::revoke_key));
+    let (protected_metrics, open_metrics) = if settings.metrics_auth {
+        (
+            Router::new().route("/metrics", get(system::metrics)),
+            Router::new(),
+        )
+    } else {
+        (
+            Router::new(),
+            Router::new().route("/metrics", get(system::open_metrics)),
+        )
+    };
     let protected = Router::new()
         .merge(v1)
         .merge(seed_aliases)
         .merge(admin)
+        .merge(protected_metrics)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -124,6 +138,7 @@ pub fn app(state: AppState) -> Router {
     let open = Router::new()
         .route("/livez", get(system::livez))
         .route("/readyz", get(system::readyz))
+        .merge(open_metrics)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()));
     let mut router = Router::new()
         .merge(protected)

@@ -83,6 +83,11 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "system",
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4")))]
 pub async fn metrics(State(app): State<AppState>, _caller: Allowed<Scrape>) -> Response {
+    open_metrics(State(app)).await
+}
+
+/// `/metrics` without a key, when `metrics.auth = false` says so.
+pub async fn open_metrics(State(app): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,

@@ -554,3 +554,28 @@ async fn the_bootstrap_key_is_printed_once_and_never_logged() {
     );
     terminate(second);
 }
+
+#[tokio::test]
+async fn metrics_are_open_only_when_configured_so() {
+    let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let mut config = database.config();
+    config.metrics.auth = false;
+    let app = TestApp::start(config).await;
+    let scrape = Client::new().get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(scrape.status(), StatusCode::OK);
+    assert!(scrape
+        .text()
+        .await
+        .unwrap()
+        .contains("# TYPE case_transition_total counter"));
+    let cases = Client::new()
+        .get(app.url("/v1/cases"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        cases.status(),
+        StatusCode::UNAUTHORIZED,
+        "only /metrics is opened"
+    );
+}
