@@ -1,6 +1,7 @@
 //! The `opscase` service: configuration and the application that ties the crates together.
 
 pub mod config;
+pub mod logging;
 
 use std::future::Future;
 use std::io;

@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 use opscase::config::ConfigError;
 use opscase::{Application, Config, LogFormat, Overrides};
 use orchestrator::{NewApiKey, Role};
-use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 #[derive(Parser)]
@@ -215,7 +214,7 @@ fn relay(config_file: &Option<PathBuf>, overrides: Overrides) -> ExitCode {
         eprintln!("opscase: configuration: the relay needs bus.nats_url (OPSCASE_NATS_URL)");
         return ExitCode::from(2);
     };
-    init_logging(&config);
+    opscase::logging::init(&config);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result: anyhow::Result<()> = runtime.block_on(async {
         let orchestrator = opscase::open_orchestrator(&config).await?;
@@ -287,7 +286,7 @@ fn run(config_file: &Option<PathBuf>, overrides: Overrides, serve: bool) -> Exit
         Ok(config) => config,
         Err(code) => return code,
     };
-    init_logging(&config);
+    opscase::logging::init(&config);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result = runtime.block_on(async {
         if !serve {
@@ -323,22 +322,5 @@ fn run(config_file: &Option<PathBuf>, overrides: Overrides, serve: bool) -> Exit
                 ExitCode::FAILURE
             }
         }
-    }
-}
-
-fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match config.log.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.init(),
     }
 }

@@ -222,3 +222,30 @@ async fn migrate_creates_the_schema_and_is_idempotent() {
         .await
         .expect("every migration is applied");
 }
+
+#[tokio::test]
+async fn a_request_log_line_carries_its_request_id_at_the_top_level() {
+    let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let served = serve(&database, Some(ADMIN_KEY));
+    let created = client_with(ADMIN_KEY)
+        .post(format!("{}/v1/keys", served.base))
+        .header("X-Request-Id", "req-log-7")
+        .json(&json!({"name": "scraper", "roles": ["metrics"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let stdout = served.stdout.clone();
+    terminate(served);
+    let lines = stdout.lock().unwrap().clone();
+    let entry: Value = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|entry| entry["message"] == "API key created")
+        .unwrap_or_else(|| panic!("no key-created line in {lines:?}"));
+    assert_eq!(entry["request_id"], "req-log-7");
+    assert_eq!(entry["level"], "INFO");
+    assert_eq!(entry["target"], "api::keys");
+    assert!(entry["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert!(!lines.iter().any(|l| l.contains(ADMIN_KEY)), "the key never reaches the log");
+}
