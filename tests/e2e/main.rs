@@ -12,6 +12,7 @@ mod consumer;
 mod docs;
 mod embedded;
 mod http;
+mod monitoring;
 mod nats;
 mod readiness;
 mod relay;

@@ -247,5 +247,8 @@ async fn a_request_log_line_carries_its_request_id_at_the_top_level() {
     assert_eq!(entry["level"], "INFO");
     assert_eq!(entry["target"], "api::keys");
     assert!(entry["timestamp"].as_str().unwrap().ends_with('Z'));
-    assert!(!lines.iter().any(|l| l.contains(ADMIN_KEY)), "the key never reaches the log");
+    assert!(
+        !lines.iter().any(|l| l.contains(ADMIN_KEY)),
+        "the key never reaches the log"
+    );
 }

@@ -1,0 +1,402 @@
+//! The shipped monitoring (`deploy/monitoring/`) fits what the service exports: `/metrics`
+//! after some traffic passes `promtool check metrics`, and every metric the alert rules and
+//! the Grafana dashboard name is exported (or is one of the planned metrics allowed by name),
+//! so renaming a metric without updating them fails here.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bus::{Envelope, Handled, Handler};
+use orchestrator::{EmbeddedTransport, Relay, RelaySettings, Role, Subscription};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::helpers::{client_with, create_key, without_relay, Backend, TestApp, TestDatabase};
+
+const ALERTS: &str = "deploy/monitoring/prometheus/opscase-alerts.yml";
+const DASHBOARD: &str = "deploy/monitoring/grafana/opscase-dashboard.json";
+
+/// Metrics the monitoring names before the service emits them (`probe_success` comes from
+/// the blackbox exporter). A histogram here also allows its `_bucket`, `_sum` and `_count`.
+const PLANNED: &[&str] = &[
+    "adapter_step_latency_seconds",
+    "verify_latency_seconds",
+    "gate_decision_total",
+    "probe_success",
+];
+
+/// A consumer that refuses every message, so the relay dead-letters it.
+struct Poison;
+
+#[async_trait]
+impl Handler for Poison {
+    async fn handle(&self, _envelope: &Envelope) -> Handled {
+        Handled::Poison("monitoring test: refused".into())
+    }
+}
+
+/// Start a service, drive every metric family the monitoring reads, and scrape `/metrics`
+/// with a key holding only the `metrics` role (as Prometheus does).
+async fn scrape_after_traffic() -> String {
+    let database = TestDatabase::create(Backend::Sqlite)
+        .await
+        .expect("SQLite needs no server");
+    let mut config = database.config();
+    // The test relays the outbox itself, through a consumer that dead-letters.
+    without_relay(&mut config);
+    let app = TestApp::start(config).await;
+
+    let case = app.open_case("t-001").await;
+    app.advance(case, json!({"event": "start_analysis"})).await;
+    let illegal = app.transition(case, json!({"event": "exec_done"})).await;
+    assert_eq!(illegal.status(), StatusCode::CONFLICT);
+    let (status, _) = app.get_json(&format!("/v1/cases/{}", Uuid::new_v4())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app.get_json("/v1/no-such-route").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let transport = EmbeddedTransport::new(
+        app.orchestrator.store().clone(),
+        vec![Subscription {
+            consumer: "monitoring-test".into(),
+            topics: vec!["evt.case.>".into()],
+            handler: Arc::new(Poison),
+        }],
+        app.orchestrator.metrics().clone(),
+        1,
+    );
+    let relay = Relay::new(
+        app.orchestrator.store().clone(),
+        Arc::new(transport),
+        app.orchestrator.metrics().clone(),
+        Arc::new(Notify::new()),
+        RelaySettings::default(),
+    );
+    let relayed = relay.relay_batch().await.expect("the relay publishes");
+    assert!(
+        relayed >= 2,
+        "open and start_analysis relayed, got {relayed}"
+    );
+    assert!(!app
+        .orchestrator
+        .store()
+        .dead_letters()
+        .await
+        .unwrap()
+        .is_empty());
+
+    let scraper =
+        client_with(&create_key(&app.orchestrator, "prometheus", &[Role::Metrics], None).await);
+    let response = scraper.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "a metrics key scrapes");
+    let text = response.text().await.unwrap();
+    drop(app);
+    database.drop_database().await;
+    text
+}
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn promtool() -> Option<PathBuf> {
+    let standard = PathBuf::from("/usr/bin/promtool");
+    if standard.is_file() {
+        return Some(standard);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("promtool"))
+        .find(|candidate| candidate.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_exposition_passes_promtool_check_metrics() {
+    let Some(promtool) = promtool() else {
+        assert!(
+            !ci(),
+            "promtool is required in CI (apt-get install prometheus; .ci/run installs it)"
+        );
+        eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+        return;
+    };
+    let text = scrape_after_traffic().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.prom");
+    std::fs::write(&file, &text).unwrap();
+    let output = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed ({}):\n{}{}\n--- exposition ---\n{text}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dashboard_name_only_exported_or_planned_metrics() {
+    // The extractor itself: label matchers, grouping labels, functions, durations, strings,
+    // keywords and numbers are not metric names.
+    assert_eq!(
+        metric_names(
+            r#"histogram_quantile(0.99, sum by (job, le) (rate(a_bucket{status=~"x|y}"}[5m]))) > 1
+               and on (job) b unless ignoring(le) c offset 15m or vector(1) + Inf * on (job) group_left d"#
+        ),
+        ["a_bucket", "b", "c", "d"]
+    );
+
+    let text = scrape_after_traffic().await;
+    let exported = exported_names(&text);
+
+    let alerts = std::fs::read_to_string(repo_file(ALERTS)).unwrap();
+    let rules = alert_exprs(&alerts);
+    let alert_count = alerts
+        .lines()
+        .filter(|line| {
+            line.trim_start()
+                .trim_start_matches("- ")
+                .starts_with("alert:")
+        })
+        .count();
+    assert!(
+        alert_count >= 6,
+        "{ALERTS}: found only {alert_count} alerts"
+    );
+    assert_eq!(
+        rules.len(),
+        alert_count,
+        "{ALERTS}: one expr per alert expected, found {rules:#?}"
+    );
+
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_file(DASHBOARD)).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    dashboard_exprs(&dashboard, &mut queries);
+    assert!(queries.len() >= 10, "{DASHBOARD}: found only {queries:?}");
+
+    let mut unknown = Vec::new();
+    for (file, expr) in rules
+        .iter()
+        .map(|e| (ALERTS, e))
+        .chain(queries.iter().map(|e| (DASHBOARD, e)))
+    {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{file}: no metric in {expr}");
+        for name in names {
+            if !exported.contains(&name) && !planned(&name) {
+                unknown.push(format!("{file}: {name} in {}", expr.trim()));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "metrics neither exported nor planned:\n{}\n--- exported ---\n{exported:?}",
+        unknown.join("\n")
+    );
+}
+
+fn planned(name: &str) -> bool {
+    PLANNED.iter().any(|base| {
+        name.strip_prefix(base)
+            .is_some_and(|rest| ["", "_bucket", "_sum", "_count"].contains(&rest))
+    })
+}
+
+/// Every sample name and every `# TYPE` name (a histogram's base name) in an exposition.
+fn exported_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|line| match line.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split_whitespace().next(),
+            None if line.starts_with('#') => None,
+            None => line.split(['{', ' ']).next(),
+        })
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The `expr:` of each rule: an inline value, or a block scalar (`|`, `>`) whose lines are
+/// indented deeper than the key.
+fn alert_exprs(yaml: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut exprs = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        let Some(value) = line.trim_start().strip_prefix("expr:") else {
+            continue;
+        };
+        let value = value.trim();
+        if !value.starts_with(['|', '>']) {
+            exprs.push(value.trim_matches(['"', '\'']).to_string());
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let mut block = String::new();
+        while i < lines.len() {
+            let next = lines[i];
+            let deeper = next.len() - next.trim_start().len() > indent;
+            if !next.trim().is_empty() && !deeper {
+                break;
+            }
+            block.push_str(next.trim());
+            block.push('\n');
+            i += 1;
+        }
+        exprs.push(block);
+    }
+    exprs
+}
+
+/// Every `expr` string anywhere in the dashboard (panels, rows, variables).
+fn dashboard_exprs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match inner {
+                    Value::String(expr) if key == "expr" => out.push(expr.clone()),
+                    _ => dashboard_exprs(inner, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| dashboard_exprs(item, out)),
+        _ => {}
+    }
+}
+
+/// PromQL words that are never metrics: operators, literals, and the aggregations (which may
+/// stand before `by (...)` rather than their parenthesis).
+const KEYWORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "count",
+    "group",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "limitk",
+    "limit_ratio",
+];
+
+/// Modifiers that may be followed by a parenthesised list of label names.
+const GROUPING: &[&str] = &[
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+/// The metric names a PromQL expression selects: identifiers outside label matchers (`{}`),
+/// ranges (`[]`), strings and grouping lists, not called as functions and not keywords.
+fn metric_names(expr: &str) -> Vec<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i = skip_string(&chars, i);
+        } else if c == '{' || c == '[' {
+            let close = if c == '{' { '}' } else { ']' };
+            i += 1;
+            while i < chars.len() && chars[i] != close {
+                i = if matches!(chars[i], '"' | '\'' | '`') {
+                    skip_string(&chars, i)
+                } else {
+                    i + 1
+                };
+            }
+            i += 1;
+        } else if c == '#' {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '.' | '_'))
+            {
+                i += 1;
+            }
+        } else if c == '$' {
+            i += 1;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '_' | ':'))
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let lower = word.to_ascii_lowercase();
+            let next = chars[i..].iter().position(|c| !c.is_whitespace());
+            let call = next.is_some_and(|n| chars[i + n] == '(');
+            if GROUPING.contains(&lower.as_str()) {
+                // by (...), on (...), group_left (...): a list of label names.
+                if let (true, Some(n)) = (call, next) {
+                    i += n;
+                    while i < chars.len() && chars[i] != ')' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            } else if !call && !KEYWORDS.contains(&lower.as_str()) {
+                names.push(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// The index after the string literal that starts at `start`.
+fn skip_string(chars: &[char], start: usize) -> usize {
+    let quote = chars[start];
+    let mut i = start + 1;
+    while i < chars.len() && chars[i] != quote {
+        i += if chars[i] == '\\' && quote != '`' {
+            2
+        } else {
+            1
+        };
+    }
+    i + 1
+}
