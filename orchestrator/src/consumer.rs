@@ -101,6 +101,7 @@ impl Orchestrator {
                         &request,
                         Outcome::Ignored,
                         case.status,
+                        case.status,
                         meta,
                         &context,
                         now,

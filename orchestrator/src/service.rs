@@ -420,6 +420,7 @@ impl Orchestrator {
                     &case,
                     request,
                     Outcome::Rejected,
+                    case.status,
                     to,
                     meta,
                     context,
@@ -712,12 +713,11 @@ async fn apply(
         }
     }
     tx.update_case(&case).await?;
-    let mut applied_case = case.clone();
-    applied_case.status = from;
     tx.append_timeline(&timeline_entry(
-        &applied_case,
+        &case,
         request,
         Outcome::Applied,
+        from,
         accepted.to,
         request.meta.clone(),
         context,
@@ -746,12 +746,14 @@ async fn apply(
     Ok(case)
 }
 
-/// The timeline row for `request` on `case` (whose status and version are the ones before
-/// the event for a rejected attempt, and the new version for an applied one).
+/// The timeline row for `request` on `case`, which moved (or, refused, stayed) from `from` to
+/// `to`; the row carries the case's version after the event.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn timeline_entry(
     case: &Case,
     request: &TransitionRequest,
     outcome: Outcome,
+    from: Status,
     to: Status,
     meta: Map<String, Value>,
     context: &RequestContext,
@@ -762,7 +764,7 @@ pub(crate) fn timeline_entry(
         version: case.version,
         event: request.event.as_str().into(),
         outcome,
-        from_status: Some(case.status),
+        from_status: Some(from),
         to_status: Some(to),
         actor: request.actor.clone(),
         principal_id: context.principal_identity(),
