@@ -19,6 +19,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub bus: BusConfig,
     pub metrics: MetricsConfig,
+    pub redaction: RedactionConfig,
     pub log: LogConfig,
 }
 
@@ -51,6 +52,28 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct IdempotencyConfig {
     pub ttl_hours: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedactionConfig {
+    /// Regular expressions masked in logs and timeline meta, beside the built-in ones (API
+    /// keys, bearer tokens, secret-named fields).
+    pub patterns: Vec<String>,
+}
+
+impl Config {
+    /// The configured patterns, and the bootstrap key itself, masked in logs and the timeline.
+    pub fn redactor(&self) -> orchestrator::redact::Redactor {
+        let bootstrap: Vec<&str> = self
+            .auth
+            .bootstrap_admin_key
+            .iter()
+            .map(Secret::expose)
+            .collect();
+        orchestrator::redact::Redactor::with_literals(&self.redaction.patterns, &bootstrap)
+            .expect("patterns were checked when the configuration loaded")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -374,6 +397,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(error) = orchestrator::redact::Redactor::new(&self.redaction.patterns) {
+            return Err(ConfigError(format!("redaction.patterns: {error}")));
+        }
         if let Some(url) = &self.bus.nats_url {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {
                 return Err(ConfigError(
@@ -640,6 +666,15 @@ mod tests {
             "osk_very_secret_value_0123456789ab"
         );
         assert!(!format!("{config:?}").contains("very_secret"));
+    }
+
+    #[test]
+    fn a_broken_redaction_pattern_is_an_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("opscase.toml");
+        std::fs::write(&file, "[redaction]\npatterns = [\"(unclosed\"]\n").unwrap();
+        let error = Config::load(Some(&file), env_of(&[]), &Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains("redaction.patterns"), "{error}");
     }
 
     #[test]

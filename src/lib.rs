@@ -296,6 +296,7 @@ pub async fn open_orchestrator(config: &Config) -> anyhow::Result<Orchestrator> 
         Metrics::new(),
         Settings {
             idempotency_ttl: chrono_hours(config.idempotency.ttl_hours),
+            redactor: config.redactor(),
         },
     ))
 }

@@ -12,6 +12,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
+use orchestrator::redact::Redactor;
+
 use crate::config::{Config, LogFormat};
 
 pub fn init(config: &Config) {
@@ -23,14 +25,18 @@ pub fn init(config: &Config) {
     match config.log.format {
         LogFormat::Json => builder
             .fmt_fields(JsonFields::new())
-            .event_format(FlatJson)
+            .event_format(FlatJson {
+                redactor: config.redactor(),
+            })
             .init(),
         LogFormat::Text => builder.init(),
     }
 }
 
-/// One flat JSON object per event.
-pub struct FlatJson;
+/// One flat JSON object per event, with secrets masked.
+pub struct FlatJson {
+    redactor: Redactor,
+}
 
 impl<S> FormatEvent<S, JsonFields> for FlatJson
 where
@@ -65,7 +71,9 @@ where
             }
         }
         event.record(&mut Fields(&mut line));
-        writeln!(writer, "{}", Value::Object(line))
+        let mut line = Value::Object(line);
+        self.redactor.json(&mut line);
+        writeln!(writer, "{line}")
     }
 }
 

@@ -84,7 +84,7 @@ impl Orchestrator {
         let mut applied = Vec::new();
         let mut last = locked.case;
         for event in &events {
-            let request = request_of(case_id, *event, &data, envelope);
+            let request = self.redacted(request_of(case_id, *event, &data, envelope));
             match self.step(tx.as_mut(), &request, &context, now).await {
                 Ok((case, accepted)) => {
                     applied.push((accepted.from, accepted.to, *event));

@@ -6,6 +6,7 @@ pub mod embedded;
 pub mod idempotency;
 pub mod metrics;
 pub mod model;
+pub mod redact;
 pub mod relay;
 pub mod service;
 pub mod store;

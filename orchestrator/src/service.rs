@@ -178,12 +178,15 @@ pub type Render<'a> = &'a (dyn Fn(Result<&Case, &Error>) -> StoredResponse + Sen
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub idempotency_ttl: chrono::Duration,
+    /// Applied to every event's `reason` and `meta` before they are stored.
+    pub redactor: crate::redact::Redactor,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             idempotency_ttl: chrono::Duration::hours(24),
+            redactor: crate::redact::Redactor::default(),
         }
     }
 }
@@ -314,6 +317,7 @@ impl Orchestrator {
         idempotency: Option<&IdempotencyClaim>,
         render: Render<'_>,
     ) -> Result<Reply<Case>, Error> {
+        let request = self.redacted(request);
         let result = self
             .transition_once(request, context, idempotency, render)
             .await;
@@ -354,6 +358,18 @@ impl Orchestrator {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// The request with secrets masked in what the timeline and outbox will keep.
+    pub(crate) fn redacted(&self, mut request: TransitionRequest) -> TransitionRequest {
+        let redactor = &self.settings.redactor;
+        request.reason = request.reason.map(|reason| redactor.text(&reason));
+        let mut meta = Value::Object(std::mem::take(&mut request.meta));
+        redactor.json(&mut meta);
+        if let Value::Object(meta) = meta {
+            request.meta = meta;
+        }
+        request
     }
 
     /// One event inside the caller's transaction: lock, check preconditions, decide, write.

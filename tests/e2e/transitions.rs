@@ -434,3 +434,34 @@ async fn the_trace_context_reaches_timeline_and_outbox(app: TestApp) {
     assert_eq!(message.headers["traceparent"], traceparent);
     assert_eq!(message.headers["request_id"], "req-123");
 }
+
+on_both_backends!(secrets_in_a_request_never_reach_the_timeline_or_the_outbox);
+async fn secrets_in_a_request_never_reach_the_timeline_or_the_outbox(app: TestApp) {
+    let case = app.open_case("t-001").await;
+    let leaked_key = crate::helpers::ADMIN_KEY;
+    let response = app
+        .transition(
+            case,
+            json!({
+                "event": "start_analysis",
+                "reason": "pasted Bearer abcdefgh12345678 by mistake",
+                "meta": {"password": "hunter2", "note": format!("rotated {leaked_key}"), "ticket": "INC-9"}
+            }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let row = app.timeline(case).await.pop().unwrap();
+    let stored = row.to_string();
+    for secret in ["hunter2", leaked_key, "abcdefgh12345678"] {
+        assert!(
+            !stored.contains(secret),
+            "{secret} reached the timeline: {stored}"
+        );
+    }
+    assert_eq!(row["meta"]["password"], "***");
+    assert_eq!(row["meta"]["note"], "rotated ***");
+    assert_eq!(row["meta"]["ticket"], "INC-9", "ordinary fields are kept");
+    assert_eq!(row["reason"], "pasted *** by mistake");
+    let message = app.outbox(case).await.pop().unwrap();
+    assert!(!message.payload.to_string().contains("abcdefgh12345678"));
+}
