@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
+use crate::cpu::CpuTimes;
 use crate::setup::stored_events;
 use crate::stats::Summary;
 use crate::Args;
@@ -220,40 +221,6 @@ fn per_second(seconds: u32, lags: &[(f64, f64)], http: &[(f64, f64)]) -> Vec<Sec
             http_ms: Summary::of(http),
         })
         .collect()
-}
-
-/// Cumulative busy and total jiffies of all cores, from the first line of /proc/stat.
-#[derive(Clone, Copy)]
-struct CpuTimes {
-    busy: u64,
-    total: u64,
-}
-
-impl CpuTimes {
-    fn read() -> Option<Self> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        // cpu  user nice system idle iowait irq softirq steal ...
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .map(|field| field.parse().ok())
-            .collect::<Option<_>>()?;
-        let total: u64 = fields.iter().sum();
-        let idle = fields.get(3)? + fields.get(4)?;
-        Some(Self {
-            busy: total - idle,
-            total,
-        })
-    }
-
-    fn busy_between(before: Option<Self>, after: Option<Self>) -> Option<f64> {
-        let (before, after) = (before?, after?);
-        let total = after.total.checked_sub(before.total)?;
-        (total > 0).then(|| (after.busy - before.busy) as f64 / total as f64)
-    }
 }
 
 /// The autovacuum and autoanalyze runs PostgreSQL started on the bench's tables in the window

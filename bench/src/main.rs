@@ -11,8 +11,9 @@
 mod drain;
 mod lag;
 mod report;
-mod setup;
-mod stats;
+
+// Shared with transition-bench; `crate::setup` etc. resolve through these imports.
+use opscase_bench::{cpu, format, setup, stats};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,7 +107,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .init();
 
     let started_at = Utc::now();
-    let machine = setup::machine_facts(&args).await?;
+    let machine = setup::machine_facts(&args.postgres_url, Some(&args.nats_server)).await?;
     let nats = setup::PrivateNats::start(&args.nats_server).await?;
     let database = setup::BenchDatabase::create(&args.postgres_url).await?;
     eprintln!("relay-bench: database {}, NATS {}", database.name, nats.url);

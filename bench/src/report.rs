@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::drain::{Drain, BATCH_SIZE};
+use crate::format::{met, ms, percentiles, thousands};
 use crate::lag::Lag;
 use crate::stats::{round3, Summary};
 use crate::Args;
@@ -394,14 +395,6 @@ impl Report {
     }
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "not met"
-    }
-}
-
 fn integrity(ok: bool) -> &'static str {
     if ok {
         "ok"
@@ -414,39 +407,4 @@ fn text(value: &Value) -> String {
     value
         .as_str()
         .map_or_else(|| "unknown".to_string(), str::to_string)
-}
-
-fn ms(value: f64) -> String {
-    if value < 10.0 {
-        format!("{value:.2} ms")
-    } else {
-        format!("{value:.1} ms")
-    }
-}
-
-fn percentiles(summary: Option<Summary>) -> String {
-    match summary {
-        Some(s) => format!(
-            "{} / {} / {} / {} (n = {})",
-            ms(s.p50),
-            ms(s.p99),
-            ms(s.p999),
-            ms(s.max),
-            thousands(s.count as u64)
-        ),
-        None => "no data".into(),
-    }
-}
-
-/// 12345678 → "12,345,678".
-fn thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
 }

@@ -12,8 +12,6 @@ use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
 use uuid::Uuid;
 
-use crate::Args;
-
 /// A nats-server of the run's own: JetStream on, its store in a temp dir, a random loopback
 /// port. The shared server on 4222 is never touched. Stopped when dropped.
 pub struct PrivateNats {
@@ -106,10 +104,7 @@ impl BenchDatabase {
             anyhow::Ok(())
         };
         if let Err(error) = dropped.await {
-            eprintln!(
-                "relay-bench: could not drop database {}: {error:#}",
-                self.name
-            );
+            eprintln!("bench: could not drop database {}: {error:#}", self.name);
         }
     }
 }
@@ -125,11 +120,14 @@ pub async fn stored_events(transport: &JetStreamTransport) -> anyhow::Result<u64
 }
 
 /// What the numbers depend on: cores, memory, and the versions and durability settings of
-/// PostgreSQL and NATS.
-pub async fn machine_facts(args: &Args) -> anyhow::Result<Value> {
-    let mut admin = PgConnection::connect(&args.postgres_url)
+/// PostgreSQL and (when the bench uses it) NATS.
+pub async fn machine_facts(
+    postgres_url: &str,
+    nats_server: Option<&Path>,
+) -> anyhow::Result<Value> {
+    let mut admin = PgConnection::connect(postgres_url)
         .await
-        .with_context(|| format!("cannot reach PostgreSQL at {}", args.postgres_url))?;
+        .with_context(|| format!("cannot reach PostgreSQL at {postgres_url}"))?;
     let mut postgres = serde_json::Map::new();
     for setting in [
         "server_version",
@@ -149,8 +147,8 @@ pub async fn machine_facts(args: &Args) -> anyhow::Result<Value> {
         "mem_total_gib": mem_total_gib(),
         "kernel": read_trimmed("/proc/sys/kernel/osrelease"),
         "postgres": postgres,
-        "nats_server": nats_version(&args.nats_server),
-        "nats_store": "JetStream file store in a temp dir",
+        "nats_server": nats_server.and_then(nats_version),
+        "nats_store": nats_server.map(|_| "JetStream file store in a temp dir"),
         "git_commit": git_commit(),
     }))
 }
