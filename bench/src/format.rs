@@ -45,3 +45,23 @@ pub fn thousands(value: u64) -> String {
     }
     out
 }
+
+/// Write `<name>-<UTC timestamp>.json` and `.md` into `dir`; returns their paths.
+pub fn write_results(
+    dir: &std::path::Path,
+    name: &str,
+    started_at: chrono::DateTime<chrono::Utc>,
+    json: &serde_json::Value,
+    markdown: &str,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let stem = format!("{name}-{}", started_at.format("%Y%m%dT%H%M%SZ"));
+    let json_path = dir.join(format!("{stem}.json"));
+    let markdown_path = dir.join(format!("{stem}.md"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(json)? + "\n")
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    std::fs::write(&markdown_path, markdown)
+        .with_context(|| format!("cannot write {}", markdown_path.display()))?;
+    Ok(vec![json_path, markdown_path])
+}

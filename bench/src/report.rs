@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -52,18 +51,13 @@ impl Report {
 
     /// Write `relay-<timestamp>.json` and `.md` into `dir`; returns their paths.
     pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let stem = format!("relay-{}", self.started_at.format("%Y%m%dT%H%M%SZ"));
-        let json_path = dir.join(format!("{stem}.json"));
-        let markdown_path = dir.join(format!("{stem}.md"));
-        std::fs::write(
-            &json_path,
-            serde_json::to_string_pretty(&self.json())? + "\n",
+        crate::format::write_results(
+            dir,
+            "relay",
+            self.started_at,
+            &self.json(),
+            &self.markdown(),
         )
-        .with_context(|| format!("cannot write {}", json_path.display()))?;
-        std::fs::write(&markdown_path, self.markdown())
-            .with_context(|| format!("cannot write {}", markdown_path.display()))?;
-        Ok(vec![json_path, markdown_path])
     }
 
     fn drain_verdict(&self) -> &'static str {

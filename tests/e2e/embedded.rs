@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::helpers::{valid_plan, TestApp};
+use crate::helpers::{eventually, valid_plan, TestApp};
 use crate::on_both_backends;
 
 fn plan_proposed(case: Uuid) -> Envelope {
@@ -26,16 +26,6 @@ fn plan_proposed(case: Uuid) -> Envelope {
     )
 }
 
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("{what} did not happen within 5s");
-}
-
 on_both_backends!(a_worker_event_on_the_embedded_bus_moves_the_case_once);
 async fn a_worker_event_on_the_embedded_bus_moves_the_case_once(app: TestApp) {
     let case = app.case_in("ANALYZING").await;
@@ -45,22 +35,17 @@ async fn a_worker_event_on_the_embedded_bus_moves_the_case_once(app: TestApp) {
         !app.orchestrator.publish_event(&event).await.unwrap(),
         "the same message id is stored once"
     );
-    eventually("the plan moving the case", async || {
+    eventually("the plan moving the case", 5, async || {
         app.case(case).await["status"] == "WAIT_GATE"
     })
     .await;
     let store = app.orchestrator.store().clone();
-    eventually("every row delivered", async || {
+    eventually("every row delivered", 5, async || {
         store.outbox_pending().await.unwrap() == 0
     })
     .await;
     assert_eq!(app.case(case).await["version"], 4);
-    let events: Vec<String> = app
-        .timeline(case)
-        .await
-        .iter()
-        .map(|r| r["event"].as_str().unwrap().to_string())
-        .collect();
+    let events = app.timeline_events(case).await;
     assert_eq!(
         events,
         ["open", "start_analysis", "analysis_done", "plan_ready"]
@@ -253,7 +238,7 @@ async fn a_message_committed_while_the_process_is_dead_is_delivered_after_restar
 
     let second = serve(&database, Some(ADMIN_KEY));
     let url = format!("{}/v1/cases/{case}", second.base);
-    eventually("the event delivered after the restart", async || {
+    eventually("the event delivered after the restart", 5, async || {
         let case: serde_json::Value = client.get(&url).send().await.unwrap().json().await.unwrap();
         case["status"] == "WAIT_GATE"
     })

@@ -276,22 +276,37 @@ impl TestApp {
             .unwrap()
     }
 
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .client
+    /// The whole `/metrics` exposition, scraped with the admin key.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// The value of one series (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find_map(|line| {
                 line.strip_prefix(series)
                     .and_then(|rest| rest.strip_prefix(' '))
             })
             .map_or(0.0, |value| value.trim().parse().unwrap())
+    }
+
+    /// The events on the case's timeline, oldest first.
+    pub async fn timeline_events(&self, case: Uuid) -> Vec<String> {
+        self.timeline(case)
+            .await
+            .iter()
+            .map(|row| row["event"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Walk a new case to `target` along the happy path (WAIT_GATE and beyond carry a plan).
@@ -335,6 +350,18 @@ impl Drop for TestApp {
             let _ = shutdown.send(());
         }
     }
+}
+
+/// Wait until `check` holds, polling; fail the test naming `what` after `seconds`.
+pub async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {seconds}s");
 }
 
 /// A ChangePlan that passes the schema and the completeness guard.

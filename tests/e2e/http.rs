@@ -413,15 +413,7 @@ async fn http_metrics_count_by_route_template_never_by_id(app: TestApp) {
         2.0
     );
 
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let uuid_label = text.lines().find(|line| {
         line.split('"')
             .skip(1)

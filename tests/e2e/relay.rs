@@ -12,7 +12,7 @@ use orchestrator::{Relay, RelayError, RelaySettings};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::helpers::{happy_path, TestApp};
+use crate::helpers::{eventually, happy_path, TestApp};
 use crate::nats::TestNats;
 use crate::on_both_backends;
 
@@ -306,17 +306,6 @@ async fn two_relays_on_one_postgres_database_never_take_the_same_row() {
     .await;
 }
 
-async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within {seconds}s");
-}
-
 async fn serve_relays_through_an_outage(backend: crate::helpers::Backend) {
     let Some(database) = crate::helpers::TestDatabase::create(backend).await else {
         return;
@@ -447,12 +436,7 @@ async fn worker_events_over_nats(backend: crate::helpers::Backend) {
             && app.metric("inbox_dedup_total").await == 1.0
     })
     .await;
-    let events: Vec<String> = app
-        .timeline(case)
-        .await
-        .iter()
-        .map(|r| r["event"].as_str().unwrap().to_string())
-        .collect();
+    let events = app.timeline_events(case).await;
     assert_eq!(
         events,
         ["open", "start_analysis", "analysis_done", "plan_ready"]

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use opscase_bench::format::{met, ms, percentiles, thousands};
 use opscase_bench::stats::{round3, Summary};
@@ -47,18 +46,13 @@ impl Report {
 
     /// Write `transition-<timestamp>.json` and `.md` into `dir`; returns their paths.
     pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let stem = format!("transition-{}", self.started_at.format("%Y%m%dT%H%M%SZ"));
-        let json_path = dir.join(format!("{stem}.json"));
-        let markdown_path = dir.join(format!("{stem}.md"));
-        std::fs::write(
-            &json_path,
-            serde_json::to_string_pretty(&self.json())? + "\n",
+        opscase_bench::format::write_results(
+            dir,
+            "transition",
+            self.started_at,
+            &self.json(),
+            &self.markdown(),
         )
-        .with_context(|| format!("cannot write {}", json_path.display()))?;
-        std::fs::write(&markdown_path, self.markdown())
-            .with_context(|| format!("cannot write {}", markdown_path.display()))?;
-        Ok(vec![json_path, markdown_path])
     }
 
     fn pgbench_at(&self, clients: usize) -> Option<&PgbenchRun> {
