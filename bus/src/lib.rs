@@ -7,6 +7,7 @@
 mod consumer;
 mod envelope;
 mod jetstream;
+mod worker;
 
 use async_trait::async_trait;
 
@@ -14,6 +15,7 @@ pub use consumer::{
     disposition, run_consumer, ConsumerSettings, Disposition, Handled, Handler, STREAM_DEAD_LETTERS,
 };
 pub use envelope::Envelope;
+pub use worker::{answer, answer_id, Claim, Claims, Publisher, Worker, WorkerError};
 pub use jetstream::{JetStreamSettings, JetStreamTransport, STREAM_COMMANDS, STREAM_EVENTS};
 
 #[derive(Debug, thiserror::Error)]

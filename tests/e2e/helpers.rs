@@ -369,8 +369,8 @@ pub fn valid_plan() -> Value {
     serde_json::json!({
         "title": "canary rollout of checkout",
         "risk_score": 0.2,
-        "steps": [{"id": "rollout", "action": "k8s.rollout", "params": {"deployment": "checkout", "image": "checkout:1.2.4"}, "timeout_s": 300, "retry": 1}],
-        "rollback": {"steps": [{"id": "undo", "action": "k8s.rollout", "params": {"deployment": "checkout", "undo": true}, "timeout_s": 300, "retry": 0}]},
+        "steps": [{"id": "rollout", "action": "k8s.rollout", "params": {"namespace": "shop", "deployment": "checkout", "container": "checkout", "image": "checkout:1.2.4"}, "timeout_s": 300, "retry": 1}],
+        "rollback": {"steps": [{"id": "undo", "action": "k8s.rollout", "params": {"namespace": "shop", "deployment": "checkout", "container": "checkout", "image": "checkout:1.2.3"}, "timeout_s": 300, "retry": 0}]},
         "verify": {"checks": [{"source": "metric_1m", "query": "service=checkout", "threshold": "p95_ms < 300"}], "window_s": 300}
     })
 }

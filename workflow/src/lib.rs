@@ -7,6 +7,8 @@
 mod diagram;
 mod guards;
 mod machine;
+pub mod adapters;
+pub mod messages;
 pub mod plan;
 mod table;
 

@@ -70,6 +70,19 @@ fn completeness_failures(plan: &Value) -> Vec<GuardFailure> {
         }
     }
 
+    for (index, step) in steps.iter().chain(rollback).enumerate() {
+        let action = step["action"].as_str().unwrap_or_default();
+        let errors = crate::adapters::validate_params(action, step.get("params"))
+            .unwrap_or_default();
+        for error in errors {
+            failures.push(GuardFailure::new(
+                GuardKind::PlanComplete,
+                step_path(index, steps.len()) + ".params" + &json_pointer_to_path(&error.pointer),
+                format!("{action} params: {}", error.message),
+            ));
+        }
+    }
+
     let changes_system = steps
         .iter()
         .any(|s| SYSTEM_CHANGING_ACTIONS.contains(&s["action"].as_str().unwrap_or_default()));
@@ -115,8 +128,8 @@ mod tests {
         json!({
             "title": "canary rollout of checkout",
             "risk_score": 0.2,
-            "steps": [{"id": "rollout", "action": "k8s.rollout", "params": {"deployment": "checkout"}, "timeout_s": 300, "retry": 1}],
-            "rollback": {"steps": [{"id": "undo", "action": "k8s.rollout", "params": {"deployment": "checkout", "undo": true}, "timeout_s": 300, "retry": 0}]},
+            "steps": [{"id": "rollout", "action": "k8s.rollout", "params": {"namespace": "shop", "deployment": "checkout", "container": "checkout", "image": "checkout:2"}, "timeout_s": 300, "retry": 1}],
+            "rollback": {"steps": [{"id": "undo", "action": "k8s.rollout", "params": {"namespace": "shop", "deployment": "checkout", "container": "checkout", "image": "checkout:1"}, "timeout_s": 300, "retry": 0}]},
             "verify": {"checks": [{"source": "metric_1m", "query": "service=checkout", "threshold": "p95_ms < 300"}]}
         })
     }
@@ -177,6 +190,22 @@ mod tests {
         let failures = check_change_plan(&plan);
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].field, "plan.rollback.steps[0].id");
+    }
+
+    #[test]
+    fn step_params_are_validated_against_the_adapter_schema() {
+        let mut plan = valid_plan();
+        plan["steps"][0]["params"] = json!({"deployment": "checkout"});
+        plan["rollback"]["steps"][0]["params"]["namespace"] = json!("Not Valid");
+        let fields: Vec<String> = check_change_plan(&plan)
+            .into_iter()
+            .map(|f| f.field)
+            .collect();
+        assert!(fields.contains(&"plan.steps[0].params".to_string()), "{fields:?}");
+        assert!(
+            fields.contains(&"plan.rollback.steps[0].params.namespace".to_string()),
+            "{fields:?}"
+        );
     }
 
     #[test]

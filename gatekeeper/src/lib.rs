@@ -1,0 +1,1 @@
+//! Deterministic change gate of opscase: a policy file decides auto-approval, human review or rejection.

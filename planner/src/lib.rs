@@ -1,0 +1,1 @@
+//! Plan templates of opscase: turn a cmd.plan.generate into a ChangePlan that passes the schema.
