@@ -21,6 +21,92 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub redaction: RedactionConfig,
     pub log: LogConfig,
+    pub workers: WorkersConfig,
+    pub planner: PlannerConfig,
+    pub gatekeeper: GatekeeperConfig,
+    pub executor: ExecutorConfig,
+    pub verifier: VerifierConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// `opscase serve` runs the planner, gatekeeper, executor and verifier in-process
+    /// (`--no-workers` turns this off when `opscase worker` processes do the work).
+    pub in_process: bool,
+    /// How long a command endpoint waits for the worker's answer (and the most a client's
+    /// `Prefer: wait=N` may ask for).
+    pub command_wait_s: u64,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            in_process: true,
+            command_wait_s: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlannerConfig {
+    /// Template inputs used when neither the request nor the case's labels give them, by
+    /// template: `[planner.defaults."k8s.rollout.canary"] deployment = "checkout"`.
+    pub defaults: std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatekeeperConfig {
+    /// The policy file (TOML or YAML), reloaded when it changes; the built-in policy when unset.
+    pub policy_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// The only directory `script.exec` runs executables from; unset refuses every script.
+    pub script_dir: Option<PathBuf>,
+    /// Captured output kept per attempt (the rest is counted and dropped).
+    pub output_cap_bytes: usize,
+    /// The first retry waits this long; each further one twice as long.
+    pub retry_backoff_ms: u64,
+    /// `http.call` / `gateway.flip` targets: name → `{ base_url, headers }` (`default` is used
+    /// when a step names none).
+    pub http_targets: std::collections::BTreeMap<String, executor::adapters::http::HttpTarget>,
+    pub k8s: K8sConfig,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            script_dir: None,
+            output_cap_bytes: 64 * 1024,
+            retry_backoff_ms: 1000,
+            http_targets: Default::default(),
+            k8s: K8sConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct K8sConfig {
+    /// The API server, e.g. `https://10.0.0.1:6443`; unset refuses `k8s.rollout` steps.
+    pub api_url: Option<String>,
+    /// A bearer token (a service account's).
+    pub token: Option<Secret>,
+    /// PEM file of the CA that signed the API server's certificate.
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_tls_verify: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierConfig {
+    /// A Prometheus server for `source = "prometheus"` checks, e.g. `http://prometheus:9090`.
+    pub prometheus_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +326,8 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `serve --no-workers`.
+    pub no_workers: bool,
 }
 
 impl BusConfig {
@@ -290,6 +378,9 @@ impl Config {
         }
         if let Some(path) = &overrides.tls_key {
             config.server.tls_key = Some(path.clone());
+        }
+        if overrides.no_workers {
+            config.workers.in_process = false;
         }
         config.validate()?;
         Ok(config)
@@ -393,6 +484,42 @@ impl Config {
         if let Some(url) = env("OPSCASE_DATABASE_URL").filter(|u| !u.is_empty()) {
             self.database.url = Some(url);
         }
+        set(
+            &mut self.workers.in_process,
+            "OPSCASE_WORKERS_IN_PROCESS",
+            &env,
+        )?;
+        set(
+            &mut self.workers.command_wait_s,
+            "OPSCASE_COMMAND_WAIT_S",
+            &env,
+        )?;
+        if let Some(path) = env("OPSCASE_POLICY_FILE").filter(|p| !p.is_empty()) {
+            self.gatekeeper.policy_file = Some(PathBuf::from(path));
+        }
+        if let Some(path) = env("OPSCASE_SCRIPT_DIR").filter(|p| !p.is_empty()) {
+            self.executor.script_dir = Some(PathBuf::from(path));
+        }
+        set(
+            &mut self.executor.retry_backoff_ms,
+            "OPSCASE_RETRY_BACKOFF_MS",
+            &env,
+        )?;
+        if let Some(url) = env("OPSCASE_HTTP_TARGET").filter(|u| !u.is_empty()) {
+            self.executor.http_targets.insert(
+                "default".into(),
+                executor::adapters::http::HttpTarget::new(url),
+            );
+        }
+        if let Some(url) = env("OPSCASE_K8S_API_URL").filter(|u| !u.is_empty()) {
+            self.executor.k8s.api_url = Some(url);
+        }
+        if let Some(token) = env("OPSCASE_K8S_TOKEN").filter(|t| !t.is_empty()) {
+            self.executor.k8s.token = Some(Secret(token));
+        }
+        if let Some(url) = env("OPSCASE_PROMETHEUS_URL").filter(|u| !u.is_empty()) {
+            self.verifier.prometheus_url = Some(url);
+        }
         Ok(())
     }
 
@@ -469,6 +596,28 @@ impl Config {
             return Err(ConfigError(
                 "idempotency.ttl_hours (OPSCASE_IDEMPOTENCY_TTL_HOURS) must be at least 1".into(),
             ));
+        }
+        if self.workers.command_wait_s as f64 >= self.server.request_timeout_s {
+            return Err(ConfigError(
+                "workers.command_wait_s (OPSCASE_COMMAND_WAIT_S) must be shorter than \
+                 server.request_timeout_s (OPSCASE_REQUEST_TIMEOUT_S)"
+                    .into(),
+            ));
+        }
+        for (name, target) in &self.executor.http_targets {
+            let url = &target.base_url;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!(
+                    "executor.http_targets.{name}.base_url must be an http:// or https:// URL"
+                )));
+            }
+        }
+        if let Some(url) = &self.verifier.prometheus_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(
+                    "verifier.prometheus_url (OPSCASE_PROMETHEUS_URL) must be an http:// or https:// URL".into(),
+                ));
+            }
         }
         self.server.tls_files()?;
         Ok(())

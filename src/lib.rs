@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod workers;
 
 use std::future::Future;
 use std::io;
@@ -12,9 +13,10 @@ use std::time::Duration;
 use anyhow::Context;
 use api::{ApiSettings, AppState};
 use bus::{JetStreamTransport, Transport};
+use orchestrator::embedded::{OutboxPublisher, StoreClaims};
 use orchestrator::{
     embedded_subscription, event_consumers, Bootstrap, EmbeddedTransport, EventHandler, Metrics,
-    Orchestrator, Relay, RelaySettings, Settings,
+    Orchestrator, Relay, RelaySettings, Settings, Subscription,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -39,6 +41,8 @@ pub struct Application {
     /// `bus.relay_in_process`: publish (or, embedded, deliver) the outbox from this process.
     relay_in_process: bool,
     max_deliver: i64,
+    /// Everything else the workers need (adapters, policy file, sources).
+    config: Config,
 }
 
 impl Application {
@@ -76,12 +80,14 @@ impl Application {
                 rate_limit_burst: config.auth.rate_limit_burst,
                 cors_allowed_origins: config.server.cors_allowed_origins.clone(),
                 metrics_auth: config.metrics.auth,
+                command_wait: Duration::from_secs(config.workers.command_wait_s),
             },
             bootstrap_key,
             nats,
             relay_settings: config.bus.relay_settings(),
             relay_in_process: config.bus.relay_in_process,
             max_deliver: config.bus.max_deliver,
+            config: config.clone(),
         })
     }
 
@@ -134,22 +140,71 @@ impl Application {
         self.orchestrator.clone()
     }
 
+    /// The in-process workers, each behind a handler that publishes its events: into the
+    /// outbox on the embedded bus, straight to JetStream otherwise.
+    async fn worker_handlers(&self) -> anyhow::Result<Vec<Arc<workers::WorkerHandler>>> {
+        if !self.config.workers.in_process {
+            return Ok(Vec::new());
+        }
+        let (claims, publisher): (Arc<dyn bus::Claims>, Arc<dyn bus::Publisher>) = match &self.nats
+        {
+            Some(nats) => (
+                Arc::new(bus::StreamClaims::open(nats).await?),
+                Arc::new(bus::TransportPublisher(nats.clone())),
+            ),
+            None => (
+                Arc::new(StoreClaims(self.orchestrator.store().clone())),
+                Arc::new(OutboxPublisher(self.orchestrator.clone())),
+            ),
+        };
+        let built = workers::build(
+            &self.config,
+            &[workers::Role::All],
+            &self.orchestrator,
+            claims,
+        )?;
+        Ok(built
+            .into_iter()
+            .map(|worker| Arc::new(workers::WorkerHandler::new(worker, publisher.clone())))
+            .collect())
+    }
+
     /// Serve until `shutdown` completes, then finish in-flight requests and close the database.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let worker_handlers = self.worker_handlers().await?;
+        let (stop_relay, relay_stopped) = watch::channel(false);
         let transport: Arc<dyn Transport> = match &self.nats {
             Some(nats) => nats.clone(),
-            None => Arc::new(EmbeddedTransport::new(
-                self.orchestrator.store().clone(),
-                vec![embedded_subscription(self.orchestrator.clone())],
-                self.orchestrator.metrics().clone(),
-                self.max_deliver,
-            )),
+            None => {
+                let mut subscriptions = vec![embedded_subscription(self.orchestrator.clone())];
+                for handler in &worker_handlers {
+                    subscriptions.push(Subscription {
+                        consumer: handler.role().to_string(),
+                        topics: handler.topics(),
+                        handler: handler.clone(),
+                    });
+                }
+                Arc::new(EmbeddedTransport::new(
+                    self.orchestrator.store().clone(),
+                    subscriptions,
+                    self.orchestrator.metrics().clone(),
+                    self.max_deliver,
+                ))
+            }
         };
-        let (stop_relay, relay_stopped) = watch::channel(false);
-        let consumers = self.consumers(&relay_stopped);
+        let mut consumers = self.consumers(&relay_stopped);
+        if let Some(nats) = &self.nats {
+            consumers.extend(worker_consumers(
+                nats,
+                &worker_handlers,
+                self.max_deliver,
+                self.orchestrator.metrics(),
+                &relay_stopped,
+            ));
+        }
         let relay = self.relay_in_process.then(|| {
             let relay = Relay::new(
                 self.orchestrator.store().clone(),
@@ -160,11 +215,10 @@ impl Application {
             );
             tokio::spawn(relay.run(relay_stopped))
         });
-        let router = api::app(AppState::new(
-            self.orchestrator.clone(),
-            self.settings,
-            Some(transport),
-        ));
+        let state = AppState::new(self.orchestrator.clone(), self.settings, Some(transport))
+            .with_policy(Arc::new(workers::policy_source(&self.config)?))
+            .with_metric_store(Arc::new(workers::metric_store(&self.orchestrator)));
+        let router = api::app(state);
         match self.tls {
             None => {
                 axum::serve(self.listener, router)
@@ -187,9 +241,46 @@ impl Application {
         for consumer in consumers {
             let _ = consumer.await;
         }
+        for handler in &worker_handlers {
+            handler.drain(WORKER_DRAIN_GRACE).await;
+        }
         self.orchestrator.store().close().await;
         Ok(())
     }
+}
+
+/// Steps and verifications still running at shutdown get this long to finish.
+const WORKER_DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A JetStream consumer on `OPS_CMD` per worker.
+pub fn worker_consumers(
+    nats: &Arc<JetStreamTransport>,
+    handlers: &[Arc<workers::WorkerHandler>],
+    max_deliver: i64,
+    metrics: &Metrics,
+    stopped: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let metrics = metrics.clone();
+    let on_dead_letter: Arc<dyn Fn(&str) + Send + Sync> =
+        Arc::new(move |consumer| metrics.dead_letter(consumer));
+    handlers
+        .iter()
+        .map(|handler| {
+            let run = bus::run_consumer(
+                nats.clone(),
+                handler.consumer_settings(max_deliver),
+                handler.clone(),
+                on_dead_letter.clone(),
+                stopped.clone(),
+            );
+            let role = handler.role();
+            tokio::spawn(async move {
+                if let Err(error) = run.await {
+                    tracing::error!(role, error = %error, "worker consumer stopped");
+                }
+            })
+        })
+        .collect()
 }
 
 /// A client gets this long to complete its TLS handshake; one that stalls is dropped rather

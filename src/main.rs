@@ -36,6 +36,17 @@ enum Command {
         /// PEM private key for --tls-cert.
         #[arg(long, value_name = "FILE")]
         tls_key: Option<PathBuf>,
+        /// Leave the planner, gatekeeper, executor and verifier to `opscase worker` processes.
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run worker roles against the bus (needs OPSCASE_NATS_URL; `serve` runs them in-process).
+    Worker {
+        /// planner, gatekeeper, executor, verifier or all; repeat for several.
+        #[arg(long = "role", required = true, value_enum)]
+        roles: Vec<opscase::workers::Role>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -98,6 +109,7 @@ fn main() -> ExitCode {
             data_dir,
             tls_cert,
             tls_key,
+            no_workers,
         } => run(
             &cli.config,
             Overrides {
@@ -106,8 +118,18 @@ fn main() -> ExitCode {
                 log_format: cli.log_format,
                 tls_cert,
                 tls_key,
+                no_workers,
             },
             true,
+        ),
+        Command::Worker { roles, data_dir } => worker(
+            &cli.config,
+            Overrides {
+                data_dir,
+                log_format: cli.log_format,
+                ..Overrides::default()
+            },
+            &roles,
         ),
         Command::Migrate { data_dir } => run(
             &cli.config,
@@ -234,6 +256,56 @@ fn relay(config_file: &Option<PathBuf>, overrides: Overrides) -> ExitCode {
         });
         tracing::info!(bus = %url, database = %opscase::redact_url(&config.database_url()), "opscase relay is running");
         relay.run(stopped).await;
+        orchestrator.store().close().await;
+        Ok(())
+    });
+    exit_code(result)
+}
+
+fn worker(
+    config_file: &Option<PathBuf>,
+    overrides: Overrides,
+    roles: &[opscase::workers::Role],
+) -> ExitCode {
+    let config = match load_config(config_file, &overrides) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(url) = config.bus.nats_url.clone() else {
+        eprintln!("opscase: configuration: workers need bus.nats_url (OPSCASE_NATS_URL)");
+        return ExitCode::from(2);
+    };
+    opscase::logging::init(&config);
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        // The database only serves the verifier's metric_1m; workers never touch case tables.
+        let orchestrator = opscase::open_orchestrator(&config).await?;
+        let transport = Arc::new(opscase::connect_bus(&url, &config).await?);
+        let claims = Arc::new(bus::StreamClaims::open(&transport).await?);
+        let publisher: Arc<dyn bus::Publisher> =
+            Arc::new(bus::TransportPublisher(transport.clone()));
+        let handlers: Vec<_> = opscase::workers::build(&config, roles, &orchestrator, claims)?
+            .into_iter()
+            .map(|w| Arc::new(opscase::workers::WorkerHandler::new(w, publisher.clone())))
+            .collect();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let consumers = opscase::worker_consumers(
+            &transport,
+            &handlers,
+            config.bus.max_deliver,
+            orchestrator.metrics(),
+            &stopped,
+        );
+        let names: Vec<&str> = handlers.iter().map(|h| h.role()).collect();
+        tracing::info!(bus = %url, roles = %names.join(","), "opscase worker is running");
+        opscase::shutdown_signal().await;
+        let _ = stop.send(true);
+        for consumer in consumers {
+            let _ = consumer.await;
+        }
+        for handler in &handlers {
+            handler.drain(std::time::Duration::from_secs(10)).await;
+        }
         orchestrator.store().close().await;
         Ok(())
     });

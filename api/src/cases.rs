@@ -552,7 +552,7 @@ fn read_context(caller: Allowed<Read>) -> RequestContext {
     }
 }
 
-fn request_context(
+pub(crate) fn request_context(
     principal: Principal,
     headers: &HeaderMap,
     correlation_id: Option<String>,
@@ -577,7 +577,7 @@ fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
 }
 
 /// The client's name for itself, defaulting to the key's name.
-fn actor_of(actor: Option<&str>, principal: &Principal) -> Result<String, Problem> {
+pub(crate) fn actor_of(actor: Option<&str>, principal: &Principal) -> Result<String, Problem> {
     match actor.map(str::trim) {
         None => Ok(principal.name.clone()),
         Some(a) if a.is_empty() || a.len() > 200 => Err(Problem::invalid(

@@ -6,10 +6,13 @@
 
 pub mod auth;
 pub mod cases;
+pub mod commands;
 pub mod extract;
 pub mod http_metrics;
+pub mod ingest;
 pub mod keys;
 pub mod openapi;
+mod policy;
 pub mod problem;
 pub mod request_id;
 pub mod system;
@@ -49,6 +52,8 @@ pub struct ApiSettings {
     pub cors_allowed_origins: Vec<String>,
     /// `/metrics` needs the `metrics` or `admin` role; false opens it (an explicit choice).
     pub metrics_auth: bool,
+    /// How long a command endpoint waits for the worker's answer by default (and at most).
+    pub command_wait: Duration,
 }
 
 impl Default for ApiSettings {
@@ -62,6 +67,7 @@ impl Default for ApiSettings {
             rate_limit_burst: 400.0,
             cors_allowed_origins: Vec::new(),
             metrics_auth: true,
+            command_wait: Duration::from_secs(20),
         }
     }
 }
@@ -73,6 +79,10 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     /// The bus the outbox is relayed to, when there is one (for readiness).
     pub bus: Option<Arc<dyn bus::Transport>>,
+    /// The gate policy, for ad-hoc steps.
+    pub policy: Arc<gatekeeper::PolicySource>,
+    /// Where `POST /v1/metrics/1m` writes (the verifier reads the same table).
+    pub metric_store: Option<Arc<verifier::Metric1mStore>>,
 }
 
 impl AppState {
@@ -90,7 +100,20 @@ impl AppState {
             settings: Arc::new(settings),
             rate_limiter,
             bus,
+            policy: Arc::new(gatekeeper::PolicySource::builtin()),
+            metric_store: None,
         }
+    }
+
+    pub fn with_metric_store(mut self, store: Arc<verifier::Metric1mStore>) -> Self {
+        self.metric_store = Some(store);
+        self
+    }
+
+    /// Use `policy` (the same file the gatekeeper reads) for ad-hoc steps.
+    pub fn with_policy(mut self, policy: Arc<gatekeeper::PolicySource>) -> Self {
+        self.policy = policy;
+        self
     }
 }
 
@@ -106,12 +129,23 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cases/{id}/transition", patch(cases::transition))
         .route("/v1/cases/{id}/plans", get(cases::plans))
         .route("/v1/cases/{id}/decisions", get(cases::decisions))
-        .route("/v1/schemas/change-plan", get(system::change_plan_schema));
+        .route("/v1/schemas/change-plan", get(system::change_plan_schema))
+        .route("/v1/adapters", get(system::adapters))
+        .route("/v1/metrics/1m", post(ingest::ingest_metric_1m))
+        .route("/v1/templates", get(system::templates))
+        .route("/v1/plan/generate", post(commands::plan_generate))
+        .route("/v1/gate/eval", post(commands::gate_eval))
+        .route("/v1/adapter/exec", post(commands::adapter_exec))
+        .route("/v1/verify/run", post(commands::verify_run));
     let seed_aliases = Router::new()
         .route("/case/create", post(cases::open_case_alias))
         .route("/case/{id}", get(cases::get_case_alias))
         .route("/case/{id}/timeline", get(cases::timeline_alias))
-        .route("/case/{id}/transition", patch(cases::transition_alias));
+        .route("/case/{id}/transition", patch(cases::transition_alias))
+        .route("/plan/generate", post(commands::plan_generate_alias))
+        .route("/gate/eval", post(commands::gate_eval_alias))
+        .route("/adapter/exec", post(commands::adapter_exec_alias))
+        .route("/verify/run", post(commands::verify_run_alias));
     let admin = Router::new()
         .route("/v1/keys", post(keys::create_key).get(keys::list_keys))
         .route("/v1/keys/{id}", delete(keys::revoke_key));

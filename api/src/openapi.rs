@@ -4,7 +4,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{cases, keys, problem, system};
+use crate::{cases, commands, ingest, keys, problem, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,7 +19,11 @@ use crate::{cases, keys, problem, system};
         cases::open_case, cases::list_cases, cases::get_case, cases::timeline, cases::transition,
         cases::plans, cases::decisions,
         cases::open_case_alias, cases::get_case_alias, cases::timeline_alias, cases::transition_alias,
-        system::change_plan_schema, system::livez, system::readyz, system::metrics,
+        commands::plan_generate, commands::gate_eval, commands::adapter_exec, commands::verify_run,
+        commands::plan_generate_alias, commands::gate_eval_alias, commands::adapter_exec_alias,
+        commands::verify_run_alias,
+        ingest::ingest_metric_1m,
+        system::change_plan_schema, system::adapters, system::templates, system::livez, system::readyz, system::metrics,
         keys::create_key, keys::list_keys, keys::revoke_key,
     ),
     modifiers(&Security),
@@ -27,6 +31,8 @@ use crate::{cases, keys, problem, system};
     components(schemas(problem::Problem)),
     tags(
         (name = "cases", description = "Incident cases and their state machine"),
+        (name = "commands", description = "Ask a worker to act; the answer moves the case"),
+        (name = "metrics", description = "1-minute aggregates the verifier checks against"),
         (name = "seed aliases", description = "The paths of the source design's curl demo"),
         (name = "contracts", description = "Schemas artifacts must satisfy"),
         (name = "system", description = "Health and metrics"),

@@ -35,6 +35,9 @@ pub struct Problem {
     pub allowed_events: Option<Vec<Event>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guard_failures: Option<Vec<GuardFailure>>,
+    /// The gate policy rule that refused the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
@@ -52,6 +55,7 @@ impl Problem {
             current_version: None,
             allowed_events: None,
             guard_failures: None,
+            rule: None,
             request_id: request_id::current(),
         }
     }
@@ -138,6 +142,13 @@ impl From<&Error> for Problem {
                 )
                 .with_case(case)
             }
+            Error::CommandNotApplicable { case, .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "command-not-applicable",
+                "Command not applicable",
+                error.to_string(),
+            )
+            .with_case(case),
             Error::GuardFailed { case, failures, .. } => {
                 let reasons: Vec<String> = failures
                     .iter()

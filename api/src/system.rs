@@ -1,5 +1,6 @@
 //! Health, metrics and the published contracts.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -7,6 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::auth::{Allowed, Read, Scrape};
@@ -107,4 +109,59 @@ pub async fn change_plan_schema(_caller: Allowed<Read>) -> Response {
         workflow::plan::CHANGE_PLAN_SCHEMA,
     )
         .into_response()
+}
+
+/// One adapter a plan step may name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AdapterInfo {
+    #[schema(example = "script.exec")]
+    pub action: String,
+    pub description: String,
+    /// JSON Schema (draft 2020-12) of the step's `params`.
+    pub params_schema: Value,
+}
+
+#[utoipa::path(get, path = "/v1/adapters", tag = "contracts",
+    responses((status = 200, description = "The adapters and the JSON Schema of each one's params", body = [AdapterInfo])))]
+pub async fn adapters(_caller: Allowed<Read>) -> Json<Vec<AdapterInfo>> {
+    Json(
+        workflow::adapters::ADAPTERS
+            .iter()
+            .map(|spec| AdapterInfo {
+                action: spec.action.into(),
+                description: spec.description.into(),
+                params_schema: workflow::adapters::params_schema(spec.action)
+                    .unwrap_or(Value::Null),
+            })
+            .collect(),
+    )
+}
+
+/// A plan template and its inputs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateInfo {
+    #[schema(example = "k8s.rollout.canary")]
+    pub name: String,
+    pub description: String,
+    /// Input name → what it is (inputs may also come from the case's labels).
+    pub params: BTreeMap<String, String>,
+}
+
+#[utoipa::path(get, path = "/v1/templates", tag = "contracts",
+    responses((status = 200, description = "The planner's templates", body = [TemplateInfo])))]
+pub async fn templates(_caller: Allowed<Read>) -> Json<Vec<TemplateInfo>> {
+    Json(
+        planner::templates()
+            .into_iter()
+            .map(|t| TemplateInfo {
+                name: t.name.into(),
+                description: t.description.into(),
+                params: t
+                    .params
+                    .into_iter()
+                    .map(|(name, what)| (name.to_string(), what.to_string()))
+                    .collect(),
+            })
+            .collect(),
+    )
 }

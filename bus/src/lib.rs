@@ -4,6 +4,7 @@
 //! sent as `Nats-Msg-Id`, so a message published twice is stored once (within the stream's
 //! duplicate window) and consumers can dedup by id beyond it.
 
+mod claims;
 mod consumer;
 mod envelope;
 mod jetstream;
@@ -11,12 +12,15 @@ mod worker;
 
 use async_trait::async_trait;
 
+pub use claims::{StreamClaims, CLAIMS_STREAM};
 pub use consumer::{
     disposition, run_consumer, ConsumerSettings, Disposition, Handled, Handler, STREAM_DEAD_LETTERS,
 };
 pub use envelope::Envelope;
-pub use worker::{answer, answer_id, Claim, Claims, Publisher, Worker, WorkerError};
 pub use jetstream::{JetStreamSettings, JetStreamTransport, STREAM_COMMANDS, STREAM_EVENTS};
+pub use worker::{
+    answer, answer_id, Claim, Claims, Publisher, TransportPublisher, Worker, WorkerError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

@@ -81,3 +81,17 @@ pub fn answer(command: &Envelope, source: &str, kind: &str, part: &str, data: Va
     )
     .with_traceparent(command.traceparent.clone())
 }
+
+/// Publishes worker events straight to a transport (JetStream in distributed mode).
+pub struct TransportPublisher(pub std::sync::Arc<dyn crate::Transport>);
+
+#[async_trait]
+impl Publisher for TransportPublisher {
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        match self.0.publish(std::slice::from_ref(&envelope)).await?.pop() {
+            Some(crate::Delivery::Acked { .. }) => Ok(()),
+            Some(crate::Delivery::Failed(reason)) => Err(BusError::Unavailable(reason)),
+            None => Err(BusError::Unavailable("no acknowledgement".into())),
+        }
+    }
+}

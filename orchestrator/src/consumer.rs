@@ -7,21 +7,35 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
+use workflow::messages::topic;
 use workflow::{ApprovalInput, Event, Status, StepResult};
 
 use crate::model::{Case, Outcome};
 use crate::service::{timeline_entry, Error, Orchestrator, RequestContext, TransitionRequest};
 
-/// The worker events the orchestrator acts on.
-pub const WORKER_EVENTS: [&str; 7] = [
-    "evt.plan.proposed.v1",
-    "evt.plan.approved.v1",
-    "evt.plan.rejected.v1",
-    "evt.exec.done.v1",
-    "evt.exec.failed.v1",
-    "evt.verify.pass.v1",
-    "evt.verify.failed.v1",
+/// The worker events the orchestrator acts on: those that move a case, and those it only
+/// records on the timeline (`NOTED_EVENTS`).
+pub const WORKER_EVENTS: [&str; 10] = [
+    topic::PLAN_PROPOSED,
+    topic::PLAN_FAILED,
+    topic::PLAN_APPROVED,
+    topic::PLAN_REJECTED,
+    topic::PLAN_HELD,
+    topic::STEP_RESULT,
+    topic::EXEC_DONE,
+    topic::EXEC_FAILED,
+    topic::VERIFY_PASS,
+    topic::VERIFY_FAILED,
 ];
+
+/// Worker events that move nothing and become a `noted` timeline row, under this event name.
+fn noted_event(kind: &str) -> Option<&'static str> {
+    match kind {
+        topic::PLAN_HELD => Some("gate_held"),
+        topic::STEP_RESULT => Some("step_result"),
+        _ => None,
+    }
+}
 
 /// What became of one consumed message.
 #[derive(Debug)]
@@ -34,6 +48,8 @@ pub enum Consumed {
     Ignored { status: Status },
     /// A guard refused the event's product; recorded on the timeline.
     Refused,
+    /// Recorded on the timeline without a transition (a step result, a gate hold).
+    Noted,
 }
 
 /// What a worker event carries. Every field is optional: each event uses its own.
@@ -48,7 +64,17 @@ struct WorkerData {
     inputs: Option<Value>,
     #[serde(default)]
     results: Vec<StepResult>,
+    /// The rollback steps run after a failed execution.
+    #[serde(default)]
+    rollback: Vec<StepResult>,
+    /// The gate rule that fired.
+    rule: Option<String>,
+    /// A verdict: `pass`, `fail`, `inconclusive` (or, from older workers, an object).
     verdict: Option<Value>,
+    /// The verifier's checks with the numbers they saw.
+    checks: Option<Value>,
+    /// A refused plan's validation errors.
+    errors: Option<Value>,
 }
 
 impl Orchestrator {
@@ -57,6 +83,9 @@ impl Orchestrator {
         let case_id = Uuid::parse_str(&envelope.subject).map_err(|_| {
             Error::BadMessage(format!("subject {:?} is not a case id", envelope.subject))
         })?;
+        if let Some(name) = noted_event(&envelope.kind) {
+            return self.note(consumer, envelope, case_id, name).await;
+        }
         let event = fsm_event(&envelope.kind)
             .ok_or_else(|| Error::BadMessage(format!("{} is not a worker event", envelope.kind)))?;
         let data: WorkerData = serde_json::from_value(envelope.data.clone())
@@ -136,15 +165,81 @@ impl Orchestrator {
     }
 }
 
+impl Orchestrator {
+    /// Record a worker event that moves nothing as a `noted` timeline row.
+    async fn note(
+        &self,
+        consumer: &str,
+        envelope: &Envelope,
+        case_id: Uuid,
+        name: &str,
+    ) -> Result<Consumed, Error> {
+        let Value::Object(data) = envelope.data.clone() else {
+            return Err(Error::BadMessage(format!(
+                "{}: data is not an object",
+                envelope.kind
+            )));
+        };
+        let now = Utc::now();
+        let mut tx = self.store().begin().await?;
+        if !tx.insert_inbox(consumer, envelope.id, now).await? {
+            self.metrics().inbox_duplicate();
+            return Ok(Consumed::Duplicate);
+        }
+        let case = tx
+            .lock_case(case_id)
+            .await?
+            .ok_or_else(|| Error::BadMessage(format!("case {case_id} does not exist")))?
+            .case;
+        let actor = data
+            .get("actor")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| default_actor(&envelope.kind))
+            .to_string();
+        let reason = data
+            .get("reason")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let mut meta = self.redact_meta(data);
+        meta.insert("message_id".into(), json!(envelope.id));
+        meta.insert("source".into(), json!(envelope.source));
+        let context = RequestContext {
+            traceparent: envelope.traceparent.clone(),
+            correlation_id: Some(envelope.id.to_string()),
+            ..RequestContext::default()
+        };
+        tx.append_timeline(&crate::model::NewTimelineEntry {
+            case_id,
+            version: case.version,
+            event: name.to_string(),
+            outcome: Outcome::Noted,
+            from_status: Some(case.status),
+            to_status: Some(case.status),
+            actor,
+            principal_id: None,
+            principal_name: None,
+            reason: reason.map(|r| self.redact_text(&r)),
+            correlation_id: context.correlation_id.clone(),
+            request_id: None,
+            meta: crate::service::server_meta(meta, &context),
+            created_at: now,
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(Consumed::Noted)
+    }
+}
+
 fn fsm_event(kind: &str) -> Option<Event> {
     Some(match kind {
-        "evt.plan.proposed.v1" => Event::PlanReady,
-        "evt.plan.approved.v1" => Event::GateApproved,
-        "evt.plan.rejected.v1" => Event::GateRejected,
-        "evt.exec.done.v1" => Event::ExecDone,
-        "evt.exec.failed.v1" => Event::ExecFailed,
-        "evt.verify.pass.v1" => Event::VerifyPass,
-        "evt.verify.failed.v1" => Event::VerifyFailed,
+        topic::PLAN_PROPOSED => Event::PlanReady,
+        topic::PLAN_FAILED => Event::PlanFailed,
+        topic::PLAN_APPROVED => Event::GateApproved,
+        topic::PLAN_REJECTED => Event::GateRejected,
+        topic::EXEC_DONE => Event::ExecDone,
+        topic::EXEC_FAILED => Event::ExecFailed,
+        topic::VERIFY_PASS => Event::VerifyPass,
+        topic::VERIFY_FAILED => Event::VerifyFailed,
         _ => return None,
     })
 }
@@ -165,8 +260,20 @@ fn request_of(
     if !data.results.is_empty() {
         meta.insert("results".into(), json!(data.results));
     }
-    if let Some(verdict) = &data.verdict {
-        meta.insert("verdict".into(), verdict.clone());
+    if !data.rollback.is_empty() {
+        meta.insert("rollback".into(), json!(data.rollback));
+    }
+    for (key, value) in [
+        ("verdict", &data.verdict),
+        ("checks", &data.checks),
+        ("errors", &data.errors),
+        ("policy_rev", &data.policy_rev.clone().map(Value::String)),
+        ("rule", &data.rule.clone().map(Value::String)),
+        ("inputs", &data.inputs),
+    ] {
+        if let Some(value) = value {
+            meta.insert(key.into(), value.clone());
+        }
     }
     TransitionRequest {
         case_id,
@@ -185,7 +292,12 @@ fn request_of(
         if_match: None,
         expected_version: None,
         policy_rev: data.policy_rev.clone(),
-        decision_inputs: data.inputs.clone(),
+        decision_inputs: data.inputs.clone().map(|mut inputs| {
+            if let (Value::Object(map), Some(rule)) = (&mut inputs, &data.rule) {
+                map.insert("rule".into(), json!(rule));
+            }
+            inputs
+        }),
     }
 }
 

@@ -182,3 +182,37 @@ impl crate::Orchestrator {
         Ok(true)
     }
 }
+
+/// Workers of the embedded bus publish their events into the outbox, like everything else.
+pub struct OutboxPublisher(pub Arc<crate::Orchestrator>);
+
+#[async_trait]
+impl bus::Publisher for OutboxPublisher {
+    async fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        self.0
+            .publish_event(&envelope)
+            .await
+            .map(|_| ())
+            .map_err(|error| BusError::Unavailable(error.to_string()))
+    }
+}
+
+/// Command claims in the database (embedded mode).
+pub struct StoreClaims(pub Arc<dyn Store>);
+
+#[async_trait]
+impl bus::Claims for StoreClaims {
+    async fn claim(&self, key: &str, holder: &str) -> Result<bus::Claim, BusError> {
+        self.0
+            .claim_command(key, holder, Utc::now())
+            .await
+            .map_err(|error| BusError::Unavailable(error.to_string()))
+    }
+
+    async fn finish(&self, key: &str, outcome: &serde_json::Value) -> Result<(), BusError> {
+        self.0
+            .finish_command(key, outcome, Utc::now())
+            .await
+            .map_err(|error| BusError::Unavailable(error.to_string()))
+    }
+}

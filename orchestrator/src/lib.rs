@@ -1,6 +1,7 @@
 //! The orchestrator: the transition service and its stores.
 
 pub mod access;
+pub mod commands;
 pub mod consumer;
 pub mod embedded;
 pub mod idempotency;
@@ -22,4 +23,4 @@ pub use relay::{Relay, RelayError, RelaySettings};
 pub use service::{
     Bootstrap, Error, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
 };
-pub use store::{connect, Backend, Store, StoreError};
+pub use store::{connect, Backend, SqlPool, Store, StoreError};

@@ -92,6 +92,10 @@ pub enum Outcome {
     Applied,
     Rejected,
     Ignored,
+    /// A command was sent to a worker; the case has not moved (yet).
+    Requested,
+    /// A worker reported something that moves nothing (a step result, a gate hold).
+    Noted,
 }
 
 impl Outcome {
@@ -100,6 +104,8 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Rejected => "rejected",
             Outcome::Ignored => "ignored",
+            Outcome::Requested => "requested",
+            Outcome::Noted => "noted",
         }
     }
 
@@ -108,6 +114,8 @@ impl Outcome {
             "applied" => Some(Outcome::Applied),
             "rejected" => Some(Outcome::Rejected),
             "ignored" => Some(Outcome::Ignored),
+            "requested" => Some(Outcome::Requested),
+            "noted" => Some(Outcome::Noted),
             _ => None,
         }
     }

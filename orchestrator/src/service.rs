@@ -52,6 +52,9 @@ pub enum Error {
         to: Status,
         failures: Vec<GuardFailure>,
     },
+    /// A command that makes no sense for the case's state (or the case has no plan for it).
+    #[error("{reason}")]
+    CommandNotApplicable { case: Box<Case>, reason: String },
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyMismatch,
     #[error("a request with this Idempotency-Key is still being processed")]
@@ -68,7 +71,9 @@ impl Error {
         match self {
             Error::PreconditionFailed { .. } => Some(ConflictReason::PreconditionFailed),
             Error::VersionMismatch { .. } => Some(ConflictReason::VersionMismatch),
-            Error::Illegal { .. } => Some(ConflictReason::IllegalTransition),
+            Error::Illegal { .. } | Error::CommandNotApplicable { .. } => {
+                Some(ConflictReason::IllegalTransition)
+            }
             Error::GuardFailed { .. } => Some(ConflictReason::GuardFailed),
             Error::IdempotencyMismatch => Some(ConflictReason::IdempotencyMismatch),
             Error::InFlight => Some(ConflictReason::InFlight),
@@ -111,20 +116,20 @@ pub struct RequestContext {
 
 impl RequestContext {
     /// The tenant the caller is confined to, if any.
-    fn tenant_scope(&self) -> Option<&str> {
+    pub(crate) fn tenant_scope(&self) -> Option<&str> {
         self.principal.as_ref().and_then(|p| p.tenant.as_deref())
     }
 
-    fn principal_identity(&self) -> Option<String> {
+    pub(crate) fn principal_identity(&self) -> Option<String> {
         self.principal.as_ref().map(Principal::identity)
     }
 
-    fn principal_name(&self) -> Option<String> {
+    pub(crate) fn principal_name(&self) -> Option<String> {
         self.principal.as_ref().map(|p| p.name.clone())
     }
 
     /// Who four eyes sees: the key when there is one, else the name the client gave.
-    fn identity_or(&self, name: &str) -> String {
+    pub(crate) fn identity_or(&self, name: &str) -> String {
         self.principal_identity()
             .unwrap_or_else(|| name.to_string())
     }
@@ -136,7 +141,7 @@ impl RequestContext {
             .and_then(|tp| tp.split('-').nth(1))
     }
 
-    fn outbox_headers(&self) -> Value {
+    pub(crate) fn outbox_headers(&self) -> Value {
         let mut headers = Map::new();
         for (name, value) in [
             ("traceparent", &self.traceparent),
@@ -357,6 +362,20 @@ impl Orchestrator {
                 Err(error)
             }
             Err(error) => Err(error),
+        }
+    }
+
+    pub(crate) fn redact_text(&self, text: &str) -> String {
+        self.settings.redactor.text(text)
+    }
+
+    /// `meta` with secrets masked.
+    pub(crate) fn redact_meta(&self, meta: Map<String, Value>) -> Map<String, Value> {
+        let mut meta = Value::Object(meta);
+        self.settings.redactor.json(&mut meta);
+        match meta {
+            Value::Object(meta) => meta,
+            _ => Map::new(),
         }
     }
 
@@ -685,6 +704,7 @@ async fn apply(
     case.version = accepted.version;
     case.resolution = accepted.resolution.map(|r| r.as_str().to_string());
     case.updated_at = now;
+    let mut recorded_plan = None;
     for effect in &accepted.effects {
         match effect {
             Effect::RecordPlan { plan } => {
@@ -699,6 +719,7 @@ async fn apply(
                 };
                 tx.insert_plan(&record).await?;
                 case.current_plan_id = Some(record.id);
+                recorded_plan = Some(record);
             }
             Effect::RecordDecision {
                 plan_id, approved, ..
@@ -754,7 +775,21 @@ async fn apply(
                     now,
                 )
             } else {
-                command_message(&case, topic, &request.actor, context, now)
+                let plan = match (&recorded_plan, case.current_plan_id) {
+                    (Some(plan), _) => Some(plan.clone()),
+                    (None, Some(id)) => tx.plan(id).await?,
+                    (None, None) => None,
+                };
+                crate::commands::command_message(
+                    message_id(&case, topic),
+                    &case,
+                    topic,
+                    plan.as_ref(),
+                    &request.actor,
+                    &Default::default(),
+                    context,
+                    now,
+                )
             };
             tx.append_outbox(&message).await?;
         }
@@ -794,7 +829,7 @@ pub(crate) fn timeline_entry(
 }
 
 /// Client meta plus the trace context; server keys win over client keys of the same name.
-fn server_meta(mut meta: Map<String, Value>, context: &RequestContext) -> Value {
+pub(crate) fn server_meta(mut meta: Map<String, Value>, context: &RequestContext) -> Value {
     if let Some(traceparent) = &context.traceparent {
         meta.insert("traceparent".into(), Value::String(traceparent.clone()));
     }
@@ -836,29 +871,6 @@ fn transition_message(
             "resolution": case.resolution,
             "plan_id": case.current_plan_id,
             "occurred_at": now,
-        }),
-        headers: context.outbox_headers(),
-        created_at: now,
-    }
-}
-
-fn command_message(
-    case: &Case,
-    topic: &str,
-    actor: &str,
-    context: &RequestContext,
-    now: DateTime<Utc>,
-) -> OutboxMessage {
-    OutboxMessage {
-        message_id: message_id(case, topic),
-        topic: topic.into(),
-        key: case.id.to_string(),
-        payload: json!({
-            "case_id": case.id,
-            "tenant": case.tenant,
-            "version": case.version,
-            "plan_id": case.current_plan_id,
-            "requested_by": actor,
         }),
         headers: context.outbox_headers(),
         created_at: now,

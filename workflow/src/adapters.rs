@@ -119,8 +119,11 @@ mod tests {
         assert_eq!(errors[0].pointer, "/script");
         let both = json!({"namespace": "shop", "deployment": "web", "container": "web",
                           "image": "web:2", "restart": true});
-        assert!(!validate_params("k8s.rollout", Some(&both)).unwrap().is_empty());
-        let image = json!({"namespace": "shop", "deployment": "web", "container": "web", "image": "web:2"});
+        assert!(!validate_params("k8s.rollout", Some(&both))
+            .unwrap()
+            .is_empty());
+        let image =
+            json!({"namespace": "shop", "deployment": "web", "container": "web", "image": "web:2"});
         assert_eq!(validate_params("k8s.rollout", Some(&image)), Some(vec![]));
         assert_eq!(validate_params("rm.rf", None), None);
     }

@@ -4,10 +4,10 @@
 //! event in, and gets back either a rejection or the accepted transition with the effects it
 //! must write (plan, decision, outbox topics) inside its database transaction.
 
+pub mod adapters;
 mod diagram;
 mod guards;
 mod machine;
-pub mod adapters;
 pub mod messages;
 pub mod plan;
 mod table;

@@ -72,8 +72,8 @@ fn completeness_failures(plan: &Value) -> Vec<GuardFailure> {
 
     for (index, step) in steps.iter().chain(rollback).enumerate() {
         let action = step["action"].as_str().unwrap_or_default();
-        let errors = crate::adapters::validate_params(action, step.get("params"))
-            .unwrap_or_default();
+        let errors =
+            crate::adapters::validate_params(action, step.get("params")).unwrap_or_default();
         for error in errors {
             failures.push(GuardFailure::new(
                 GuardKind::PlanComplete,
@@ -201,7 +201,10 @@ mod tests {
             .into_iter()
             .map(|f| f.field)
             .collect();
-        assert!(fields.contains(&"plan.steps[0].params".to_string()), "{fields:?}");
+        assert!(
+            fields.contains(&"plan.steps[0].params".to_string()),
+            "{fields:?}"
+        );
         assert!(
             fields.contains(&"plan.rollback.steps[0].params.namespace".to_string()),
             "{fields:?}"

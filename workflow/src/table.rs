@@ -65,6 +65,7 @@ pub enum Event {
     StartAnalysis,
     AnalysisDone,
     PlanReady,
+    PlanFailed,
     GateApproved,
     GateRejected,
     ExecDone,
@@ -76,10 +77,11 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 11] = [
+    pub const ALL: [Event; 12] = [
         Event::StartAnalysis,
         Event::AnalysisDone,
         Event::PlanReady,
+        Event::PlanFailed,
         Event::GateApproved,
         Event::GateRejected,
         Event::ExecDone,
@@ -95,6 +97,7 @@ impl Event {
             Event::StartAnalysis => "start_analysis",
             Event::AnalysisDone => "analysis_done",
             Event::PlanReady => "plan_ready",
+            Event::PlanFailed => "plan_failed",
             Event::GateApproved => "gate_approved",
             Event::GateRejected => "gate_rejected",
             Event::ExecDone => "exec_done",
@@ -166,6 +169,12 @@ pub const TRANSITIONS: &[Transition] = &[
         Event::PlanReady,
         Status::WaitGate,
         Some(GuardKind::PlanComplete),
+    ),
+    row(
+        Status::Planning,
+        Event::PlanFailed,
+        Status::Parked,
+        Some(GuardKind::FailureRecorded),
     ),
     row(
         Status::WaitGate,

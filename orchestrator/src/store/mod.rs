@@ -84,6 +84,14 @@ pub struct LockedCase {
     pub plan_requester: Option<String>,
 }
 
+/// The connection pool under a store, for tables other crates own (the verifier's
+/// `metric_1m`). On SQLite it is the single writer, so their writes queue with ours.
+#[derive(Debug, Clone)]
+pub enum SqlPool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -148,6 +156,23 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_dead_letter(&self, letter: &DeadLetter) -> StoreResult<()>;
     async fn dead_letters(&self) -> StoreResult<Vec<DeadLetter>>;
 
+    /// Claim command `key` for `holder`: exactly one caller ever gets `Claimed`.
+    async fn claim_command(
+        &self,
+        key: &str,
+        holder: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bus::Claim>;
+    /// Record what a claimed command ended with.
+    async fn finish_command(
+        &self,
+        key: &str,
+        outcome: &Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+
+    fn pool(&self) -> SqlPool;
+
     async fn count_keys(&self) -> StoreResult<i64>;
     async fn insert_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()>;
     /// The key with this secret hash, and the stored hash (for a constant-time check).
@@ -177,6 +202,8 @@ pub trait Tx: Send {
     async fn append_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<i64>;
     async fn append_outbox(&mut self, message: &OutboxMessage) -> StoreResult<()>;
     async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()>;
+    /// A stored plan, read inside the transaction (for the commands that carry it).
+    async fn plan(&mut self, id: Uuid) -> StoreResult<Option<PlanRecord>>;
     async fn insert_decision(&mut self, decision: &DecisionRecord) -> StoreResult<()>;
     /// Record that `consumer` handled `message_id`; false when it already had.
     async fn insert_inbox(

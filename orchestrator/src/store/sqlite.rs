@@ -322,6 +322,54 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    fn pool(&self) -> super::SqlPool {
+        super::SqlPool::Sqlite(self.writer.clone())
+    }
+
+    async fn claim_command(
+        &self,
+        key: &str,
+        holder: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<bus::Claim> {
+        let inserted = sqlx::query(
+            "INSERT INTO command_claim (key, holder, claimed_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(at)
+        .execute(&self.writer)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(bus::Claim::Claimed);
+        }
+        let row = sqlx::query("SELECT holder, outcome FROM command_claim WHERE key = ?")
+            .bind(key)
+            .fetch_one(&self.writer)
+            .await?;
+        Ok(match row.try_get::<Option<Json<Value>>, _>("outcome")? {
+            Some(Json(outcome)) => bus::Claim::Finished(outcome),
+            None => bus::Claim::Running {
+                holder: row.try_get("holder")?,
+            },
+        })
+    }
+
+    async fn finish_command(
+        &self,
+        key: &str,
+        outcome: &Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE command_claim SET outcome = ?, finished_at = ? WHERE key = ?")
+            .bind(Json(outcome))
+            .bind(at)
+            .bind(key)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     async fn count_keys(&self) -> StoreResult<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_key")
             .fetch_one(&self.readers)
@@ -606,6 +654,27 @@ impl Tx for SqliteTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    async fn plan(&mut self, id: Uuid) -> StoreResult<Option<PlanRecord>> {
+        let row = sqlx::query(
+            "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at FROM plan_proposed WHERE id = ?",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|row| {
+            Ok(PlanRecord {
+                id: uuid_at(&row, "id")?,
+                case_id: uuid_at(&row, "case_id")?,
+                plan: row.try_get::<Json<Value>, _>("plan")?.0,
+                digest: row.try_get("digest")?,
+                requested_by: row.try_get("requested_by")?,
+                requested_by_key: row.try_get("requested_by_key")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .transpose()
     }
 
     async fn insert_inbox(

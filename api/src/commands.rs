@@ -1,0 +1,381 @@
+//! Commands to the workers: `POST /v1/plan/generate`, `/v1/gate/eval`, `/v1/adapter/exec`,
+//! `/v1/verify/run` (and the seed's aliases without `/v1`). Each writes a `cmd.*` to the
+//! outbox and a timeline row in one transaction, then by default waits (bounded) for the
+//! worker's answer to land on the case; `Prefer: respond-async` answers 202 at once.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use orchestrator::commands::{Answer, CommandRequest, Issued};
+use orchestrator::model::{Case, TimelineEntry};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+use workflow::messages::topic;
+
+use crate::auth::{Allowed, Operate};
+use crate::cases::{actor_of, request_context};
+use crate::extract::JsonBody;
+use crate::problem::Problem;
+use crate::AppState;
+
+/// `POST /v1/plan/generate`: ask the planner for a plan.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanGenerate {
+    pub case_id: Uuid,
+    /// A template (`GET /v1/templates`); by default the case's `template` label, else `noop.check`.
+    #[schema(example = "k8s.rollout.canary")]
+    pub template: Option<String>,
+    /// Template inputs; they override the case's labels.
+    pub params: Option<Map<String, Value>>,
+    pub actor: Option<String>,
+}
+
+/// `POST /v1/gate/eval`: ask the gatekeeper to decide on the current plan.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GateEval {
+    pub case_id: Uuid,
+    pub actor: Option<String>,
+}
+
+/// `POST /v1/verify/run`: ask the verifier to check the plan's `verify` section.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRun {
+    pub case_id: Uuid,
+    pub actor: Option<String>,
+}
+
+/// `POST /v1/adapter/exec`: run the approved plan, or one ad-hoc step the gate policy allows
+/// on its own, or describe either without side effects (`dry_run`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterExec {
+    pub case_id: Uuid,
+    /// An adapter to run in place of the plan's steps (`script` is short for `script.exec`).
+    #[schema(example = "script")]
+    pub adapter: Option<String>,
+    /// For `script`: the allowlisted executable and its arguments, split on whitespace (no
+    /// shell: quotes, `;`, `$()` are passed as plain text).
+    #[schema(example = "echo ok")]
+    pub script: Option<String>,
+    /// The adapter's params (see `GET /v1/adapters`).
+    pub params: Option<Map<String, Value>>,
+    /// The ad-hoc step's timeout, 10 to 3600 s (default 60).
+    pub timeout_s: Option<u32>,
+    #[serde(default)]
+    pub dry_run: bool,
+    pub actor: Option<String>,
+}
+
+/// What became of a command.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CommandResult {
+    pub command_id: Uuid,
+    #[schema(example = "cmd.plan.generate")]
+    pub topic: String,
+    /// `accepted` (not waited for), `applied` (the case moved), `answered` (the worker answered
+    /// without moving it: see `answer`), `pending` (no answer within the wait).
+    #[schema(example = "applied")]
+    pub status: String,
+    pub case: Case,
+    /// The timeline row that answered without a transition (a refused plan, a gate hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<TimelineEntry>,
+}
+
+const ADHOC_STEP_ID: &str = "adhoc-1";
+const DEFAULT_ADHOC_TIMEOUT_S: u32 = 60;
+
+macro_rules! command_routes {
+    ($v1:ident, $alias:ident, $path:literal, $alias_path:literal, $body:ty, $summary:literal) => {
+        #[doc = $summary]
+        #[utoipa::path(post, path = $path, tag = "commands",
+            params(("Prefer" = Option<String>, Header,
+                description = "`respond-async`: answer 202 at once; `wait=N`: wait up to N seconds (default from config)")),
+            request_body(content = $body, content_type = "application/json"),
+            responses(
+                (status = 200, description = "The worker answered", body = CommandResult),
+                (status = 202, description = "Written; not answered yet (or not waited for)", body = CommandResult),
+                (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+                (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "Not applicable in the case's state", body = Problem, content_type = "application/problem+json"),
+            ))]
+        pub async fn $v1(
+            state: State<AppState>,
+            caller: Allowed<Operate>,
+            headers: HeaderMap,
+            body: JsonBody<$body>,
+        ) -> Result<Response, Problem> {
+            run(state, caller, headers, body.value).await
+        }
+
+        #[doc = concat!("Seed alias of `", $path, "`.")]
+        #[utoipa::path(post, path = $alias_path, tag = "seed aliases",
+            request_body(content = $body, content_type = "application/json"),
+            responses(
+                (status = 200, description = "The worker answered", body = CommandResult),
+                (status = 202, description = "Written; not answered yet", body = CommandResult),
+                (status = 409, description = "Not applicable in the case's state", body = Problem, content_type = "application/problem+json"),
+            ))]
+        pub async fn $alias(
+            state: State<AppState>,
+            caller: Allowed<Operate>,
+            headers: HeaderMap,
+            body: JsonBody<$body>,
+        ) -> Result<Response, Problem> {
+            run(state, caller, headers, body.value).await
+        }
+    };
+}
+
+command_routes!(
+    plan_generate,
+    plan_generate_alias,
+    "/v1/plan/generate",
+    "/plan/generate",
+    PlanGenerate,
+    "Ask the planner for a ChangePlan (the case must be ANALYZING or PLANNING)."
+);
+command_routes!(
+    gate_eval,
+    gate_eval_alias,
+    "/v1/gate/eval",
+    "/gate/eval",
+    GateEval,
+    "Ask the gatekeeper to decide on the current plan (WAIT_GATE)."
+);
+command_routes!(
+    adapter_exec,
+    adapter_exec_alias,
+    "/v1/adapter/exec",
+    "/adapter/exec",
+    AdapterExec,
+    "Run the approved plan, or an ad-hoc step the gate policy allows on its own (EXECUTING)."
+);
+command_routes!(
+    verify_run,
+    verify_run_alias,
+    "/v1/verify/run",
+    "/verify/run",
+    VerifyRun,
+    "Ask the verifier to check the plan's verification (VERIFYING)."
+);
+
+/// Each body knows which command it is and what it carries.
+trait CommandBody {
+    fn into_request(self, caller: &Allowed<Operate>) -> Result<CommandRequest, Problem>;
+    fn case_id(&self) -> Uuid;
+}
+
+impl CommandBody for PlanGenerate {
+    fn into_request(self, caller: &Allowed<Operate>) -> Result<CommandRequest, Problem> {
+        if let Some(template) = self.template.as_deref() {
+            if !planner::templates().iter().any(|t| t.name == template) {
+                let known: Vec<&str> = planner::templates().iter().map(|t| t.name).collect();
+                return Err(Problem::invalid(
+                    "template",
+                    format!("unknown template {template:?}; known: {}", known.join(", ")),
+                ));
+            }
+        }
+        Ok(CommandRequest {
+            case_id: self.case_id,
+            topic: topic::PLAN_GENERATE,
+            actor: actor_of(self.actor.as_deref(), &caller.principal)?,
+            template: self.template,
+            params: self.params.unwrap_or_default(),
+            ..CommandRequest::default()
+        })
+    }
+    fn case_id(&self) -> Uuid {
+        self.case_id
+    }
+}
+
+macro_rules! case_command {
+    ($body:ty, $topic:expr) => {
+        impl CommandBody for $body {
+            fn into_request(self, caller: &Allowed<Operate>) -> Result<CommandRequest, Problem> {
+                Ok(CommandRequest {
+                    case_id: self.case_id,
+                    topic: $topic,
+                    actor: actor_of(self.actor.as_deref(), &caller.principal)?,
+                    ..CommandRequest::default()
+                })
+            }
+            fn case_id(&self) -> Uuid {
+                self.case_id
+            }
+        }
+    };
+}
+
+case_command!(GateEval, topic::GATE_EVAL);
+case_command!(VerifyRun, topic::VERIFY_RUN);
+
+impl CommandBody for AdapterExec {
+    fn into_request(self, caller: &Allowed<Operate>) -> Result<CommandRequest, Problem> {
+        let steps = adhoc_step(&self)?.map(|step| vec![step]);
+        Ok(CommandRequest {
+            case_id: self.case_id,
+            topic: topic::EXEC_RUN,
+            actor: actor_of(self.actor.as_deref(), &caller.principal)?,
+            steps,
+            dry_run: self.dry_run,
+            ..CommandRequest::default()
+        })
+    }
+    fn case_id(&self) -> Uuid {
+        self.case_id
+    }
+}
+
+/// The single step an ad-hoc `/adapter/exec` asks for, validated against its adapter's
+/// params schema; `None` when the plan's own steps are to run.
+fn adhoc_step(body: &AdapterExec) -> Result<Option<Value>, Problem> {
+    let Some(adapter) = body.adapter.as_deref() else {
+        if body.script.is_some() || body.params.is_some() {
+            return Err(Problem::invalid(
+                "adapter",
+                "`script` and `params` need an `adapter` to run them with",
+            ));
+        }
+        return Ok(None);
+    };
+    let action = if adapter == "script" {
+        "script.exec"
+    } else {
+        adapter
+    };
+    if workflow::adapters::find(action).is_none() {
+        let known: Vec<&str> = workflow::adapters::ADAPTERS
+            .iter()
+            .map(|a| a.action)
+            .collect();
+        return Err(Problem::invalid(
+            "adapter",
+            format!(
+                "unknown adapter {adapter:?}; known: script, {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    let mut params = body.params.clone().unwrap_or_default();
+    if let Some(command_line) = body.script.as_deref() {
+        if action != "script.exec" {
+            return Err(Problem::invalid(
+                "script",
+                "`script` goes with adapter `script`",
+            ));
+        }
+        let mut words = command_line.split_whitespace();
+        let Some(script) = words.next() else {
+            return Err(Problem::invalid("script", "`script` is empty"));
+        };
+        params.insert("script".into(), json!(script));
+        params.insert("args".into(), json!(words.collect::<Vec<_>>()));
+    }
+    let params = Value::Object(params);
+    let errors = workflow::adapters::validate_params(action, Some(&params)).unwrap_or_default();
+    if let Some(error) = errors.first() {
+        let field = format!("params{}", error.pointer.replace('/', "."));
+        return Err(Problem::invalid(
+            field,
+            format!("{action} params: {}", error.message),
+        ));
+    }
+    let timeout_s = body.timeout_s.unwrap_or(DEFAULT_ADHOC_TIMEOUT_S);
+    if !(10..=3600).contains(&timeout_s) {
+        return Err(Problem::invalid(
+            "timeout_s",
+            "timeout_s must be within 10..=3600",
+        ));
+    }
+    Ok(Some(json!({
+        "id": ADHOC_STEP_ID,
+        "action": action,
+        "params": params,
+        "timeout_s": timeout_s,
+        "retry": 0,
+    })))
+}
+
+async fn run<B: CommandBody>(
+    State(app): State<AppState>,
+    caller: Allowed<Operate>,
+    headers: HeaderMap,
+    body: B,
+) -> Result<Response, Problem> {
+    let case_id = body.case_id();
+    let request = body.into_request(&caller)?;
+    let context = request_context(caller.principal.clone(), &headers, None);
+    if let Some(steps) = &request.steps {
+        let case = app.orchestrator.get_case(case_id, &context).await?;
+        crate::policy::allow_adhoc(&app, &case, &steps[0])?;
+    }
+    let issued = app.orchestrator.issue_command(&request, &context).await?;
+    let preference = Preference::parse(&headers, app.settings.command_wait);
+    if preference.respond_async || request.dry_run {
+        return Ok(answer(&issued, "accepted", issued.case.clone(), None));
+    }
+    let answer_now = app
+        .orchestrator
+        .await_answer(&issued, preference.wait)
+        .await?;
+    Ok(match answer_now {
+        Answer::Applied(case) => answer(&issued, "applied", case, None),
+        Answer::Answered { case, entry } => answer(&issued, "answered", case, Some(*entry)),
+        Answer::Pending(case) => answer(&issued, "pending", case, None),
+    })
+}
+
+fn answer(issued: &Issued, status: &str, case: Case, entry: Option<TimelineEntry>) -> Response {
+    let code = match status {
+        "applied" | "answered" => StatusCode::OK,
+        _ => StatusCode::ACCEPTED,
+    };
+    let body = CommandResult {
+        command_id: issued.command_id,
+        topic: issued.topic.to_string(),
+        status: status.to_string(),
+        case,
+        answer: entry,
+    };
+    (code, Json(body)).into_response()
+}
+
+/// RFC 7240 preferences this API honours.
+struct Preference {
+    respond_async: bool,
+    wait: Duration,
+}
+
+impl Preference {
+    fn parse(headers: &HeaderMap, default_wait: Duration) -> Self {
+        let mut preference = Preference {
+            respond_async: false,
+            wait: default_wait,
+        };
+        for value in headers.get_all("prefer") {
+            let Ok(text) = value.to_str() else { continue };
+            for token in text.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("respond-async") {
+                    preference.respond_async = true;
+                } else if let Some(seconds) = token
+                    .strip_prefix("wait=")
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                {
+                    preference.wait = Duration::from_secs(seconds).min(default_wait);
+                }
+            }
+        }
+        preference
+    }
+}

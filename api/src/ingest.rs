@@ -1,0 +1,71 @@
+//! `POST /v1/metrics/1m`: 1-minute aggregates (the seed's `metric_1m`) the verifier checks
+//! plans against. A batch is written in one transaction; re-sending a minute overwrites it.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use verifier::MetricPoint;
+
+use crate::auth::{Allowed, Operate};
+use crate::extract::JsonBody;
+use crate::problem::Problem;
+use crate::AppState;
+
+/// Most points accepted in one request.
+const MAX_BATCH: usize = 10_000;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ingested {
+    /// Points written (inserted or overwritten).
+    pub written: u64,
+}
+
+/// Ingest a batch of 1-minute metric aggregates.
+///
+/// Each point: `tenant`, `resource` (e.g. the service), `metric` (the name thresholds use,
+/// e.g. `p95_ms`, `err_rate`), `bucket` (any instant in the minute), at least one of `avg`,
+/// `max`, `p95`, and optionally `count` and `labels`.
+#[utoipa::path(post, path = "/v1/metrics/1m", tag = "metrics",
+    request_body(content = [Object], content_type = "application/json",
+        example = json!([{"tenant": "t-001", "resource": "checkout", "metric": "p95_ms",
+                          "bucket": "2026-11-21T10:00:00Z", "p95": 180.0}])),
+    responses(
+        (status = 200, description = "Written", body = Ingested),
+        (status = 400, description = "A point is invalid (the field names it)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn ingest_metric_1m(
+    State(app): State<AppState>,
+    caller: Allowed<Operate>,
+    body: JsonBody<Vec<MetricPoint>>,
+) -> Result<Json<Ingested>, Problem> {
+    let points = body.value;
+    if points.is_empty() {
+        return Err(Problem::invalid("", "the batch is empty"));
+    }
+    if points.len() > MAX_BATCH {
+        return Err(Problem::invalid(
+            "",
+            format!("{} points; at most {MAX_BATCH} per request", points.len()),
+        ));
+    }
+    for (index, point) in points.iter().enumerate() {
+        point
+            .validate()
+            .map_err(|(field, message)| Problem::invalid(format!("[{index}].{field}"), message))?;
+        if let Some(own) = caller.principal.tenant.as_deref() {
+            if point.tenant != own {
+                return Err(Problem::invalid(
+                    format!("[{index}].tenant"),
+                    format!("this key may only write metrics of tenant {own}"),
+                ));
+            }
+        }
+    }
+    let store = app.metric_store.as_ref().ok_or_else(Problem::internal)?;
+    let written = store.insert_batch(&points).await.map_err(|error| {
+        tracing::error!(%error, "metric_1m ingest failed");
+        Problem::internal()
+    })?;
+    Ok(Json(Ingested { written }))
+}

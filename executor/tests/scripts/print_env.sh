@@ -1,0 +1,3 @@
+#!/bin/sh
+# The environment the script sees.
+env

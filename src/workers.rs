@@ -1,0 +1,313 @@
+//! The four worker roles wired to a bus: in-process on the embedded bus (`opscase serve`), or
+//! as durable JetStream consumers on `OPS_CMD` (`opscase worker --role ...`). Their events go
+//! to the outbox (embedded) or straight to JetStream.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bus::{Claims, Envelope, Handled, Handler, Publisher, Worker, WorkerError};
+use executor::adapters::http::{HttpCall, HttpConfig};
+use executor::adapters::k8s::{K8sConfig, K8sRollout};
+use executor::adapters::noop::Noop;
+use executor::adapters::script::{ScriptConfig, ScriptExec};
+use executor::{Adapters, Runner};
+use orchestrator::{Orchestrator, SqlPool};
+use serde_json::Value;
+use tokio::task::JoinSet;
+use verifier::{Metric1mSource, Metric1mStore, PrometheusSource, Verifier, VerifierWorker};
+
+use crate::config::Config;
+
+/// A worker role, as `opscase worker --role` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Planner,
+    Gatekeeper,
+    Executor,
+    Verifier,
+    All,
+}
+
+impl Role {
+    fn expand(roles: &[Role]) -> Vec<Role> {
+        if roles.contains(&Role::All) || roles.is_empty() {
+            vec![
+                Role::Planner,
+                Role::Gatekeeper,
+                Role::Executor,
+                Role::Verifier,
+            ]
+        } else {
+            let mut roles = roles.to_vec();
+            roles.dedup();
+            roles
+        }
+    }
+}
+
+/// Build the workers of `roles` from the configuration.
+pub fn build(
+    config: &Config,
+    roles: &[Role],
+    orchestrator: &Orchestrator,
+    claims: Arc<dyn Claims>,
+) -> anyhow::Result<Vec<Arc<dyn Worker>>> {
+    let mut workers: Vec<Arc<dyn Worker>> = Vec::new();
+    for role in Role::expand(roles) {
+        workers.push(match role {
+            Role::Planner => Arc::new(PlannerWithDefaults {
+                planner: planner::Planner::default(),
+                defaults: config.planner.defaults.clone(),
+            }),
+            Role::Gatekeeper => Arc::new(gatekeeper::Gatekeeper::new(policy_source(config)?)),
+            Role::Executor => Arc::new(executor::Executor::new(
+                runner(config)?,
+                claims.clone(),
+                "opscase/executor",
+            )),
+            Role::Verifier => Arc::new(verifier_worker(config, orchestrator)),
+            Role::All => unreachable!("expanded above"),
+        });
+    }
+    Ok(workers)
+}
+
+/// The gate policy from `gatekeeper.policy_file`, or the built-in one.
+pub fn policy_source(config: &Config) -> anyhow::Result<gatekeeper::PolicySource> {
+    gatekeeper::PolicySource::from_optional_file(config.gatekeeper.policy_file.as_deref())
+        .with_context(|| "gatekeeper.policy_file (OPSCASE_POLICY_FILE)".to_string())
+}
+
+/// The `metric_1m` table on the orchestrator's own database.
+pub fn metric_store(orchestrator: &Orchestrator) -> Metric1mStore {
+    match orchestrator.store().pool() {
+        SqlPool::Sqlite(pool) => Metric1mStore::sqlite(pool),
+        SqlPool::Postgres(pool) => Metric1mStore::postgres(pool),
+    }
+}
+
+fn runner(config: &Config) -> anyhow::Result<Runner> {
+    let settings = &config.executor;
+    let script = ScriptExec::new(ScriptConfig {
+        dir: settings.script_dir.clone(),
+        output_cap: settings.output_cap_bytes,
+        ..ScriptConfig::default()
+    });
+    let http = Arc::new(
+        HttpCall::new(HttpConfig {
+            targets: settings.http_targets.clone(),
+        })
+        .context("executor.http_targets")?,
+    );
+    let k8s = &settings.k8s;
+    let ca_cert_pem = k8s
+        .ca_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("executor.k8s.ca_file: cannot read {}", path.display()))
+        })
+        .transpose()?;
+    let mut adapters = Adapters::new()
+        .with(Arc::new(Noop), &[])
+        .with(Arc::new(script), &[])
+        .with(http, &["gateway.flip"]);
+    if let Some(api_url) = &k8s.api_url {
+        let rollout = K8sRollout::new(K8sConfig {
+            token: k8s.token.as_ref().map(|t| t.expose().to_string()),
+            ca_cert_pem,
+            insecure_skip_tls_verify: k8s.insecure_skip_tls_verify,
+            ..K8sConfig::new(api_url.clone())
+        })
+        .context("executor.k8s")?;
+        adapters = adapters.with(Arc::new(rollout), &[]);
+    }
+    let redactor = config.redactor();
+    Ok(Runner::new(adapters)
+        .with_backoff(Duration::from_millis(settings.retry_backoff_ms))
+        .with_redact(Arc::new(move |text: &str| redactor.text(text))))
+}
+
+fn verifier_worker(config: &Config, orchestrator: &Orchestrator) -> VerifierWorker {
+    let mut verifier = Verifier::new(vec![]).with_source(
+        "metric_1m",
+        Arc::new(Metric1mSource(metric_store(orchestrator))),
+    );
+    if let Some(url) = &config.verifier.prometheus_url {
+        verifier = verifier.with_source("prometheus", Arc::new(PrometheusSource::new(url.clone())));
+    }
+    VerifierWorker::new(verifier)
+}
+
+/// The planner, with the configured template inputs filled in below the case's labels.
+struct PlannerWithDefaults {
+    planner: planner::Planner,
+    defaults: std::collections::BTreeMap<String, serde_json::Map<String, Value>>,
+}
+
+#[async_trait]
+impl Worker for PlannerWithDefaults {
+    fn role(&self) -> &'static str {
+        self.planner.role()
+    }
+
+    fn commands(&self) -> &'static [&'static str] {
+        self.planner.commands()
+    }
+
+    async fn handle(&self, command: &Envelope, out: &dyn Publisher) -> Result<(), WorkerError> {
+        let mut command = command.clone();
+        fill_defaults(&mut command.data, &self.defaults);
+        self.planner.handle(&command, out).await
+    }
+}
+
+/// Add the template's configured inputs as case labels where the case has none of that name:
+/// request params still win over labels, and labels over configured defaults.
+fn fill_defaults(
+    data: &mut Value,
+    defaults: &std::collections::BTreeMap<String, serde_json::Map<String, Value>>,
+) {
+    let template = data["template"]
+        .as_str()
+        .or_else(|| data["case"]["labels"]["template"].as_str())
+        .unwrap_or(planner::DEFAULT_TEMPLATE)
+        .to_string();
+    let Some(inputs) = defaults.get(&template) else {
+        return;
+    };
+    let Some(labels) = data["case"]
+        .as_object_mut()
+        .map(|case| {
+            case.entry("labels")
+                .or_insert_with(|| Value::Object(Default::default()))
+        })
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for (name, value) in inputs {
+        let text = match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        labels.entry(name.clone()).or_insert(Value::String(text));
+    }
+}
+
+/// Feeds bus messages to a worker. Detached workers get a task per command, so a long step
+/// or verification window does not hold up delivery of anything else.
+pub struct WorkerHandler {
+    worker: Arc<dyn Worker>,
+    publisher: Arc<dyn Publisher>,
+    detached: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl WorkerHandler {
+    pub fn new(worker: Arc<dyn Worker>, publisher: Arc<dyn Publisher>) -> Self {
+        Self {
+            worker,
+            publisher,
+            detached: Arc::new(Mutex::new(JoinSet::new())),
+        }
+    }
+
+    pub fn role(&self) -> &'static str {
+        self.worker.role()
+    }
+
+    /// The topics to subscribe to on the embedded bus.
+    pub fn topics(&self) -> Vec<String> {
+        self.worker
+            .commands()
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
+    }
+
+    pub fn consumer_settings(&self, max_deliver: i64) -> bus::ConsumerSettings {
+        consumer_settings(self.worker.as_ref(), max_deliver)
+    }
+
+    /// Wait (up to `grace`) for detached commands still running; then abandon them.
+    pub async fn drain(&self, grace: Duration) {
+        let mut running = std::mem::take(&mut *self.detached.lock().expect("not poisoned"));
+        let all_done = async { while running.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!(
+                role = self.worker.role(),
+                "shutdown: abandoning commands still running"
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for WorkerHandler {
+    async fn handle(&self, envelope: &Envelope) -> Handled {
+        if !self.worker.commands().contains(&envelope.kind.as_str()) {
+            return Handled::Done;
+        }
+        if self.worker.detached() {
+            let worker = self.worker.clone();
+            let publisher = self.publisher.clone();
+            let envelope = envelope.clone();
+            let mut running = self.detached.lock().expect("not poisoned");
+            while running.try_join_next().is_some() {}
+            running.spawn(async move {
+                if let Err(error) = worker.handle(&envelope, publisher.as_ref()).await {
+                    tracing::error!(role = worker.role(), message_id = %envelope.id, %error, "command failed");
+                }
+            });
+            return Handled::Done;
+        }
+        match self.worker.handle(envelope, self.publisher.as_ref()).await {
+            Ok(()) => Handled::Done,
+            Err(WorkerError::Poison(reason)) => Handled::Poison(reason),
+            Err(WorkerError::Retry(reason)) => Handled::Retry(reason),
+        }
+    }
+}
+
+/// The JetStream consumer of a worker: its durable name is the role and it takes the command
+/// family (`cmd.exec.>` for `cmd.exec.run` and `cmd.exec.rollback`).
+pub fn consumer_settings(worker: &dyn Worker, max_deliver: i64) -> bus::ConsumerSettings {
+    let first = worker.commands().first().copied().unwrap_or("cmd.>");
+    let family = match first.rsplit_once('.') {
+        Some((prefix, _)) => format!("{prefix}.>"),
+        None => first.to_string(),
+    };
+    let mut settings = bus::ConsumerSettings::new(worker.role(), bus::STREAM_COMMANDS, &family);
+    settings.max_deliver = max_deliver;
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn configured_defaults_fill_only_missing_labels() {
+        let defaults = [(
+            "k8s.rollout.canary".to_string(),
+            json!({"deployment": "checkout", "namespace": "shop"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )]
+        .into();
+        let mut data = json!({"template": "k8s.rollout.canary",
+                              "case": {"labels": {"namespace": "prod"}}});
+        fill_defaults(&mut data, &defaults);
+        assert_eq!(
+            data["case"]["labels"],
+            json!({"namespace": "prod", "deployment": "checkout"})
+        );
+        let mut other = json!({"template": "noop.check", "case": {"labels": {}}});
+        fill_defaults(&mut other, &defaults);
+        assert_eq!(other["case"]["labels"], json!({}));
+    }
+}

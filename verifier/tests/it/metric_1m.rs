@@ -1,0 +1,200 @@
+//! The verifier on the `metric_1m` source (real SQLite): pass, fail, no data, non-finite.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use verifier::{Metric1mSource, Metric1mStore, Verdict, Verifier, VerifyOutcome, METRIC_1M};
+
+use crate::common::{command, point, sqlite_pool, ts, FixedClock};
+
+/// A store with five minutes of checkout p95 (200..=280) and error rates, measured at 12:10.
+async fn verifier() -> Verifier {
+    let store = Metric1mStore::sqlite(sqlite_pool().await);
+    let mut batch = Vec::new();
+    for (i, minute) in ["12:05", "12:06", "12:07", "12:08", "12:09"]
+        .iter()
+        .enumerate()
+    {
+        let bucket = format!("2026-11-21T{minute}:00Z");
+        let i = i as f64;
+        batch.push(point(
+            "acme",
+            "checkout",
+            "p95_ms",
+            &bucket,
+            json!({"p95": 200.0 + 20.0 * i, "avg": 100.0, "max": 900.0}),
+        ));
+        batch.push(point(
+            "acme",
+            "checkout",
+            "err_rate",
+            &bucket,
+            json!({"avg": 0.001 * (i + 1.0), "max": 0.05}),
+        ));
+    }
+    // Outside the window: a terrible minute before it and one at its (open) end.
+    batch.push(point(
+        "acme",
+        "checkout",
+        "p95_ms",
+        "2026-11-21T12:04:00Z",
+        json!({"p95": 5000.0}),
+    ));
+    batch.push(point(
+        "acme",
+        "checkout",
+        "p95_ms",
+        "2026-11-21T12:10:00Z",
+        json!({"p95": 5000.0}),
+    ));
+    // Sums beyond f64: the mean is +inf.
+    batch.push(point(
+        "acme",
+        "huge",
+        "load",
+        "2026-11-21T12:06:00Z",
+        json!({"avg": 1.0e308}),
+    ));
+    batch.push(point(
+        "acme",
+        "huge",
+        "load",
+        "2026-11-21T12:07:00Z",
+        json!({"avg": 1.0e308}),
+    ));
+    store.insert_batch(&batch).await.unwrap();
+    Verifier::new(vec![(
+        METRIC_1M.to_string(),
+        Arc::new(Metric1mSource(store)) as _,
+    )])
+    .with_clock(Arc::new(FixedClock(ts("2026-11-21T12:10:00Z"))))
+}
+
+async fn run(verifier: &Verifier, tenant: &str, query: &str, threshold: &str) -> VerifyOutcome {
+    verifier
+        .run(&command(tenant, json!({
+            "checks": [{"name": "c", "source": "metric_1m", "query": query, "threshold": threshold}]
+        })))
+        .await
+}
+
+#[tokio::test]
+async fn a_p95_check_reads_the_worst_minute_of_the_window_and_passes() {
+    let verifier = verifier().await;
+    let outcome = run(&verifier, "acme", "resource=checkout", "p95_ms < 300").await;
+    assert_eq!(outcome.verdict, Verdict::Pass, "{}", outcome.reason);
+    assert_eq!(outcome.source, "metric_1m");
+    assert_eq!(outcome.topic(), "evt.verify.pass.v1");
+    let check = &outcome.checks[0];
+    assert_eq!(check.verdict, Verdict::Pass);
+    assert_eq!(check.measurements.len(), 1);
+    let m = &check.measurements[0];
+    assert_eq!(
+        (m.at, m.value, m.passed),
+        (ts("2026-11-21T12:10:00Z"), Some(280.0), Some(true))
+    );
+    assert!(
+        m.note.contains("max of 5 minute(s) of p95 of p95_ms"),
+        "{}",
+        m.note
+    );
+}
+
+#[tokio::test]
+async fn a_check_fails_when_the_threshold_does_not_hold() {
+    let verifier = verifier().await;
+    let outcome = run(&verifier, "acme", "service=checkout", "p95_ms < 280").await;
+    assert_eq!(outcome.verdict, Verdict::Fail);
+    assert_eq!(outcome.topic(), "evt.verify.failed.v1");
+    let m = &outcome.checks[0].measurements[0];
+    assert_eq!((m.value, m.passed), (Some(280.0), Some(false)));
+    assert!(
+        outcome
+            .reason
+            .contains("p95_ms = 280 violates p95_ms < 280"),
+        "{}",
+        outcome.reason
+    );
+}
+
+#[tokio::test]
+async fn avg_is_the_mean_of_the_minutes_and_stat_picks_the_column() {
+    let verifier = verifier().await;
+    // err_rate: avg 0.001..=0.005, mean 0.003.
+    let outcome = run(&verifier, "acme", "resource=checkout", "err_rate <= 0.003").await;
+    let value = outcome.checks[0].measurements[0].value.unwrap();
+    assert!((value - 0.003).abs() < 1e-12, "{value}");
+    assert_eq!(outcome.verdict, Verdict::Pass, "{}", outcome.reason);
+    let outcome = run(
+        &verifier,
+        "acme",
+        "resource=checkout,stat=max",
+        "err_rate <= 0.01",
+    )
+    .await;
+    assert_eq!(outcome.checks[0].measurements[0].value, Some(0.05));
+    assert_eq!(outcome.verdict, Verdict::Fail);
+    let outcome = run(
+        &verifier,
+        "acme",
+        "resource=checkout, stat=avg",
+        "p95_ms < 150",
+    )
+    .await;
+    assert_eq!(outcome.checks[0].measurements[0].value, Some(100.0));
+    assert_eq!(outcome.verdict, Verdict::Pass);
+}
+
+#[tokio::test]
+async fn no_rows_is_inconclusive_and_fails_closed() {
+    let verifier = verifier().await;
+    for (tenant, query, threshold) in [
+        ("other-tenant", "resource=checkout", "p95_ms < 300"),
+        ("acme", "resource=cart", "p95_ms < 300"),
+        ("acme", "resource=checkout", "rps > 1"),
+    ] {
+        let outcome = run(&verifier, tenant, query, threshold).await;
+        assert_eq!(
+            outcome.verdict,
+            Verdict::Inconclusive,
+            "{query} {threshold}"
+        );
+        assert_eq!(outcome.topic(), "evt.verify.failed.v1");
+        let m = &outcome.checks[0].measurements[0];
+        assert_eq!((m.value, m.passed), (None, None));
+        assert!(m.note.starts_with("no data"), "{}", m.note);
+        assert!(
+            outcome.reason.starts_with("inconclusive (fails closed)"),
+            "{}",
+            outcome.reason
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_non_finite_value_is_inconclusive() {
+    let verifier = verifier().await;
+    let outcome = run(&verifier, "acme", "resource=huge", "load < 1").await;
+    assert_eq!(outcome.verdict, Verdict::Inconclusive, "{}", outcome.reason);
+    let m = &outcome.checks[0].measurements[0];
+    assert_eq!((m.value, m.passed), (None, None));
+    assert!(
+        m.note.contains("load = inf is not a finite number"),
+        "{}",
+        m.note
+    );
+    // The JSON of the report has null for the value.
+    let json = serde_json::to_value(&outcome.checks[0]).unwrap();
+    assert_eq!(json["measurements"][0]["value"], serde_json::Value::Null);
+    assert_eq!(json["measurements"][0]["passed"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn an_invalid_query_is_inconclusive() {
+    let verifier = verifier().await;
+    let outcome = run(&verifier, "acme", "host=checkout", "p95_ms < 300").await;
+    assert_eq!(outcome.verdict, Verdict::Inconclusive);
+    assert!(outcome.checks[0].measurements[0]
+        .note
+        .contains("invalid metric_1m query"));
+}
