@@ -90,8 +90,21 @@ pub fn metric_store(orchestrator: &Orchestrator) -> Metric1mStore {
 
 fn runner(config: &Config) -> anyhow::Result<Runner> {
     let settings = &config.executor;
+    // Absolute, since scripts run with the allowlist directory as their working directory.
+    let script_dir = settings
+        .script_dir
+        .as_ref()
+        .map(|dir| {
+            std::fs::canonicalize(dir).with_context(|| {
+                format!(
+                    "executor.script_dir (OPSCASE_SCRIPT_DIR): cannot use {}",
+                    dir.display()
+                )
+            })
+        })
+        .transpose()?;
     let script = ScriptExec::new(ScriptConfig {
-        dir: settings.script_dir.clone(),
+        dir: script_dir,
         output_cap: settings.output_cap_bytes,
         ..ScriptConfig::default()
     });

@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use verifier::MetricPoint;
 
@@ -15,21 +15,29 @@ use crate::AppState;
 /// Most points accepted in one request.
 const MAX_BATCH: usize = 10_000;
 
+/// A batch of points.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricBatch {
+    pub points: Vec<MetricPoint>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Ingested {
     /// Points written (inserted or overwritten).
     pub written: u64,
 }
 
-/// Ingest a batch of 1-minute metric aggregates.
+/// Ingest a batch of 1-minute metric aggregates: `{"points": [...]}`.
 ///
 /// Each point: `tenant`, `resource` (e.g. the service), `metric` (the name thresholds use,
 /// e.g. `p95_ms`, `err_rate`), `bucket` (any instant in the minute), at least one of `avg`,
 /// `max`, `p95`, and optionally `count` and `labels`.
 #[utoipa::path(post, path = "/v1/metrics/1m", tag = "metrics",
-    request_body(content = [Object], content_type = "application/json",
-        example = json!([{"tenant": "t-001", "resource": "checkout", "metric": "p95_ms",
-                          "bucket": "2026-11-21T10:00:00Z", "p95": 180.0}])),
+    request_body(content = Object, content_type = "application/json",
+        description = "`{\"points\": [...]}`",
+        example = json!({"points": [{"tenant": "t-001", "resource": "checkout", "metric": "p95_ms",
+                          "bucket": "2026-11-21T10:00:00Z", "p95": 180.0}]})),
     responses(
         (status = 200, description = "Written", body = Ingested),
         (status = 400, description = "A point is invalid (the field names it)", body = Problem, content_type = "application/problem+json"),
@@ -37,26 +45,26 @@ pub struct Ingested {
 pub async fn ingest_metric_1m(
     State(app): State<AppState>,
     caller: Allowed<Operate>,
-    body: JsonBody<Vec<MetricPoint>>,
+    body: JsonBody<MetricBatch>,
 ) -> Result<Json<Ingested>, Problem> {
-    let points = body.value;
+    let points = body.value.points;
     if points.is_empty() {
-        return Err(Problem::invalid("", "the batch is empty"));
+        return Err(Problem::invalid("points", "the batch is empty"));
     }
     if points.len() > MAX_BATCH {
         return Err(Problem::invalid(
-            "",
+            "points",
             format!("{} points; at most {MAX_BATCH} per request", points.len()),
         ));
     }
     for (index, point) in points.iter().enumerate() {
         point
             .validate()
-            .map_err(|(field, message)| Problem::invalid(format!("[{index}].{field}"), message))?;
+            .map_err(|(field, message)| Problem::invalid(format!("points[{index}].{field}"), message))?;
         if let Some(own) = caller.principal.tenant.as_deref() {
             if point.tenant != own {
                 return Err(Problem::invalid(
-                    format!("[{index}].tenant"),
+                    format!("points[{index}].tenant"),
                     format!("this key may only write metrics of tenant {own}"),
                 ));
             }

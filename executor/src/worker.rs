@@ -110,6 +110,8 @@ fn parse(command: &Envelope) -> Result<Request, WorkerError> {
         }
     };
     let rollback = match exec.plan.get("rollback").map(|r| r.get("steps")) {
+        // Ad-hoc steps replace the plan's, and the plan's rollback undoes the plan's steps.
+        _ if exec.steps.is_some() && !rollback_only => Vec::new(),
         None | Some(None) | Some(Some(Value::Null)) => Vec::new(),
         Some(Some(Value::Array(steps))) => steps.clone(),
         Some(Some(_)) => {

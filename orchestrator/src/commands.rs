@@ -165,7 +165,7 @@ impl Orchestrator {
                 outcome: Outcome::Requested,
                 from_status: Some(case.status),
                 to_status: Some(case.status),
-                actor: context.identity_or(&request.actor),
+                actor: request.actor.clone(),
                 principal_id: context.principal_identity(),
                 principal_name: context.principal_name(),
                 reason: None,
