@@ -177,8 +177,8 @@ impl Worker for PlannerWithDefaults {
     }
 }
 
-/// Add the template's configured inputs as case labels where the case has none of that name:
-/// request params still win over labels, and labels over configured defaults.
+/// Add the template's configured inputs as params where neither the request's params nor the
+/// case's labels give them: request params win over labels, labels over configured defaults.
 fn fill_defaults(
     data: &mut Value,
     defaults: &std::collections::BTreeMap<String, serde_json::Map<String, Value>>,
@@ -191,10 +191,15 @@ fn fill_defaults(
     let Some(inputs) = defaults.get(&template) else {
         return;
     };
-    let Some(labels) = data["case"]
+    let labelled: Vec<String> = data["case"]["labels"]
+        .as_object()
+        .map(|labels| labels.keys().cloned().collect())
+        .unwrap_or_default();
+    let Some(params) = data
         .as_object_mut()
-        .map(|case| {
-            case.entry("labels")
+        .map(|command| {
+            command
+                .entry("params")
                 .or_insert_with(|| Value::Object(Default::default()))
         })
         .and_then(Value::as_object_mut)
@@ -202,11 +207,9 @@ fn fill_defaults(
         return;
     };
     for (name, value) in inputs {
-        let text = match value {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        };
-        labels.entry(name.clone()).or_insert(Value::String(text));
+        if !labelled.contains(name) && !params.contains_key(name) {
+            params.insert(name.clone(), value.clone());
+        }
     }
 }
 
@@ -303,7 +306,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn configured_defaults_fill_only_missing_labels() {
+    fn configured_defaults_fill_only_what_params_and_labels_leave_open() {
         let defaults = [(
             "k8s.rollout.canary".to_string(),
             json!({"deployment": "checkout", "namespace": "shop"})
@@ -315,12 +318,16 @@ mod tests {
         let mut data = json!({"template": "k8s.rollout.canary",
                               "case": {"labels": {"namespace": "prod"}}});
         fill_defaults(&mut data, &defaults);
+        assert_eq!(data["params"], json!({"deployment": "checkout"}));
+        let mut asked = json!({"template": "k8s.rollout.canary", "case": {"labels": {}},
+                               "params": {"deployment": "cart"}});
+        fill_defaults(&mut asked, &defaults);
         assert_eq!(
-            data["case"]["labels"],
-            json!({"namespace": "prod", "deployment": "checkout"})
+            asked["params"],
+            json!({"deployment": "cart", "namespace": "shop"})
         );
         let mut other = json!({"template": "noop.check", "case": {"labels": {}}});
         fill_defaults(&mut other, &defaults);
-        assert_eq!(other["case"]["labels"], json!({}));
+        assert_eq!(other.get("params"), None);
     }
 }

@@ -449,6 +449,7 @@ async fn transition_at(
         expected_version: body.expected_version,
         policy_rev: None,
         decision_inputs: None,
+        plan_requester: None,
     };
     let route = route.replace("{id}", &case_id.to_string());
     let claim = IdempotencyClaim::new(&principal.identity(), &key, "PATCH", &route, &raw);

@@ -58,9 +58,9 @@ pub async fn ingest_metric_1m(
         ));
     }
     for (index, point) in points.iter().enumerate() {
-        point
-            .validate()
-            .map_err(|(field, message)| Problem::invalid(format!("points[{index}].{field}"), message))?;
+        point.validate().map_err(|(field, message)| {
+            Problem::invalid(format!("points[{index}].{field}"), message)
+        })?;
         if let Some(own) = caller.principal.tenant.as_deref() {
             if point.tenant != own {
                 return Err(Problem::invalid(

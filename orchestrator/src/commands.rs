@@ -140,7 +140,7 @@ impl Orchestrator {
             &case,
             request.topic,
             plan.as_ref(),
-            &request.actor,
+            &context.identity_or(&request.actor),
             &options,
             context,
             now,

@@ -69,6 +69,8 @@ struct WorkerData {
     rollback: Vec<StepResult>,
     /// The gate rule that fired.
     rule: Option<String>,
+    /// Who asked for a proposed plan.
+    requested_by: Option<String>,
     /// A verdict: `pass`, `fail`, `inconclusive` (or, from older workers, an object).
     verdict: Option<Value>,
     /// The verifier's checks with the numbers they saw.
@@ -292,6 +294,7 @@ fn request_of(
         if_match: None,
         expected_version: None,
         policy_rev: data.policy_rev.clone(),
+        plan_requester: data.requested_by.clone(),
         decision_inputs: data.inputs.clone().map(|mut inputs| {
             if let (Value::Object(map), Some(rule)) = (&mut inputs, &data.rule) {
                 map.insert("rule".into(), json!(rule));

@@ -174,6 +174,9 @@ pub struct TransitionRequest {
     /// For gate decisions made by policy: the policy revision and the inputs it saw.
     pub policy_rev: Option<String>,
     pub decision_inputs: Option<Value>,
+    /// `plan_ready` from the planner: who asked for the plan (a key identity or an actor),
+    /// recorded as its requester for four eyes. Otherwise the request's own key is.
+    pub plan_requester: Option<String>,
 }
 
 /// Turns the outcome of a request into the response stored for idempotent replay. Supplied by
@@ -714,7 +717,10 @@ async fn apply(
                     plan: plan.clone(),
                     digest: digest(plan),
                     requested_by: request.actor.clone(),
-                    requested_by_key: context.principal_identity(),
+                    requested_by_key: request
+                        .plan_requester
+                        .clone()
+                        .or_else(|| context.principal_identity()),
                     created_at: now,
                 };
                 tx.insert_plan(&record).await?;
@@ -785,7 +791,7 @@ async fn apply(
                     &case,
                     topic,
                     plan.as_ref(),
-                    &request.actor,
+                    &context.identity_or(&request.actor),
                     &Default::default(),
                     context,
                     now,

@@ -63,6 +63,7 @@ impl Worker for Planner {
                     topic::PLAN_PROPOSED,
                     PlanEvent {
                         actor: format!("planner/{template}"),
+                        requested_by: Some(request.requested_by.clone()),
                         plan: Some(plan),
                         template: Some(template),
                         ..PlanEvent::default()

@@ -99,6 +99,9 @@ pub struct VerifyCommand {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PlanEvent {
     pub actor: String,
+    /// Who asked for the plan (from the command): four eyes keeps them from approving it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
