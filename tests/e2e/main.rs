@@ -12,6 +12,7 @@ mod consumer;
 mod docs;
 mod embedded;
 mod http;
+mod incident;
 mod monitoring;
 mod nats;
 mod readiness;
