@@ -275,6 +275,14 @@ fn worker(
         eprintln!("opscase: configuration: workers need bus.nats_url (OPSCASE_NATS_URL)");
         return ExitCode::from(2);
     };
+    if opscase::workers::Role::includes_verifier(roles) && config.database.url.is_none() {
+        // A local SQLite file would hold no metrics: the API writes them to the shared database.
+        eprintln!(
+            "opscase: configuration: the verifier reads metric_1m from the service's database; \
+             set database.url (OPSCASE_DATABASE_URL)"
+        );
+        return ExitCode::from(2);
+    }
     opscase::logging::init(&config);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result: anyhow::Result<()> = runtime.block_on(async {

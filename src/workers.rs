@@ -31,6 +31,11 @@ pub enum Role {
 }
 
 impl Role {
+    /// Whether `roles` runs the verifier, which reads `metric_1m` from the service's database.
+    pub fn includes_verifier(roles: &[Role]) -> bool {
+        Role::expand(roles).contains(&Role::Verifier)
+    }
+
     fn expand(roles: &[Role]) -> Vec<Role> {
         if roles.contains(&Role::All) || roles.is_empty() {
             vec![

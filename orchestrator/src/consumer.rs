@@ -159,6 +159,7 @@ impl Orchestrator {
         for (from, to, event) in &applied {
             self.metrics().transition(*from, *to, event.as_str());
         }
+        self.measure_worker_event(envelope);
         self.outbox_written().notify_one();
         Ok(Consumed::Applied {
             case: Box::new(last),
@@ -228,8 +229,48 @@ impl Orchestrator {
         })
         .await?;
         tx.commit().await?;
+        if name == "step_result" {
+            let data = &envelope.data;
+            self.metrics().step_attempt(
+                label(data, "action"),
+                label(data, "status"),
+                data["duration_ms"].as_f64().unwrap_or_default() / 1000.0,
+            );
+        } else if name == "gate_held" {
+            self.metrics()
+                .gate_decision("held", label(&envelope.data, "rule"));
+        }
         Ok(Consumed::Noted)
     }
+}
+
+impl Orchestrator {
+    /// What an applied worker event says about the workers: gate decisions, verifications.
+    fn measure_worker_event(&self, envelope: &Envelope) {
+        let data = &envelope.data;
+        match envelope.kind.as_str() {
+            topic::PLAN_APPROVED => self
+                .metrics()
+                .gate_decision("approved", label(data, "rule")),
+            topic::PLAN_REJECTED => self
+                .metrics()
+                .gate_decision("rejected", label(data, "rule")),
+            topic::VERIFY_PASS | topic::VERIFY_FAILED => self.metrics().verification(
+                label(data, "source"),
+                label(data, "verdict"),
+                data["duration_ms"].as_f64().unwrap_or_default() / 1000.0,
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// A string field of a worker event as a metric label (`unknown` when absent).
+fn label<'a>(data: &'a Value, field: &str) -> &'a str {
+    data[field]
+        .as_str()
+        .filter(|value| !value.is_empty())
+        .unwrap_or("unknown")
 }
 
 fn fsm_event(kind: &str) -> Option<Event> {

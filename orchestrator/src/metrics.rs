@@ -2,7 +2,8 @@
 //! metrics to the same registry.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use workflow::{Status, TRANSITIONS};
 
@@ -51,6 +52,9 @@ pub struct Metrics {
     outbox_lag: Histogram,
     inbox_duplicates: IntCounter,
     dead_letters: IntCounterVec,
+    gate_decisions: IntCounterVec,
+    step_latency: HistogramVec,
+    verify_latency: HistogramVec,
 }
 
 impl Metrics {
@@ -113,6 +117,37 @@ impl Metrics {
             &["consumer"],
         )
         .expect("valid metric");
+        let gate_decisions = IntCounterVec::new(
+            Opts::new(
+                "gate_decision_total",
+                "Gate decisions, by decision (approved, rejected, held) and the rule that fired \
+                 (`human` for a PATCH by an approver).",
+            ),
+            &["decision", "rule"],
+        )
+        .expect("valid metric");
+        let step_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "adapter_step_latency_seconds",
+                "Duration of each step attempt the executor reported, by adapter and outcome.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+            ]),
+            &["adapter", "status"],
+        )
+        .expect("valid metric");
+        let verify_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "verify_latency_seconds",
+                "Duration of each verification (windows and intervals included), by source and verdict.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ]),
+            &["source", "verdict"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(transitions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(conflicts.clone()),
@@ -123,6 +158,9 @@ impl Metrics {
             Box::new(outbox_lag.clone()),
             Box::new(inbox_duplicates.clone()),
             Box::new(dead_letters.clone()),
+            Box::new(gate_decisions.clone()),
+            Box::new(step_latency.clone()),
+            Box::new(verify_latency.clone()),
         ] {
             registry
                 .register(collector)
@@ -147,6 +185,23 @@ impl Metrics {
         for status in Status::ALL.into_iter().filter(|s| !s.is_terminal()) {
             cases_open.with_label_values(&[status.as_str()]);
         }
+        for adapter in workflow::adapters::ADAPTERS {
+            for status in ["succeeded", "failed", "planned"] {
+                step_latency.with_label_values(&[adapter.action, status]);
+            }
+        }
+        for source in ["metric_1m", "prometheus"] {
+            for verdict in ["pass", "fail", "inconclusive"] {
+                verify_latency.with_label_values(&[source, verdict]);
+            }
+        }
+        for (decision, rule) in [
+            ("approved", "auto_approve"),
+            ("approved", "human"),
+            ("rejected", "human"),
+        ] {
+            gate_decisions.with_label_values(&[decision, rule]);
+        }
         Self {
             registry,
             transitions,
@@ -158,7 +213,28 @@ impl Metrics {
             outbox_lag,
             inbox_duplicates,
             dead_letters,
+            gate_decisions,
+            step_latency,
+            verify_latency,
         }
+    }
+
+    pub fn gate_decision(&self, decision: &str, rule: &str) {
+        self.gate_decisions
+            .with_label_values(&[decision, rule])
+            .inc();
+    }
+
+    pub fn step_attempt(&self, adapter: &str, status: &str, seconds: f64) {
+        self.step_latency
+            .with_label_values(&[adapter, status])
+            .observe(seconds);
+    }
+
+    pub fn verification(&self, source: &str, verdict: &str, seconds: f64) {
+        self.verify_latency
+            .with_label_values(&[source, verdict])
+            .observe(seconds);
     }
 
     pub fn transition(&self, from: Status, to: Status, event: &str) {

@@ -355,6 +355,11 @@ impl Orchestrator {
                 tx.commit().await?;
                 self.metrics
                     .transition(accepted.from, accepted.to, request.event.as_str());
+                match request.event {
+                    Event::GateApproved => self.metrics.gate_decision("approved", "human"),
+                    Event::GateRejected => self.metrics.gate_decision("rejected", "human"),
+                    _ => {}
+                }
                 Ok(Reply::Fresh(case))
             }
             // The refused attempt is on the timeline: keep it, and answer it the same way again.

@@ -225,6 +225,23 @@ async fn an_auto_case_closes_with_only_the_opening_calls(app: TestApp) {
     assert_eq!(decision["decided_by"], "gatekeeper");
     assert_eq!(decision["inputs"]["rule"], "auto_approve");
     assert_eq!(decision["policy_rev"].as_str().unwrap().len(), 16);
+    // What the workers did, measured where their events are applied.
+    for (series, expected) in [
+        (
+            r#"gate_decision_total{decision="approved",rule="auto_approve"}"#,
+            1.0,
+        ),
+        (
+            r#"adapter_step_latency_seconds_count{adapter="noop",status="succeeded"}"#,
+            1.0,
+        ),
+        (
+            r#"verify_latency_seconds_count{source="metric_1m",verdict="pass"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(app.metric(series).await, expected, "{series}");
+    }
 }
 on_both_backends!(
     an_auto_case_closes_with_only_the_opening_calls,
@@ -245,6 +262,11 @@ async fn a_freeze_window_rejects_at_the_gate_and_parks(app: TestApp) {
     let decision = &app.get_json(&format!("/v1/cases/{case}/decisions")).await.1["items"][0];
     assert_eq!(decision["decision"], "rejected");
     assert_eq!(decision["inputs"]["rule"], "freeze:release-freeze");
+    assert_eq!(
+        app.metric(r#"gate_decision_total{decision="rejected",rule="freeze:release-freeze"}"#)
+            .await,
+        1.0
+    );
 }
 on_both_backends!(a_freeze_window_rejects_at_the_gate_and_parks, super::frozen);
 

@@ -231,6 +231,8 @@ impl VerifyOutcome {
                 .iter()
                 .map(|c| serde_json::to_value(c).expect("a check report serializes"))
                 .collect(),
+            source: self.source.clone(),
+            duration_ms: u64::try_from(self.latency.as_millis()).unwrap_or(u64::MAX),
         }
     }
 }

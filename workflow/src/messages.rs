@@ -173,4 +173,10 @@ pub struct VerifyEvent {
     pub reason: String,
     /// Each check with the numbers it saw.
     pub checks: Vec<Value>,
+    /// The checks' common source (`metric_1m`, `prometheus`), `mixed` or `none`.
+    #[serde(default)]
+    pub source: String,
+    /// How long the verification took, windows and intervals included.
+    #[serde(default)]
+    pub duration_ms: u64,
 }
