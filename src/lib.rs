@@ -146,15 +146,21 @@ impl Application {
         if !self.config.workers.in_process {
             return Ok(Vec::new());
         }
-        let (claims, publisher): (Arc<dyn bus::Claims>, Arc<dyn bus::Publisher>) = match &self.nats
-        {
+        type Wiring = (
+            Arc<dyn bus::Claims>,
+            Arc<dyn bus::Publisher>,
+            workers::Delivery,
+        );
+        let (claims, publisher, delivery): Wiring = match &self.nats {
             Some(nats) => (
                 Arc::new(bus::StreamClaims::open(nats).await?),
                 Arc::new(bus::TransportPublisher(nats.clone())),
+                workers::Delivery::JetStream,
             ),
             None => (
                 Arc::new(StoreClaims(self.orchestrator.store().clone())),
                 Arc::new(OutboxPublisher(self.orchestrator.clone())),
+                workers::Delivery::Embedded,
             ),
         };
         let built = workers::build(
@@ -165,7 +171,13 @@ impl Application {
         )?;
         Ok(built
             .into_iter()
-            .map(|worker| Arc::new(workers::WorkerHandler::new(worker, publisher.clone())))
+            .map(|worker| {
+                Arc::new(workers::WorkerHandler::new(
+                    worker,
+                    publisher.clone(),
+                    delivery,
+                ))
+            })
             .collect())
     }
 

@@ -294,7 +294,13 @@ fn worker(
             Arc::new(bus::TransportPublisher(transport.clone()));
         let handlers: Vec<_> = opscase::workers::build(&config, roles, &orchestrator, claims)?
             .into_iter()
-            .map(|w| Arc::new(opscase::workers::WorkerHandler::new(w, publisher.clone())))
+            .map(|w| {
+                Arc::new(opscase::workers::WorkerHandler::new(
+                    w,
+                    publisher.clone(),
+                    opscase::workers::Delivery::JetStream,
+                ))
+            })
             .collect();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let consumers = opscase::worker_consumers(

@@ -218,19 +218,34 @@ fn fill_defaults(
     }
 }
 
-/// Feeds bus messages to a worker. Detached workers get a task per command, so a long step
-/// or verification window does not hold up delivery of anything else.
+/// How a worker's commands reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The embedded bus delivers inside the relay: a long-running worker gets a task per
+    /// command (its durable claim makes that safe), so it does not hold up every other message.
+    Embedded,
+    /// A JetStream consumer: each command is acknowledged only once handled (and kept in
+    /// progress meanwhile); long-running workers take several at once.
+    JetStream,
+}
+
+/// Commands a long-running worker (executor, verifier) handles at once from JetStream.
+const LONG_RUNNING_CONCURRENCY: usize = 16;
+
+/// Feeds bus messages to a worker.
 pub struct WorkerHandler {
     worker: Arc<dyn Worker>,
     publisher: Arc<dyn Publisher>,
+    delivery: Delivery,
     detached: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl WorkerHandler {
-    pub fn new(worker: Arc<dyn Worker>, publisher: Arc<dyn Publisher>) -> Self {
+    pub fn new(worker: Arc<dyn Worker>, publisher: Arc<dyn Publisher>, delivery: Delivery) -> Self {
         Self {
             worker,
             publisher,
+            delivery,
             detached: Arc::new(Mutex::new(JoinSet::new())),
         }
     }
@@ -271,7 +286,7 @@ impl Handler for WorkerHandler {
         if !self.worker.commands().contains(&envelope.kind.as_str()) {
             return Handled::Done;
         }
-        if self.worker.detached() {
+        if self.worker.detached() && self.delivery == Delivery::Embedded {
             let worker = self.worker.clone();
             let publisher = self.publisher.clone();
             let envelope = envelope.clone();
@@ -302,6 +317,9 @@ pub fn consumer_settings(worker: &dyn Worker, max_deliver: i64) -> bus::Consumer
     };
     let mut settings = bus::ConsumerSettings::new(worker.role(), bus::STREAM_COMMANDS, &family);
     settings.max_deliver = max_deliver;
+    if worker.detached() {
+        settings.concurrency = LONG_RUNNING_CONCURRENCY;
+    }
     settings
 }
 

@@ -46,6 +46,10 @@ pub struct ConsumerSettings {
     pub ack_wait: Duration,
     /// Delay before the n-th retry (the last one repeats).
     pub retry_delays: Vec<Duration>,
+    /// Messages handled at once. Each is acknowledged only when its handler returns; while it
+    /// runs, the consumer tells JetStream it is still in progress, so a long step or
+    /// verification window is not redelivered for taking longer than `ack_wait`.
+    pub concurrency: usize,
 }
 
 impl ConsumerSettings {
@@ -61,6 +65,7 @@ impl ConsumerSettings {
                 Duration::from_secs(2),
                 Duration::from_secs(10),
             ],
+            concurrency: 1,
         }
     }
 }
@@ -125,6 +130,9 @@ pub async fn run_consumer(
         .messages()
         .await
         .map_err(|e| BusError::Setup(format!("consumer {}: {e}", settings.name)))?;
+    let settings = Arc::new(settings);
+    let permits = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
+    let mut in_hand = tokio::task::JoinSet::new();
     while !*shutdown.borrow() {
         let next = tokio::select! {
             next = messages.next() => next,
@@ -139,40 +147,88 @@ pub async fn run_consumer(
             }
             None => break,
         };
-        let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
-        let handled = match Envelope::from_json(&message.payload) {
-            Err(error) => Handled::Poison(format!("not a CloudEvents envelope: {error}")),
-            // A panicking handler must not take the consumer down with it.
-            Ok(envelope) => AssertUnwindSafe(handler.handle(&envelope))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Handled::Poison("the handler panicked".into())),
-        };
-        let ack = match disposition(handled, delivered, &settings) {
-            Disposition::Ack => message.ack_with(AckKind::Ack).await,
-            Disposition::RetryAfter(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
-            Disposition::DeadLetter(reason) => {
-                tracing::error!(consumer = %settings.name, subject = %message.subject, %reason, "dead-lettering a message");
-                match dead_letter(&transport, &settings.name, &message, &reason).await {
-                    Ok(()) => {
-                        on_dead_letter(&settings.name);
-                        message.ack_with(AckKind::Term).await
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        while in_hand.try_join_next().is_some() {}
+        let (transport, settings, handler, on_dead_letter) = (
+            transport.clone(),
+            settings.clone(),
+            handler.clone(),
+            on_dead_letter.clone(),
+        );
+        in_hand.spawn(async move {
+            settle(
+                &transport,
+                &settings,
+                handler.as_ref(),
+                on_dead_letter.as_ref(),
+                message,
+            )
+            .await;
+            drop(permit);
+        });
+    }
+    // Finish what is in hand: its results are acknowledged, nothing is left half done.
+    while in_hand.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Handle one message and acknowledge it by what the handler said; while the handler runs,
+/// keep telling JetStream the message is in progress.
+async fn settle(
+    transport: &JetStreamTransport,
+    settings: &ConsumerSettings,
+    handler: &dyn Handler,
+    on_dead_letter: &(dyn Fn(&str) + Send + Sync),
+    message: async_nats::jetstream::Message,
+) {
+    let delivered = message.info().map(|info| info.delivered).unwrap_or(1);
+    let handled = match Envelope::from_json(&message.payload) {
+        Err(error) => Handled::Poison(format!("not a CloudEvents envelope: {error}")),
+        Ok(envelope) => {
+            let handling = AssertUnwindSafe(handler.handle(&envelope)).catch_unwind();
+            tokio::pin!(handling);
+            let mut heartbeat = tokio::time::interval(settings.ack_wait / 3);
+            heartbeat.tick().await;
+            loop {
+                tokio::select! {
+                    outcome = &mut handling => {
+                        break outcome.unwrap_or_else(|_| Handled::Poison("the handler panicked".into()));
                     }
-                    // Not stored anywhere yet: let it come back rather than lose it.
-                    Err(error) => {
-                        tracing::error!(consumer = %settings.name, error = %error, "dead-letter publish failed");
-                        message
-                            .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                            .await
+                    _ = heartbeat.tick() => {
+                        if let Err(error) = message.ack_with(AckKind::Progress).await {
+                            tracing::warn!(consumer = %settings.name, error = %error, "in-progress ack failed");
+                        }
                     }
                 }
             }
-        };
-        if let Err(error) = ack {
-            tracing::warn!(consumer = %settings.name, error = %error, "ack failed; the message will be redelivered");
         }
+    };
+    let ack = match disposition(handled, delivered, settings) {
+        Disposition::Ack => message.ack_with(AckKind::Ack).await,
+        Disposition::RetryAfter(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
+        Disposition::DeadLetter(reason) => {
+            tracing::error!(consumer = %settings.name, subject = %message.subject, %reason, "dead-lettering a message");
+            match dead_letter(transport, &settings.name, &message, &reason).await {
+                Ok(()) => {
+                    on_dead_letter(&settings.name);
+                    message.ack_with(AckKind::Term).await
+                }
+                Err(error) => {
+                    tracing::error!(consumer = %settings.name, error = %error, "dead-letter publish failed");
+                    message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                        .await
+                }
+            }
+        }
+    };
+    if let Err(error) = ack {
+        tracing::warn!(consumer = %settings.name, error = %error, "ack failed; the message will be redelivered");
     }
-    Ok(())
 }
 
 async fn dead_letter(

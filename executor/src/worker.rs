@@ -202,6 +202,34 @@ impl Worker for Executor {
                     %holder,
                     "the command was claimed earlier and has not finished; it is not run again"
                 );
+                // At most once: say so on the case rather than leave it waiting for an answer
+                // that may never come (the holder may have died mid-step).
+                if !request.rollback_only && !request.exec.dry_run {
+                    let event = ExecEvent {
+                        actor: ACTOR.into(),
+                        plan_id: request.exec.plan_id.clone(),
+                        results: Vec::new(),
+                        reason: Some(format!(
+                            "command {} was claimed by {holder} and has not finished; it is not \
+                             run a second time: check what {holder} did before resuming the case",
+                            command.id
+                        )),
+                        rollback: Vec::new(),
+                    };
+                    let data = serde_json::to_value(&event).expect("an exec event serializes");
+                    let envelope = answer(
+                        command,
+                        &self.source,
+                        topic::EXEC_FAILED,
+                        "unfinished-claim",
+                        data,
+                    );
+                    if !publish(out, &envelope).await {
+                        return Err(WorkerError::Retry(
+                            "could not report the unfinished claim".into(),
+                        ));
+                    }
+                }
                 return Ok(());
             }
             Claim::Finished(outcome) => {

@@ -502,7 +502,7 @@ async fn a_redelivered_run_does_not_run_its_steps_again() {
 }
 
 #[tokio::test]
-async fn a_command_claimed_by_someone_else_is_not_run() {
+async fn a_command_claimed_by_someone_else_is_not_run_and_is_reported_failed() {
     let dir = tempfile::tempdir().unwrap();
     let file = path(&dir, "ran");
     let (executor, claims) = executor();
@@ -521,7 +521,11 @@ async fn a_command_claimed_by_someone_else_is_not_run() {
         },
     );
     executor.handle(&cmd, &out).await.unwrap();
-    assert!(out.take().is_empty());
+    let published = out.take();
+    assert_eq!(published.len(), 1, "{published:?}");
+    assert_eq!(published[0].kind, topic::EXEC_FAILED);
+    let reason = published[0].data["reason"].as_str().unwrap();
+    assert!(reason.contains("executor@elsewhere/1"), "{reason}");
     assert!(!Path::new(&file).exists());
 }
 
