@@ -292,11 +292,13 @@ impl Handler for WorkerHandler {
             let envelope = envelope.clone();
             let mut running = self.detached.lock().expect("not poisoned");
             while running.try_join_next().is_some() {}
-            running.spawn(async move {
+            // The task goes on in the message's span: its logs keep the trace.
+            let handling = async move {
                 if let Err(error) = worker.handle(&envelope, publisher.as_ref()).await {
                     tracing::error!(role = worker.role(), message_id = %envelope.id, %error, "command failed");
                 }
-            });
+            };
+            running.spawn(tracing::Instrument::in_current_span(handling));
             return Handled::Done;
         }
         match self.worker.handle(envelope, self.publisher.as_ref()).await {

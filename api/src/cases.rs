@@ -217,7 +217,7 @@ async fn open(
     let new = validate_new_case(body.value, &principal)?;
     let claim = extract::idempotency_key(&headers)?
         .map(|key| IdempotencyClaim::new(&principal.identity(), &key, "POST", route, &body.raw));
-    let context = request_context(principal, &headers, None);
+    let context = request_context(principal, None);
     let reply = app
         .orchestrator
         .open_case(new, &context, claim.as_ref(), render)
@@ -453,7 +453,7 @@ async fn transition_at(
     };
     let route = route.replace("{id}", &case_id.to_string());
     let claim = IdempotencyClaim::new(&principal.identity(), &key, "PATCH", &route, &raw);
-    let context = request_context(principal, &headers, body.correlation_id);
+    let context = request_context(principal, body.correlation_id);
     let render: Render<'_> = &|result| match result {
         Ok(case) => StoredResponse {
             status: StatusCode::OK.as_u16(),
@@ -555,14 +555,13 @@ fn read_context(caller: Allowed<Read>) -> RequestContext {
 
 pub(crate) fn request_context(
     principal: Principal,
-    headers: &HeaderMap,
     correlation_id: Option<String>,
 ) -> RequestContext {
     RequestContext {
         principal: Some(principal),
         request_id: request_id::current(),
         correlation_id,
-        traceparent: extract::traceparent(headers),
+        traceparent: request_id::current_traceparent(),
     }
 }
 

@@ -315,7 +315,7 @@ async fn run<B: CommandBody>(
 ) -> Result<Response, Problem> {
     let case_id = body.case_id();
     let request = body.into_request(&caller)?;
-    let context = request_context(caller.principal.clone(), &headers, None);
+    let context = request_context(caller.principal.clone(), None);
     if let Some(steps) = &request.steps {
         let case = app.orchestrator.get_case(case_id, &context).await?;
         crate::policy::allow_adhoc(&app, &case, &steps[0])?;

@@ -159,27 +159,6 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
         })
 }
 
-/// `traceparent` when it has the W3C shape; anything else is ignored, as the spec asks.
-pub fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let text = headers
-        .get("traceparent")?
-        .to_str()
-        .ok()?
-        .trim()
-        .to_ascii_lowercase();
-    let parts: Vec<&str> = text.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let valid = parts.len() >= 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1] != "0".repeat(32)
-        && hex(parts[2], 16)
-        && parts[2] != "0".repeat(16)
-        && hex(parts[3], 2);
-    valid.then_some(text)
-}
-
 /// Tenant names: 1 to 64 of `A-Z a-z 0-9 - _ .`.
 pub fn validate_tenant(field: &str, tenant: &str) -> Result<(), Problem> {
     let ok = (1..=64).contains(&tenant.len())

@@ -57,6 +57,8 @@ pub async fn observe(State(metrics): State<HttpMetrics>, request: Request, next:
         .extensions()
         .get::<MatchedPath>()
         .map_or(UNMATCHED.to_string(), |path| path.as_str().to_string());
+    // The request's span is named by its route template, as OpenTelemetry names HTTP spans.
+    tracing::Span::current().record("otel.name", format!("{method} {route}"));
     let response = next.run(request).await;
     metrics
         .requests

@@ -11,11 +11,18 @@ pub const HEADER: &str = "x-request-id";
 
 tokio::task_local! {
     static REQUEST_ID: String;
+    static TRACE: bus::TraceContext;
 }
 
 /// The id of the request being handled on this task, if any.
 pub fn current() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// The `traceparent` of the request being handled (its own span, in the caller's trace or a
+/// new one): what the timeline and the outbox record, and the parent of what it causes.
+pub fn current_traceparent() -> Option<String> {
+    TRACE.try_with(bus::TraceContext::traceparent).ok()
 }
 
 pub async fn middleware(request: Request, next: Next) -> Response {
@@ -25,13 +32,23 @@ pub async fn middleware(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_acceptable(v))
         .map_or_else(|| Uuid::new_v4().to_string(), str::to_string);
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
-    let mut response = REQUEST_ID
-        .scope(
-            id.clone(),
-            tracing::Instrument::instrument(next.run(request), span),
-        )
-        .await;
+    let incoming = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let trace = bus::TraceContext::continue_from(incoming);
+    // `otel.name` becomes "METHOD /route/{template}" once routing matched (http_metrics).
+    let span = tracing::info_span!(
+        "request",
+        otel.name = tracing::field::Empty,
+        request_id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+        trace_id = %trace.trace_id,
+        span_id = %trace.span_id,
+    );
+    let handled = tracing::Instrument::instrument(TRACE.scope(trace, next.run(request)), span);
+    let mut response = REQUEST_ID.scope(id.clone(), handled).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }

@@ -189,7 +189,11 @@ async fn settle(
     let handled = match Envelope::from_json(&message.payload) {
         Err(error) => Handled::Poison(format!("not a CloudEvents envelope: {error}")),
         Ok(envelope) => {
-            let handling = AssertUnwindSafe(handler.handle(&envelope)).catch_unwind();
+            let span = crate::consume_span(&settings.name, &envelope);
+            let handling = tracing::Instrument::instrument(
+                AssertUnwindSafe(handler.handle(&envelope)).catch_unwind(),
+                span,
+            );
             tokio::pin!(handling);
             let mut heartbeat = tokio::time::interval(settings.ack_wait / 3);
             heartbeat.tick().await;

@@ -8,6 +8,7 @@ mod claims;
 mod consumer;
 mod envelope;
 mod jetstream;
+mod trace;
 mod worker;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ pub use consumer::{
 };
 pub use envelope::Envelope;
 pub use jetstream::{JetStreamSettings, JetStreamTransport, STREAM_COMMANDS, STREAM_EVENTS};
+pub use trace::{consume_span, TraceContext};
 pub use worker::{
     answer, answer_id, Claim, Claims, Publisher, TransportPublisher, Worker, WorkerError,
 };

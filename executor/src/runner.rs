@@ -497,7 +497,19 @@ async fn attempt_once(
     context: &StepContext,
 ) -> Result<StepOutput, StepError> {
     let params = step.params.clone().unwrap_or_else(empty);
-    let run = AssertUnwindSafe(adapter.run(&params, context)).catch_unwind();
+    // Inside the command's span (and so its trace): one span per attempt of a step.
+    let span = tracing::info_span!(
+        "step",
+        otel.name = %format!("step {}", adapter.action()),
+        step = %context.step_id,
+        action = adapter.action(),
+        attempt = context.attempt,
+        span_id = %bus::TraceContext::root().span_id,
+    );
+    let run = tracing::Instrument::instrument(
+        AssertUnwindSafe(adapter.run(&params, context)).catch_unwind(),
+        span,
+    );
     match tokio::time::timeout(step.timeout + BACKSTOP_GRACE, run).await {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => {

@@ -83,10 +83,13 @@ impl EmbeddedTransport {
             {
                 continue;
             }
-            let handled = AssertUnwindSafe(subscription.handler.handle(envelope))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| Handled::Poison("the handler panicked".into()));
+            let span = bus::consume_span(consumer, envelope);
+            let handled = tracing::Instrument::instrument(
+                AssertUnwindSafe(subscription.handler.handle(envelope)).catch_unwind(),
+                span,
+            )
+            .await
+            .unwrap_or_else(|_| Handled::Poison("the handler panicked".into()));
             let reason = match &handled {
                 Handled::Retry(reason) | Handled::Poison(reason) => reason.clone(),
                 Handled::Done => String::new(),

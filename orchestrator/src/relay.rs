@@ -15,7 +15,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::metrics::Metrics;
 use crate::model::OutboxMessage;
-use crate::store::{Store, StoreError};
+use crate::store::{OutboxClaim, Store, StoreError};
 
 /// The CloudEvents `source` of everything the orchestrator publishes.
 pub const SOURCE: &str = "opscase/orchestrator";
@@ -89,6 +89,13 @@ impl Relay {
         if claimed == 0 {
             return Ok(0);
         }
+        let span = tracing::info_span!("relay_batch", messages = claimed);
+        tracing::Instrument::instrument(self.publish_claimed(claim), span).await
+    }
+
+    /// Publish a claimed batch and mark what the bus acknowledged.
+    async fn publish_claimed(&self, claim: Box<dyn OutboxClaim>) -> Result<usize, RelayError> {
+        let claimed = claim.rows().len();
         let envelopes: Vec<Envelope> = claim
             .rows()
             .iter()

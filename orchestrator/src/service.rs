@@ -326,9 +326,18 @@ impl Orchestrator {
         render: Render<'_>,
     ) -> Result<Reply<Case>, Error> {
         let request = self.redacted(request);
-        let result = self
-            .transition_once(request, context, idempotency, render)
-            .await;
+        let span = tracing::info_span!(
+            "transition",
+            case_id = %request.case_id,
+            event = %request.event,
+            from = tracing::field::Empty,
+            to = tracing::field::Empty,
+        );
+        let result = tracing::Instrument::instrument(
+            self.transition_once(request, context, idempotency, render),
+            span,
+        )
+        .await;
         if let Ok(Reply::Fresh(_)) | Err(Error::GuardFailed { .. }) = &result {
             self.outbox_written.notify_one();
         }
@@ -478,6 +487,9 @@ impl Orchestrator {
                 })
             }
             Ok(accepted) => {
+                let span = tracing::Span::current();
+                span.record("from", accepted.from.as_str());
+                span.record("to", accepted.to.as_str());
                 let case = apply(tx, case, request, &accepted, context, now).await?;
                 Ok((case, accepted))
             }

@@ -190,6 +190,21 @@ async fn the_seed_demo_closes_the_case(app: TestApp) {
             "verify_pass",
         ]
     );
+    // Each command's trace reaches the worker and comes back with its answer.
+    for (command, answers) in [
+        ("cmd.plan.generate", "plan_ready"),
+        ("cmd.exec.run", "step_result"),
+        ("cmd.exec.run", "exec_done"),
+        ("cmd.verify.run", "verify_pass"),
+    ] {
+        let sent = app.last_row(case, command).await["meta"]["trace_id"].clone();
+        assert!(sent.is_string());
+        assert_eq!(
+            app.last_row(case, answers).await["meta"]["trace_id"],
+            sent,
+            "{answers}"
+        );
+    }
     let step = app.last_row(case, "step_result").await;
     assert_eq!(step["meta"]["step"], "adhoc-1");
     assert_eq!(step["meta"]["status"], "succeeded");

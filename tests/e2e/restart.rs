@@ -224,12 +224,16 @@ async fn migrate_creates_the_schema_and_is_idempotent() {
 }
 
 #[tokio::test]
-async fn a_request_log_line_carries_its_request_id_at_the_top_level() {
+async fn a_request_log_line_carries_its_request_id_and_trace_at_the_top_level() {
     let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
     let served = serve(&database, Some(ADMIN_KEY));
     let created = client_with(ADMIN_KEY)
         .post(format!("{}/v1/keys", served.base))
         .header("X-Request-Id", "req-log-7")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .json(&json!({"name": "scraper", "roles": ["metrics"]}))
         .send()
         .await
@@ -244,6 +248,19 @@ async fn a_request_log_line_carries_its_request_id_at_the_top_level() {
         .find(|entry| entry["message"] == "API key created")
         .unwrap_or_else(|| panic!("no key-created line in {lines:?}"));
     assert_eq!(entry["request_id"], "req-log-7");
+    // The request's own span in the caller's trace.
+    assert_eq!(entry["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let span_id = entry["span_id"].as_str().unwrap();
+    assert_eq!(span_id.len(), 16);
+    assert_ne!(span_id, "00f067aa0ba902b7");
+    assert_eq!(entry["otel.name"], "POST /v1/keys");
+    // Outside any span there is no trace: the start-up line has none.
+    let ready = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|entry| entry["message"] == "opscase is ready")
+        .unwrap();
+    assert!(ready.get("trace_id").is_none(), "{ready}");
     assert_eq!(entry["level"], "INFO");
     assert_eq!(entry["target"], "api::keys");
     assert!(entry["timestamp"].as_str().unwrap().ends_with('Z'));

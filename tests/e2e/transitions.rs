@@ -426,13 +426,46 @@ async fn the_trace_context_reaches_timeline_and_outbox(app: TestApp) {
     assert_eq!(response.headers()["x-request-id"], "req-123");
     let row = app.timeline(case).await.pop().unwrap();
     assert_eq!(row["meta"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(row["meta"]["traceparent"], traceparent);
+    // The request is a span of its own in the caller's trace: the parent of what it sends.
+    let recorded = row["meta"]["traceparent"].as_str().unwrap();
+    assert!(
+        recorded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && recorded != traceparent,
+        "{recorded}"
+    );
     assert_eq!(row["meta"]["ticket"], "INC-7");
     assert_eq!(row["request_id"], "req-123");
     assert_eq!(row["correlation_id"], "corr-9");
     let message = app.outbox(case).await.pop().unwrap();
-    assert_eq!(message.headers["traceparent"], traceparent);
+    assert_eq!(message.headers["traceparent"], recorded);
     assert_eq!(message.headers["request_id"], "req-123");
+}
+
+on_both_backends!(a_request_without_trace_context_starts_a_trace_of_its_own);
+async fn a_request_without_trace_context_starts_a_trace_of_its_own(app: TestApp) {
+    let case = app.open_case("t-001").await;
+    app.advance(case, json!({"event": "start_analysis"})).await;
+    app.advance(case, json!({"event": "analysis_done"})).await;
+    let trace_ids: Vec<String> = app
+        .timeline(case)
+        .await
+        .iter()
+        .map(|row| row["meta"]["trace_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(trace_ids.len(), 3);
+    for id in &trace_ids {
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    }
+    assert_ne!(
+        trace_ids[1], trace_ids[2],
+        "each request is a trace of its own"
+    );
+    let messages = app.outbox(case).await;
+    let last = messages.last().unwrap();
+    assert!(last.headers["traceparent"]
+        .as_str()
+        .unwrap()
+        .contains(&trace_ids[2]));
 }
 
 on_both_backends!(secrets_in_a_request_never_reach_the_timeline_or_the_outbox);
