@@ -36,7 +36,10 @@ pub async fn middleware(request: Request, next: Next) -> Response {
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
-    let trace = bus::TraceContext::continue_from(incoming);
+    let parent = incoming.and_then(bus::TraceContext::parse);
+    let trace = parent
+        .as_ref()
+        .map_or_else(bus::TraceContext::root, bus::TraceContext::child);
     // `otel.name` becomes "METHOD /route/{template}" once routing matched (http_metrics).
     let span = tracing::info_span!(
         "request",
@@ -46,6 +49,7 @@ pub async fn middleware(request: Request, next: Next) -> Response {
         path = %request.uri().path(),
         trace_id = %trace.trace_id,
         span_id = %trace.span_id,
+        parent_span_id = parent.as_ref().map(|p| p.span_id.as_str()),
     );
     let handled = tracing::Instrument::instrument(TRACE.scope(trace, next.run(request)), span);
     let mut response = REQUEST_ID.scope(id.clone(), handled).await;

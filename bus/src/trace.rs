@@ -74,7 +74,13 @@ impl TraceContext {
 /// The span of one consumed message: a child of the message's trace context, named by the
 /// consumer and the message, so everything logged while handling it carries its trace.
 pub fn consume_span(consumer: &str, envelope: &crate::Envelope) -> tracing::Span {
-    let trace = TraceContext::continue_from(envelope.traceparent.as_deref());
+    let parent = envelope
+        .traceparent
+        .as_deref()
+        .and_then(TraceContext::parse);
+    let trace = parent
+        .as_ref()
+        .map_or_else(TraceContext::root, TraceContext::child);
     tracing::info_span!(
         "consume",
         otel.name = %format!("consume {}", envelope.kind),
@@ -84,6 +90,7 @@ pub fn consume_span(consumer: &str, envelope: &crate::Envelope) -> tracing::Span
         case_id = %envelope.subject,
         trace_id = %trace.trace_id,
         span_id = %trace.span_id,
+        parent_span_id = parent.as_ref().map(|p| p.span_id.as_str()),
     )
 }
 
