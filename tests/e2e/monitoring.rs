@@ -395,3 +395,136 @@ fn skip_string(chars: &[char], start: usize) -> usize {
     }
     i + 1
 }
+
+crate::on_both_backends!(a_scripted_sequence_is_counted_exactly);
+/// One of each: accepted transitions, a replay, and every kind of conflict; then every counter
+/// equals what happened, to the unit.
+async fn a_scripted_sequence_is_counted_exactly(app: TestApp) {
+    let first = app.open_case("t-001").await;
+    let second = app.open_case("t-001").await;
+    let patch = |case: Uuid, key: &str, if_match: Option<&str>, body: Value| {
+        let mut request = app
+            .client
+            .patch(app.url(&format!("/v1/cases/{case}/transition")))
+            .header("Idempotency-Key", key.to_string())
+            .json(&body);
+        if let Some(version) = if_match {
+            request = request.header("If-Match", version.to_string());
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    let start = json!({"event": "start_analysis", "actor": "a"});
+    let steps = [
+        (first, "k1", None, start.clone(), StatusCode::OK),
+        (first, "k1", None, start.clone(), StatusCode::OK), // replay
+        (
+            first,
+            "k1",
+            None,
+            json!({"event": "analysis_done"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ), // key reused
+        (
+            second,
+            "k2",
+            Some("\"7\""),
+            start.clone(),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            second,
+            "k3",
+            None,
+            json!({"event": "start_analysis", "expected_version": 9}),
+            StatusCode::CONFLICT,
+        ),
+        (
+            second,
+            "k4",
+            None,
+            json!({"event": "verify_pass"}),
+            StatusCode::CONFLICT,
+        ), // illegal
+        (
+            second,
+            "k5",
+            None,
+            json!({"event": "cancel"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ), // no reason
+        (second, "k6", None, start.clone(), StatusCode::OK),
+        (
+            second,
+            "k7",
+            None,
+            json!({"event": "analysis_done"}),
+            StatusCode::OK,
+        ),
+    ];
+    for (index, (case, key, if_match, body, expected)) in steps.into_iter().enumerate() {
+        assert_eq!(
+            patch(case, key, if_match, body).await,
+            expected,
+            "step {index}"
+        );
+    }
+    let counted = [
+        (
+            r#"case_transition_total{event="start_analysis",from="NEW",to="ANALYZING"}"#,
+            2.0,
+        ),
+        (
+            r#"case_transition_total{event="analysis_done",from="ANALYZING",to="PLANNING"}"#,
+            1.0,
+        ),
+        (
+            r#"case_transition_total{event="cancel",from="NEW",to="CLOSED"}"#,
+            0.0,
+        ),
+        ("idempotent_replay_total", 1.0),
+        (r#"conflict_total{reason="idempotency_mismatch"}"#, 1.0),
+        (r#"conflict_total{reason="precondition_failed"}"#, 1.0),
+        (r#"conflict_total{reason="version_mismatch"}"#, 1.0),
+        (r#"conflict_total{reason="illegal_transition"}"#, 1.0),
+        (r#"conflict_total{reason="guard_failed"}"#, 1.0),
+        (r#"conflict_total{reason="in_flight"}"#, 0.0),
+        (r#"cases_open{status="NEW"}"#, 0.0),
+        (r#"cases_open{status="ANALYZING"}"#, 1.0),
+        (r#"cases_open{status="PLANNING"}"#, 1.0),
+        (
+            r#"http_requests_total{method="PATCH",route="/v1/cases/{id}/transition",status="200"}"#,
+            4.0,
+        ),
+        (
+            r#"http_requests_total{method="PATCH",route="/v1/cases/{id}/transition",status="409"}"#,
+            2.0,
+        ),
+        (
+            r#"http_requests_total{method="PATCH",route="/v1/cases/{id}/transition",status="412"}"#,
+            1.0,
+        ),
+        (
+            r#"http_requests_total{method="PATCH",route="/v1/cases/{id}/transition",status="422"}"#,
+            2.0,
+        ),
+        (
+            r#"http_requests_total{method="POST",route="/v1/cases",status="201"}"#,
+            2.0,
+        ),
+    ];
+    let text = app.metrics_text().await;
+    for (series, expected) in counted {
+        let value = text
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |value| value.trim().parse::<f64>().unwrap());
+        assert_eq!(value, expected, "{series}");
+    }
+    // No label value is an id: the scrape names no case.
+    for case in [first, second] {
+        assert!(!text.contains(&case.to_string()));
+    }
+}
