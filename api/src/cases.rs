@@ -469,6 +469,58 @@ async fn transition_at(
     Ok(respond(reply, render))
 }
 
+/// Timeline rows of one kind of product.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntryList {
+    pub items: Vec<TimelineEntry>,
+}
+
+#[utoipa::path(get, path = "/v1/cases/{id}/executions", tag = "cases",
+    params(("id" = Uuid, Path, description = "Case id")),
+    responses(
+        (status = 200, description = "Execution requests, every step attempt (`step_result`, with output) and outcomes, oldest first", body = EntryList),
+        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn executions(
+    State(app): State<AppState>,
+    caller: Allowed<Read>,
+    Path(id): Path<String>,
+) -> Result<Json<EntryList>, Problem> {
+    const EVENTS: &[&str] = &["cmd.exec.run", "step_result", "exec_done", "exec_failed"];
+    let items = app
+        .orchestrator
+        .timeline_of(
+            extract::parse_uuid("id", &id)?,
+            EVENTS,
+            &read_context(caller),
+        )
+        .await?;
+    Ok(Json(EntryList { items }))
+}
+
+#[utoipa::path(get, path = "/v1/cases/{id}/verifications", tag = "cases",
+    params(("id" = Uuid, Path, description = "Case id")),
+    responses(
+        (status = 200, description = "Verdicts with the numbers each check saw, oldest first", body = EntryList),
+        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn verifications(
+    State(app): State<AppState>,
+    caller: Allowed<Read>,
+    Path(id): Path<String>,
+) -> Result<Json<EntryList>, Problem> {
+    const EVENTS: &[&str] = &["verify_pass", "verify_failed"];
+    let items = app
+        .orchestrator
+        .timeline_of(
+            extract::parse_uuid("id", &id)?,
+            EVENTS,
+            &read_context(caller),
+        )
+        .await?;
+    Ok(Json(EntryList { items }))
+}
+
 #[utoipa::path(get, path = "/v1/cases/{id}/plans", tag = "cases",
     params(("id" = Uuid, Path, description = "Case id")),
     responses(

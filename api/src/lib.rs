@@ -129,6 +129,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cases/{id}/transition", patch(cases::transition))
         .route("/v1/cases/{id}/plans", get(cases::plans))
         .route("/v1/cases/{id}/decisions", get(cases::decisions))
+        .route("/v1/cases/{id}/executions", get(cases::executions))
+        .route("/v1/cases/{id}/verifications", get(cases::verifications))
         .route("/v1/schemas/change-plan", get(system::change_plan_schema))
         .route("/v1/adapters", get(system::adapters))
         .route("/v1/metrics/1m", post(ingest::ingest_metric_1m))

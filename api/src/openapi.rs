@@ -17,7 +17,7 @@ use crate::{cases, commands, ingest, keys, problem, system};
     ),
     paths(
         cases::open_case, cases::list_cases, cases::get_case, cases::timeline, cases::transition,
-        cases::plans, cases::decisions,
+        cases::plans, cases::decisions, cases::executions, cases::verifications,
         cases::open_case_alias, cases::get_case_alias, cases::timeline_alias, cases::transition_alias,
         commands::plan_generate, commands::gate_eval, commands::adapter_exec, commands::verify_run,
         commands::plan_generate_alias, commands::gate_eval_alias, commands::adapter_exec_alias,

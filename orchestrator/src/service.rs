@@ -525,6 +525,32 @@ impl Orchestrator {
         Ok(self.store.timeline(case_id, after, limit).await?)
     }
 
+    /// The case's timeline rows of these events, oldest first (the executor's step results and
+    /// outcomes, the verifier's verdicts).
+    pub async fn timeline_of(
+        &self,
+        case_id: Uuid,
+        events: &[&str],
+        context: &RequestContext,
+    ) -> Result<Vec<TimelineEntry>, Error> {
+        const PAGE: u32 = 500;
+        self.get_case(case_id, context).await?;
+        let mut found = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.store.timeline(case_id, after, PAGE).await?;
+            after = page.last().map(|entry| entry.id);
+            let full = page.len() == PAGE as usize;
+            found.extend(
+                page.into_iter()
+                    .filter(|entry| events.contains(&entry.event.as_str())),
+            );
+            if !full {
+                return Ok(found);
+            }
+        }
+    }
+
     pub async fn plans(
         &self,
         case_id: Uuid,

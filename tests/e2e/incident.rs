@@ -293,6 +293,12 @@ async fn a_threshold_breach_fails_verification_and_parks(app: TestApp) {
     app.settles_in(case, "PARKED").await;
     let failed = app.last_row(case, "verify_failed").await;
     assert_eq!(failed["meta"]["verdict"], "fail");
+    let verifications = app
+        .get_json(&format!("/v1/cases/{case}/verifications"))
+        .await
+        .1;
+    assert_eq!(verifications["items"].as_array().unwrap().len(), 1);
+    assert_eq!(verifications["items"][0]["id"], failed["id"]);
     let check = &failed["meta"]["checks"][0];
     assert_eq!(check["threshold"], "err_rate < 0.01");
     assert_eq!(check["measurements"][0]["value"], 0.05);
@@ -571,6 +577,26 @@ async fn a_failing_step_is_retried_then_rolled_back_and_the_case_parks() {
     assert_eq!(attempts, expected);
     let failed = app.last_row(case, "exec_failed").await;
     assert_eq!(failed["meta"]["rollback"][0]["status"], "succeeded");
+    let executions = app
+        .get_json(&format!("/v1/cases/{case}/executions"))
+        .await
+        .1;
+    let events: Vec<&str> = executions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "step_result",
+            "step_result",
+            "step_result",
+            "step_result",
+            "exec_failed"
+        ]
+    );
     assert!(failed["reason"].as_str().unwrap().contains("flip"));
     database.drop_database().await;
 }

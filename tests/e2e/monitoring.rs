@@ -1,6 +1,6 @@
 //! The shipped monitoring (`deploy/monitoring/`) fits what the service exports: `/metrics`
 //! after some traffic passes `promtool check metrics`, and every metric the alert rules and
-//! the Grafana dashboard name is exported (or is one of the planned metrics allowed by name),
+//! the Grafana dashboard name is exported (or is `probe_success`, from a blackbox exporter),
 //! so renaming a metric without updating them fails here.
 
 use std::path::{Path, PathBuf};
