@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod telemetry;
 pub mod workers;
 
 use std::future::Future;

@@ -7,29 +7,63 @@ use std::fmt;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use orchestrator::redact::Redactor;
 
 use crate::config::{Config, LogFormat};
+use crate::telemetry::{self, Telemetry, TelemetryConfig};
 
+/// Install the global subscriber: log lines on stdout, filtered by `RUST_LOG` or `log.level`,
+/// and, when an OTLP endpoint is configured (`OPSCASE_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_*`:
+/// see [`TelemetryConfig::from_lookup`]), span export. Export has a filter of its own (spans
+/// at INFO and above) so traces do not depend on how verbose the logs are. The exporter is
+/// kept in [`telemetry::global`]; call [`telemetry::shutdown_global`] before exiting to send
+/// the last spans.
 pub fn init(config: &Config) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let (telemetry, problem) = match TelemetryConfig::from_env() {
+        Ok(None) => (None, None),
+        Ok(Some(otlp)) => match Telemetry::start(otlp.with_redactor(config.redactor())) {
+            Ok(telemetry) => (Some(telemetry), None),
+            Err(error) => (None, Some(error)),
+        },
+        Err(error) => (None, Some(error)),
+    };
+    let otlp = telemetry
+        .as_ref()
+        .map(|telemetry| telemetry.layer().with_filter(LevelFilter::INFO));
+    let registry = tracing_subscriber::registry().with(otlp);
+    let stdout = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
     match config.log.format {
-        LogFormat::Json => builder
-            .fmt_fields(JsonFields::new())
-            .event_format(FlatJson {
-                redactor: config.redactor(),
-            })
+        LogFormat::Json => registry
+            .with(
+                stdout
+                    .fmt_fields(JsonFields::new())
+                    .event_format(FlatJson {
+                        redactor: config.redactor(),
+                    })
+                    .with_filter(filter()),
+            )
             .init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => registry.with(stdout.with_filter(filter())).init(),
+    }
+    if let Some(error) = problem {
+        tracing::warn!(error = format!("{error:#}"), "OTLP span export is off");
+    }
+    if let Some(telemetry) = telemetry {
+        tracing::info!(
+            endpoint = telemetry.traces_url(),
+            "exporting spans over OTLP/HTTP"
+        );
+        let _ = telemetry::set_global(telemetry);
     }
 }
 

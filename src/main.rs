@@ -259,6 +259,8 @@ fn relay(config_file: &Option<PathBuf>, overrides: Overrides) -> ExitCode {
         orchestrator.store().close().await;
         Ok(())
     });
+    // Spans of the last moments still go out (when OTLP export is on).
+    opscase::telemetry::shutdown_global();
     exit_code(result)
 }
 
@@ -323,6 +325,8 @@ fn worker(
         orchestrator.store().close().await;
         Ok(())
     });
+    // Spans of the last moments still go out (when OTLP export is on).
+    opscase::telemetry::shutdown_global();
     exit_code(result)
 }
 
@@ -395,6 +399,8 @@ fn run(config_file: &Option<PathBuf>, overrides: Overrides, serve: bool) -> Exit
         );
         app.run_until(opscase::shutdown_signal()).await
     });
+    // Spans of the last moments still go out (when OTLP export is on).
+    opscase::telemetry::shutdown_global();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

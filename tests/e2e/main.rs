@@ -16,6 +16,7 @@ mod http;
 mod incident;
 mod monitoring;
 mod nats;
+mod otlp;
 mod readiness;
 mod relay;
 mod restart;
