@@ -132,6 +132,8 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
     pub data_dir: PathBuf,
     pub pool_size: u32,
+    /// SQLite only: `full` (every commit flushed) or `normal` (flushed at checkpoints).
+    pub sqlite_synchronous: orchestrator::SqliteDurability,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +297,7 @@ impl Default for DatabaseConfig {
             url: None,
             data_dir: PathBuf::from("./data"),
             pool_size: 16,
+            sqlite_synchronous: orchestrator::SqliteDurability::Full,
         }
     }
 }
@@ -474,6 +477,17 @@ impl Config {
         set(&mut self.bus.max_deliver, "OPSCASE_MAX_DELIVER", &env)?;
         set(&mut self.database.data_dir, "OPSCASE_DATA_DIR", &env)?;
         set(&mut self.database.pool_size, "OPSCASE_POOL_SIZE", &env)?;
+        if let Some(mode) = env("OPSCASE_SQLITE_SYNCHRONOUS").filter(|m| !m.is_empty()) {
+            self.database.sqlite_synchronous = match mode.to_ascii_lowercase().as_str() {
+                "full" => orchestrator::SqliteDurability::Full,
+                "normal" => orchestrator::SqliteDurability::Normal,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "OPSCASE_SQLITE_SYNCHRONOUS: {mode:?} is not one of full, normal"
+                    )))
+                }
+            };
+        }
         set(
             &mut self.idempotency.ttl_hours,
             "OPSCASE_IDEMPOTENCY_TTL_HOURS",

@@ -388,9 +388,13 @@ pub async fn connect_bus(url: &str, config: &Config) -> anyhow::Result<JetStream
 /// The orchestrator on the configured database, migrated.
 pub async fn open_orchestrator(config: &Config) -> anyhow::Result<Orchestrator> {
     let url = config.database_url();
-    let store = orchestrator::connect(&url, config.database.pool_size)
-        .await
-        .with_context(|| format!("cannot open the database ({})", redact_url(&url)))?;
+    let store = orchestrator::connect_with(
+        &url,
+        config.database.pool_size,
+        config.database.sqlite_synchronous,
+    )
+    .await
+    .with_context(|| format!("cannot open the database ({})", redact_url(&url)))?;
     store
         .migrate()
         .await

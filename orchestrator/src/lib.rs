@@ -23,4 +23,4 @@ pub use relay::{Relay, RelayError, RelaySettings};
 pub use service::{
     Bootstrap, Error, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
 };
-pub use store::{connect, Backend, SqlPool, Store, StoreError};
+pub use store::{connect, connect_with, Backend, SqlPool, SqliteDurability, Store, StoreError};

@@ -288,3 +288,30 @@ async fn published_rows_are_pruned_after_the_retention_and_pending_ones_kept(app
     );
     assert_eq!(store.outbox_pending().await.unwrap(), 1);
 }
+
+/// `database.sqlite_synchronous` reaches SQLite: FULL by default, NORMAL when asked.
+#[tokio::test]
+async fn the_sqlite_durability_setting_reaches_the_database() {
+    for (setting, pragma) in [
+        (orchestrator::SqliteDurability::Full, 2_i64),
+        (orchestrator::SqliteDurability::Normal, 1),
+    ] {
+        let database = crate::helpers::TestDatabase::create(crate::helpers::Backend::Sqlite)
+            .await
+            .unwrap();
+        let mut config = database.config();
+        config.database.sqlite_synchronous = setting;
+        let app = crate::helpers::TestApp::start(config).await;
+        let case = app.open_case("t-001").await;
+        app.advance(case, serde_json::json!({"event": "start_analysis"}))
+            .await;
+        let orchestrator::SqlPool::Sqlite(pool) = app.orchestrator.store().pool() else {
+            panic!("an SQLite store");
+        };
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, pragma, "{setting:?}");
+    }
+}

@@ -233,12 +233,33 @@ pub trait OutboxClaim: Send {
 
 /// Open the store a URL names: `postgres://...`, or `sqlite://path` for a file.
 pub async fn connect(url: &str, pool_size: u32) -> StoreResult<Arc<dyn Store>> {
+    connect_with(url, pool_size, SqliteDurability::Full).await
+}
+
+/// When an embedded (SQLite) commit is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteDurability {
+    /// Every commit is on disk before it is answered (`synchronous = FULL`): survives a power
+    /// loss. One flush per commit bounds the rate.
+    #[default]
+    Full,
+    /// The write-ahead log is flushed at checkpoints (`synchronous = NORMAL`): survives a crash
+    /// of opscase, but a power loss or OS crash may lose the last commits.
+    Normal,
+}
+
+pub async fn connect_with(
+    url: &str,
+    pool_size: u32,
+    durability: SqliteDurability,
+) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::connect(url, pool_size).await?))
     } else {
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
         Ok(Arc::new(
-            SqliteStore::open(Path::new(path), pool_size).await?,
+            SqliteStore::open(Path::new(path), pool_size, durability).await?,
         ))
     }
 }

@@ -41,7 +41,11 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Open (creating if needed) the database file at `path`.
-    pub async fn open(path: &Path, read_pool_size: u32) -> StoreResult<Self> {
+    pub async fn open(
+        path: &Path,
+        read_pool_size: u32,
+        durability: super::SqliteDurability,
+    ) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         }
@@ -49,7 +53,10 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match durability {
+                super::SqliteDurability::Full => SqliteSynchronous::Full,
+                super::SqliteDurability::Normal => SqliteSynchronous::Normal,
+            })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let writer = SqlitePoolOptions::new()
