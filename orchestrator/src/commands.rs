@@ -152,7 +152,10 @@ impl Orchestrator {
             meta.insert("template".into(), json!(template));
         }
         if let Some(steps) = &request.steps {
-            meta.insert("steps".into(), json!(steps));
+            meta.insert(
+                "steps".into(),
+                json!(steps.iter().map(audit_view).collect::<Vec<_>>()),
+            );
         }
         if request.dry_run {
             meta.insert("dry_run".into(), json!(true));
@@ -225,6 +228,17 @@ fn is_an_answer(entry: &TimelineEntry) -> bool {
         Outcome::Noted => entry.event == "gate_held",
         _ => false,
     }
+}
+
+/// A step as the timeline shows it: its arguments as one line, so that a secret split over
+/// several arguments (`Bearer`, `abc...`) is still recognised and masked by redaction.
+fn audit_view(step: &Value) -> Value {
+    let mut step = step.clone();
+    if let Some(args) = step["params"]["args"].as_array() {
+        let line: Vec<&str> = args.iter().filter_map(Value::as_str).collect();
+        step["params"]["args"] = Value::String(line.join(" "));
+    }
+    step
 }
 
 /// The brief a worker gets about the case.

@@ -600,3 +600,36 @@ async fn a_failing_step_is_retried_then_rolled_back_and_the_case_parks() {
     assert!(failed["reason"].as_str().unwrap().contains("flip"));
     database.drop_database().await;
 }
+
+async fn a_secret_in_a_scripts_output_never_reaches_the_timeline_or_answers(app: TestApp) {
+    let case = app.case_in("EXECUTING").await;
+    let secret = "Bearer abcdefghijklmnop1234";
+    let (status, answer) = app
+        .command(
+            "/adapter/exec",
+            json!({"case_id": case, "adapter": "script", "script": format!("echo {secret}")}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer:#}");
+    assert_eq!(answer["case"]["status"], "VERIFYING");
+    let step = app.last_row(case, "step_result").await;
+    let output = step["meta"]["output"].as_str().unwrap();
+    assert_eq!(output.trim(), "***");
+    for (what, text) in [
+        ("the command's answer", answer.to_string()),
+        ("the timeline", json!(app.timeline(case).await).to_string()),
+        (
+            "the executions",
+            app.get_json(&format!("/v1/cases/{case}/executions"))
+                .await
+                .1
+                .to_string(),
+        ),
+    ] {
+        assert!(!text.contains("abcdefghijklmnop1234"), "{what}: {text}");
+    }
+}
+on_both_backends!(
+    a_secret_in_a_scripts_output_never_reaches_the_timeline_or_answers,
+    super::incident
+);
