@@ -1,4 +1,5 @@
-//! CPU accounting from /proc: the whole machine's busy share, and this process's own CPU time.
+//! CPU accounting from /proc: the whole machine's busy share, this process's own CPU time, and
+//! every process's (to tell who else used the machine during a load).
 
 /// Cumulative busy and total jiffies of all cores (first line of /proc/stat), and this
 /// process's user + system jiffies (/proc/self/stat).
@@ -56,4 +57,65 @@ fn process_jiffies() -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// CPU time (user + system jiffies) of every process now, by pid, with its command name:
+/// two snapshots tell who used the machine in between (`cpu_by_command`).
+pub fn process_snapshot() -> std::collections::HashMap<u32, (String, u64)> {
+    let mut processes = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return processes;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let command = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let jiffies = fields
+            .get(11)
+            .and_then(|utime| utime.parse::<u64>().ok())
+            .zip(fields.get(12).and_then(|stime| stime.parse::<u64>().ok()))
+            .map(|(utime, stime)| utime + stime);
+        if let Some(jiffies) = jiffies {
+            processes.insert(pid, (command, jiffies));
+        }
+    }
+    processes
+}
+
+/// CPU used between two snapshots by command name, as a share of all cores over `wall_s`,
+/// largest first. A process that started in between counts from zero; one that ended is lost.
+pub fn cpu_by_command(
+    before: &std::collections::HashMap<u32, (String, u64)>,
+    after: &std::collections::HashMap<u32, (String, u64)>,
+    wall_s: f64,
+    ticks_per_s: f64,
+) -> Vec<(String, f64)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let mut by_command: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for (pid, (command, jiffies)) in after {
+        let earlier = before
+            .get(pid)
+            .filter(|(name, _)| name == command)
+            .map_or(0, |(_, jiffies)| *jiffies);
+        *by_command.entry(command.clone()).or_default() += jiffies.saturating_sub(earlier);
+    }
+    let mut shares: Vec<(String, f64)> = by_command
+        .into_iter()
+        .filter(|(_, jiffies)| *jiffies > 0)
+        .map(|(command, jiffies)| (command, jiffies as f64 / ticks_per_s / wall_s / cores))
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares
 }
