@@ -487,15 +487,7 @@ pub async fn executions(
     Path(id): Path<String>,
 ) -> Result<Json<EntryList>, Problem> {
     const EVENTS: &[&str] = &["cmd.exec.run", "step_result", "exec_done", "exec_failed"];
-    let items = app
-        .orchestrator
-        .timeline_of(
-            extract::parse_uuid("id", &id)?,
-            EVENTS,
-            &read_context(caller),
-        )
-        .await?;
-    Ok(Json(EntryList { items }))
+    entries_of(app, caller, &id, EVENTS).await
 }
 
 #[utoipa::path(get, path = "/v1/cases/{id}/verifications", tag = "cases",
@@ -510,11 +502,21 @@ pub async fn verifications(
     Path(id): Path<String>,
 ) -> Result<Json<EntryList>, Problem> {
     const EVENTS: &[&str] = &["verify_pass", "verify_failed"];
+    entries_of(app, caller, &id, EVENTS).await
+}
+
+/// The case's timeline rows of `events`.
+async fn entries_of(
+    app: AppState,
+    caller: Allowed<Read>,
+    id: &str,
+    events: &[&str],
+) -> Result<Json<EntryList>, Problem> {
     let items = app
         .orchestrator
         .timeline_of(
-            extract::parse_uuid("id", &id)?,
-            EVENTS,
+            extract::parse_uuid("id", id)?,
+            events,
             &read_context(caller),
         )
         .await?;
