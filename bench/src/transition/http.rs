@@ -181,6 +181,7 @@ pub async fn run(args: &Args, target: Target<'_>) -> anyhow::Result<Backend> {
         Target::Sqlite => {
             // The embedded default: no URL, SQLite in the data dir, default pool.
             config.database.data_dir = data_dir.path().to_path_buf();
+            config.database.sqlite_synchronous = args.sqlite_synchronous;
             "sqlite"
         }
     };

@@ -60,6 +60,17 @@ pub struct Args {
     /// The pgbench script (the transaction shape of one transition).
     #[arg(long, default_value = DEFAULT_SCRIPT)]
     pub script: PathBuf,
+    /// The embedded service's `database.sqlite_synchronous`: full (the default) or normal.
+    #[arg(long, default_value = "full", value_parser = parse_durability)]
+    pub sqlite_synchronous: orchestrator::SqliteDurability,
+}
+
+fn parse_durability(text: &str) -> Result<orchestrator::SqliteDurability, String> {
+    match text {
+        "full" => Ok(orchestrator::SqliteDurability::Full),
+        "normal" => Ok(orchestrator::SqliteDurability::Normal),
+        other => Err(format!("{other:?} is not one of full, normal")),
+    }
 }
 
 impl Args {

@@ -142,6 +142,7 @@ impl Report {
                 "clients": self.args.clients,
                 "cases": self.args.cases,
                 "script": self.args.script.display().to_string(),
+                "sqlite_synchronous": format!("{:?}", self.args.sqlite_synchronous).to_lowercase(),
             },
             "pgbench": measured.pgbench.iter().map(|run| json!({
                 "clients": run.clients,
@@ -187,7 +188,7 @@ impl Report {
         line(format!(
             "Machine: {} cores ({}), {} GiB; PostgreSQL {} (fsync {}, synchronous_commit {}, \
              shared_buffers {}); {}; commit {}. {} s per measurement, {} cases seeded / opened \
-             first.\n",
+             first; SQLite synchronous = {}.\n",
             m["nproc"],
             text(&m["cpu_model"]),
             m["mem_total_gib"],
@@ -199,6 +200,7 @@ impl Report {
             text(&m["git_commit"]),
             self.args.seconds,
             thousands(u64::from(self.args.cases)),
+            format!("{:?}", self.args.sqlite_synchronous).to_lowercase(),
         ));
         line("| Clients | pgbench tps | pgbench latency avg / p99 | HTTP-PG tps | HTTP / pgbench | HTTP-PG p50 / p99 / p99.9 | HTTP-PG errors | HTTP-SQLite tps | HTTP-SQLite p50 / p99 / p99.9 | HTTP-SQLite errors |".into());
         line("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |".into());
