@@ -171,7 +171,6 @@ command_routes!(
 /// Each body knows which command it is and what it carries.
 trait CommandBody {
     fn into_request(self, caller: &Allowed<Operate>) -> Result<CommandRequest, Problem>;
-    fn case_id(&self) -> Uuid;
 }
 
 impl CommandBody for PlanGenerate {
@@ -194,9 +193,6 @@ impl CommandBody for PlanGenerate {
             ..CommandRequest::default()
         })
     }
-    fn case_id(&self) -> Uuid {
-        self.case_id
-    }
 }
 
 macro_rules! case_command {
@@ -209,9 +205,6 @@ macro_rules! case_command {
                     actor: actor_of(self.actor.as_deref(), &caller.principal)?,
                     ..CommandRequest::default()
                 })
-            }
-            fn case_id(&self) -> Uuid {
-                self.case_id
             }
         }
     };
@@ -231,9 +224,6 @@ impl CommandBody for AdapterExec {
             dry_run: self.dry_run,
             ..CommandRequest::default()
         })
-    }
-    fn case_id(&self) -> Uuid {
-        self.case_id
     }
 }
 
@@ -313,11 +303,10 @@ async fn run<B: CommandBody>(
     headers: HeaderMap,
     body: B,
 ) -> Result<Response, Problem> {
-    let case_id = body.case_id();
     let request = body.into_request(&caller)?;
     let context = request_context(caller.principal.clone(), None);
     if let Some(steps) = &request.steps {
-        let case = app.orchestrator.get_case(case_id, &context).await?;
+        let case = app.orchestrator.get_case(request.case_id, &context).await?;
         crate::policy::allow_adhoc(&app, &case, &steps[0])?;
     }
     let issued = app.orchestrator.issue_command(&request, &context).await?;
