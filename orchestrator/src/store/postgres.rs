@@ -202,6 +202,12 @@ impl Store for PostgresStore {
 
     async fn claim_outbox(&self, limit: u32) -> StoreResult<Box<dyn OutboxClaim>> {
         let mut tx = self.pool.begin().await?;
+        // Marking rows published need not wait for a flush: a mark lost in a crash only makes
+        // the relay publish the rows again, which JetStream (Nats-Msg-Id) and every consumer's
+        // inbox drop as duplicates. The relay's cycle, and so every hop's latency, gets shorter.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         let rows = sqlx::query(
             "SELECT id, message_id, topic, key, payload, headers, created_at FROM outbox \
              WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
