@@ -45,9 +45,14 @@ impl Role {
                 Role::Verifier,
             ]
         } else {
-            let mut roles = roles.to_vec();
-            roles.dedup();
-            roles
+            // `--role planner --role executor --role planner` runs one planner.
+            let mut unique = Vec::new();
+            for role in roles {
+                if !unique.contains(role) {
+                    unique.push(*role);
+                }
+            }
+            unique
         }
     }
 }
@@ -329,6 +334,21 @@ pub fn consumer_settings(worker: &dyn Worker, max_deliver: i64) -> bus::Consumer
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_role_named_twice_runs_once_and_all_means_the_four() {
+        use Role::*;
+        assert_eq!(
+            Role::expand(&[Planner, Executor, Planner]),
+            [Planner, Executor]
+        );
+        assert_eq!(
+            Role::expand(&[Verifier, All]),
+            [Planner, Gatekeeper, Executor, Verifier]
+        );
+        assert!(Role::includes_verifier(&[All]));
+        assert!(!Role::includes_verifier(&[Planner, Executor]));
+    }
 
     #[test]
     fn configured_defaults_fill_only_what_params_and_labels_leave_open() {
