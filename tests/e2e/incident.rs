@@ -633,3 +633,64 @@ on_both_backends!(
     a_secret_in_a_scripts_output_never_reaches_the_timeline_or_answers,
     super::incident
 );
+
+async fn a_dry_run_describes_the_plan_and_changes_nothing(app: TestApp) {
+    let case = app.case_in("EXECUTING").await;
+    let (status, answer) = app
+        .command(
+            "/v1/adapter/exec",
+            json!({"case_id": case, "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer:#}");
+    assert_eq!(answer["status"], "accepted");
+    // The plan's k8s.rollout step and its rollback, described; no API server is configured,
+    // so the executor says the adapter is not enabled rather than pretending.
+    eventually("the dry run's step results", 30, async || {
+        app.timeline_events(case)
+            .await
+            .iter()
+            .filter(|e| *e == "step_result")
+            .count()
+            == 2
+    })
+    .await;
+    let rows: Vec<Value> = app
+        .timeline(case)
+        .await
+        .into_iter()
+        .filter(|row| row["event"] == "step_result")
+        .collect();
+    for row in &rows {
+        assert_eq!(row["meta"]["dry_run"], true, "{row:#}");
+        assert_eq!(row["meta"]["status"], "failed", "{row:#}");
+        let error = row["meta"]["error"].as_str().unwrap();
+        assert!(error.contains("not enabled"), "{error}");
+    }
+    assert_eq!(rows[0]["meta"]["phase"], "run");
+    assert_eq!(rows[1]["meta"]["phase"], "rollback");
+
+    // An ad-hoc step the executor can run is described as planned, and not run.
+    let (status, _) = app
+        .command(
+            "/v1/adapter/exec",
+            json!({"case_id": case, "adapter": "script", "script": "echo hi", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let planned = async || {
+        app.timeline(case)
+            .await
+            .into_iter()
+            .find(|row| row["event"] == "step_result" && row["meta"]["status"] == "planned")
+    };
+    eventually("the planned step", 30, async || planned().await.is_some()).await;
+    let row = planned().await.unwrap();
+    assert_eq!(row["meta"]["step"], "adhoc-1");
+    assert_eq!(row["meta"]["output"], r#"would run echo ["hi"]"#, "{row:#}");
+    assert_eq!(app.case(case).await["status"], "EXECUTING");
+}
+on_both_backends!(
+    a_dry_run_describes_the_plan_and_changes_nothing,
+    super::incident
+);
