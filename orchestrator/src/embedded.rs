@@ -166,6 +166,7 @@ impl crate::Orchestrator {
         if let Some(traceparent) = &envelope.traceparent {
             headers.insert("traceparent".into(), traceparent.clone().into());
         }
+        headers.insert("source".into(), envelope.source.clone().into());
         let message = crate::model::OutboxMessage {
             message_id: envelope.id,
             topic: envelope.kind.clone(),

@@ -202,9 +202,11 @@ impl Relay {
 /// The CloudEvents envelope of an outbox row: its id is the row's stable message id.
 pub fn envelope_of(message: &OutboxMessage) -> Envelope {
     let traceparent = message.headers["traceparent"].as_str().map(str::to_string);
+    // A worker's event on the embedded bus keeps the worker as its source.
+    let source = message.headers["source"].as_str().unwrap_or(SOURCE);
     Envelope::new(
         message.message_id,
-        SOURCE,
+        source,
         &message.topic,
         &message.key,
         message.created_at,

@@ -688,6 +688,7 @@ async fn a_dry_run_describes_the_plan_and_changes_nothing(app: TestApp) {
     let row = planned().await.unwrap();
     assert_eq!(row["meta"]["step"], "adhoc-1");
     assert_eq!(row["meta"]["output"], r#"would run echo ["hi"]"#, "{row:#}");
+    assert_eq!(row["meta"]["source"], "opscase/executor");
     assert_eq!(app.case(case).await["status"], "EXECUTING");
 }
 on_both_backends!(
