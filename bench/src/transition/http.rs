@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::Args;
 
 /// The bootstrap admin key of the bench's services (they live only as long as the run).
-const ADMIN_KEY: &str = "osk_transition_bench_0123456789abcdef0123456789abcdef";
+pub const ADMIN_KEY: &str = "osk_transition_bench_0123456789abcdef0123456789abcdef";
 /// Cases are opened before a load with this many requests at a time.
 const OPEN_CONCURRENCY: usize = 32;
 /// A request that takes longer is an error ("timeout"); it also bounds each load's end.
@@ -93,7 +93,7 @@ pub struct Startup {
     pub ready_s: f64,
 }
 
-fn base_config(key: &str) -> anyhow::Result<Config> {
+pub fn base_config(key: &str) -> anyhow::Result<Config> {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse()?;
     config.auth.bootstrap_admin_key = Some(Secret::new(key));
@@ -105,14 +105,14 @@ fn base_config(key: &str) -> anyhow::Result<Config> {
 }
 
 /// A running service and how to stop it.
-struct Running {
-    base: String,
+pub struct Running {
+    pub base: String,
     stop: oneshot::Sender<()>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
-    async fn start(config: &Config) -> anyhow::Result<Self> {
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
         let app = Application::build(config)
             .await
             .context("the service did not start")?;
@@ -124,7 +124,7 @@ impl Running {
         Ok(Self { base, stop, server })
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         let _ = self.stop.send(());
         match tokio::time::timeout(Duration::from_secs(30), self.server).await {
             Ok(Ok(Ok(()))) => {}
@@ -171,20 +171,7 @@ pub async fn startup_samples() -> anyhow::Result<Vec<Startup>> {
 
 pub async fn run(args: &Args, target: Target<'_>) -> anyhow::Result<Backend> {
     let data_dir = tempfile::tempdir().context("temp data dir")?;
-    let mut config = base_config(ADMIN_KEY)?;
-    let name = match target {
-        Target::Postgres(url) => {
-            config.database.url = Some(url.to_string());
-            config.database.pool_size = PG_POOL_SIZE;
-            "postgres"
-        }
-        Target::Sqlite => {
-            // The embedded default: no URL, SQLite in the data dir, default pool.
-            config.database.data_dir = data_dir.path().to_path_buf();
-            config.database.sqlite_synchronous = args.sqlite_synchronous;
-            "sqlite"
-        }
-    };
+    let (config, name) = service_config(args, target, data_dir.path())?;
     let rss_reset = reset_peak_rss();
     let running = Running::start(&config).await?;
     let measured = measure(
@@ -197,6 +184,30 @@ pub async fn run(args: &Args, target: Target<'_>) -> anyhow::Result<Backend> {
     .await;
     running.stop().await;
     measured
+}
+
+/// The service under test on `target`: PostgreSQL with a pool of 64, or the embedded default
+/// with SQLite in `data_dir`.
+pub fn service_config(
+    args: &Args,
+    target: Target<'_>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Config, &'static str)> {
+    let mut config = base_config(ADMIN_KEY)?;
+    let name = match target {
+        Target::Postgres(url) => {
+            config.database.url = Some(url.to_string());
+            config.database.pool_size = PG_POOL_SIZE;
+            "postgres"
+        }
+        Target::Sqlite => {
+            // The embedded default: no URL, SQLite in the data dir, default pool.
+            config.database.data_dir = data_dir.to_path_buf();
+            config.database.sqlite_synchronous = args.sqlite_synchronous;
+            "sqlite"
+        }
+    };
+    Ok((config, name))
 }
 
 async fn measure(
@@ -256,7 +267,7 @@ async fn measure(
 }
 
 /// Keep-alive HTTP/1.1 with a connection per worker, and the admin key on each request.
-fn http_client(connections: usize) -> anyhow::Result<Client> {
+pub fn http_client(connections: usize) -> anyhow::Result<Client> {
     let mut headers = HeaderMap::new();
     headers.insert(
         AUTHORIZATION,
@@ -287,7 +298,7 @@ async fn open_case(client: &Client, base: &str, number: usize) -> anyhow::Result
         .context("the opened case has no id")
 }
 
-async fn open_cases(client: &Client, base: &str, count: usize) -> anyhow::Result<Vec<String>> {
+pub async fn open_cases(client: &Client, base: &str, count: usize) -> anyhow::Result<Vec<String>> {
     futures::stream::iter(0..count)
         .map(|number| open_case(client, base, number))
         .buffer_unordered(OPEN_CONCURRENCY)
@@ -439,7 +450,7 @@ async fn work(
     tally
 }
 
-fn failure(error: reqwest::Error) -> String {
+pub fn failure(error: reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timeout"
     } else if error.is_connect() {

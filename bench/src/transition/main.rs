@@ -10,6 +10,7 @@
 //! then the databases are dropped and `transition-<timestamp>.json|.md` written ([`report`]).
 
 mod http;
+mod open_loop;
 mod pgbench;
 mod report;
 
@@ -63,6 +64,10 @@ pub struct Args {
     /// The embedded service's `database.sqlite_synchronous`: full (the default) or normal.
     #[arg(long, default_value = "full", value_parser = parse_durability)]
     pub sqlite_synchronous: orchestrator::SqliteDurability,
+    /// Instead of pgbench and the closed loops: an open-loop load of N transitions/s for
+    /// `--seconds` on PostgreSQL and SQLite, written to open-loop-<UTC timestamp>.json|.md.
+    #[arg(long)]
+    pub open_loop_rate: Option<u32>,
 }
 
 fn parse_durability(text: &str) -> Result<orchestrator::SqliteDurability, String> {
@@ -84,6 +89,11 @@ impl Args {
         }
         if self.clients.iter().any(|&c| c == 0 || c > 256) {
             bail!("each --clients count must be 1 to 256");
+        }
+        if let Some(rate) = self.open_loop_rate {
+            if !(1..=5_000).contains(&rate) {
+                bail!("--open-loop-rate must be 1 to 5,000");
+            }
         }
         self.clients.sort_unstable();
         self.clients.dedup();
@@ -129,6 +139,10 @@ async fn main() -> anyhow::Result<()> {
     let started_at = Utc::now();
     let mut machine = setup::machine_facts(&args.postgres_url, None).await?;
     machine["pgbench"] = pgbench::version(&args.pgbench).into();
+
+    if let Some(rate) = args.open_loop_rate {
+        return open_loop_main(&args, rate, started_at, machine).await;
+    }
 
     // Every database of the run is created up front, so that whatever happens (an error,
     // Ctrl-C) all of them are dropped afterwards: one per pgbench client count, one for HTTP.
@@ -179,4 +193,33 @@ async fn run_phases(args: &Args, databases: &[BenchDatabase]) -> anyhow::Result<
         startup,
         http_sqlite,
     })
+}
+
+/// `--open-loop-rate`: PostgreSQL (a fresh database, dropped at the end), then SQLite.
+async fn open_loop_main(
+    args: &Args,
+    rate: u32,
+    started_at: chrono::DateTime<Utc>,
+    machine: serde_json::Value,
+) -> anyhow::Result<()> {
+    let database = BenchDatabase::create(&args.postgres_url).await?;
+    let outcome = tokio::select! {
+        outcome = async {
+            let postgres = open_loop::run(args, rate, http::Target::Postgres(&database.url)).await?;
+            let sqlite = open_loop::run(args, rate, http::Target::Sqlite).await?;
+            anyhow::Ok(vec![postgres, sqlite])
+        } => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    database.drop_database().await;
+    let runs = outcome?;
+    let json = open_loop::json(args, rate, started_at, Utc::now(), &machine, &runs);
+    let markdown = open_loop::markdown(args, rate, started_at, &machine, &runs);
+    let written =
+        opscase_bench::format::write_results(&args.out, "open-loop", started_at, &json, &markdown)?;
+    println!("{markdown}");
+    for path in written {
+        eprintln!("transition-bench: wrote {}", path.display());
+    }
+    Ok(())
 }
