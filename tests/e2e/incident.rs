@@ -695,3 +695,28 @@ on_both_backends!(
     a_dry_run_describes_the_plan_and_changes_nothing,
     super::incident
 );
+
+async fn prefer_respond_async_answers_at_once_and_the_work_goes_on(app: TestApp) {
+    let case = app.open_case("t-001").await;
+    app.advance(case, json!({"event": "start_analysis"})).await;
+    let response = app
+        .client
+        .post(app.url("/v1/plan/generate"))
+        .header("Prefer", "respond-async")
+        .json(&json!({"case_id": case, "template": "k8s.rollout.canary"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["status"], "accepted");
+    assert_eq!(accepted["topic"], "cmd.plan.generate");
+    assert!(accepted["command_id"].is_string());
+    app.settles_in(case, "WAIT_GATE").await;
+    let requested = app.last_row(case, "cmd.plan.generate").await;
+    assert_eq!(requested["meta"]["command_id"], accepted["command_id"]);
+}
+on_both_backends!(
+    prefer_respond_async_answers_at_once_and_the_work_goes_on,
+    super::incident
+);
