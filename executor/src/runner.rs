@@ -302,20 +302,10 @@ impl Runner {
         raw: &Value,
         sink: &dyn AttemptSink,
     ) -> Outcome {
-        let (id, action, step) = self.prepare(index, raw);
-        let step = match step {
-            Ok(step) => step,
-            Err(error) => {
-                return self
-                    .invalid(job, phase, id, action, error, false, sink)
-                    .await
-            }
+        let (step, adapter) = match self.checked(job, phase, index, raw, false, sink).await {
+            Ok(checked) => checked,
+            Err(outcome) => return outcome,
         };
-        let adapter = self
-            .adapters
-            .get(&step.action)
-            .expect("prepare checked the adapter")
-            .clone();
         let max_attempts = step.retry + 1;
         let mut attempt = 1;
         loop {
@@ -390,19 +380,10 @@ impl Runner {
         raw: &Value,
         sink: &dyn AttemptSink,
     ) -> Outcome {
-        let (id, action, step) = self.prepare(index, raw);
-        let step = match step {
-            Ok(step) => step,
-            Err(error) => {
-                return self
-                    .invalid(job, phase, id, action, error, true, sink)
-                    .await
-            }
+        let (step, adapter) = match self.checked(job, phase, index, raw, true, sink).await {
+            Ok(checked) => checked,
+            Err(outcome) => return outcome,
         };
-        let adapter = self
-            .adapters
-            .get(&step.action)
-            .expect("prepare checked the adapter");
         let context = StepContext {
             case: job.case.clone(),
             step_id: step.id.clone(),
@@ -439,6 +420,34 @@ impl Runner {
             },
             attempts: 1,
             error: failed.then_some(text),
+        }
+    }
+
+    /// The step and its adapter; an invalid step is reported (one failed attempt) and its
+    /// outcome returned instead.
+    #[allow(clippy::too_many_arguments)]
+    async fn checked(
+        &self,
+        job: &Job,
+        phase: Phase,
+        index: usize,
+        raw: &Value,
+        dry_run: bool,
+        sink: &dyn AttemptSink,
+    ) -> Result<(Step, Arc<dyn Adapter>), Outcome> {
+        let (id, action, step) = self.prepare(index, raw);
+        match step {
+            Ok(step) => {
+                let adapter = self
+                    .adapters
+                    .get(&step.action)
+                    .expect("prepare checked the adapter")
+                    .clone();
+                Ok((step, adapter))
+            }
+            Err(error) => Err(self
+                .invalid(job, phase, id, action, error, dry_run, sink)
+                .await),
         }
     }
 
