@@ -127,7 +127,7 @@ impl Orchestrator {
                         "ignored".into(),
                         json!(format!("{event} is not allowed in {}", case.status)),
                     );
-                    tx.append_timeline(&timeline_entry(
+                    tx.record_timeline(&timeline_entry(
                         &case,
                         &request,
                         Outcome::Ignored,
@@ -211,7 +211,7 @@ impl Orchestrator {
             correlation_id: Some(envelope.id.to_string()),
             ..RequestContext::default()
         };
-        tx.append_timeline(&crate::model::NewTimelineEntry {
+        tx.record_timeline(&crate::model::NewTimelineEntry {
             case_id,
             version: case.version,
             event: name.to_string(),

@@ -175,13 +175,18 @@ impl crate::Orchestrator {
             headers: serde_json::Value::Object(headers),
             created_at: Utc::now(),
         };
+        // A message id already in the outbox is a redelivery: the insert fails, here or (when
+        // the store defers it) at the commit.
         let mut tx = self.store().begin().await?;
-        match tx.append_outbox(&message).await {
+        let written = match tx.append_outbox(&message).await {
+            Ok(()) => tx.commit().await,
+            Err(error) => Err(error),
+        };
+        match written {
             Ok(()) => {}
             Err(crate::StoreError::UniqueViolation(_)) => return Ok(false),
             Err(error) => return Err(error.into()),
         }
-        tx.commit().await?;
         self.outbox_written().notify_one();
         Ok(true)
     }

@@ -23,7 +23,7 @@ use crate::model::{
     Case, CaseFilter, DecisionRecord, NewCase, NewTimelineEntry, OutboxMessage, Outcome,
     PlanRecord, TimelineEntry,
 };
-use crate::store::{IdempotencyRecord, Store, StoreError, Tx};
+use crate::store::{IdempotencyRecord, Store, StoreError, Tx, IDEMPOTENCY_KEY};
 
 /// Namespace of the stable outbox message ids (UUIDv5 of case, version and topic).
 const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f70_7363_6173_6500_8000_6f75_7462_6f78);
@@ -284,7 +284,7 @@ impl Orchestrator {
             updated_at: now,
         };
         tx.insert_case(&case).await?;
-        tx.append_timeline(&NewTimelineEntry {
+        tx.record_timeline(&NewTimelineEntry {
             case_id: case.id,
             version: case.version,
             event: "open".into(),
@@ -313,7 +313,7 @@ impl Orchestrator {
         .await?;
         self.save_response(tx.as_mut(), idempotency, render(Ok(&case)), now)
             .await?;
-        tx.commit().await?;
+        commit_keyed(tx).await?;
         Ok(Reply::Fresh(case))
     }
 
@@ -361,7 +361,7 @@ impl Orchestrator {
             Ok((case, accepted)) => {
                 self.save_response(tx.as_mut(), idempotency, render(Ok(&case)), now)
                     .await?;
-                tx.commit().await?;
+                commit_keyed(tx).await?;
                 self.metrics
                     .transition(accepted.from, accepted.to, request.event.as_str());
                 match request.event {
@@ -375,7 +375,7 @@ impl Orchestrator {
             Err(error @ Error::GuardFailed { .. }) => {
                 self.save_response(tx.as_mut(), idempotency, render(Err(&error)), now)
                     .await?;
-                tx.commit().await?;
+                commit_keyed(tx).await?;
                 Err(error)
             }
             Err(error) => Err(error),
@@ -468,7 +468,7 @@ impl Orchestrator {
             Err(Rejection::Guard { to, failures, .. }) => {
                 let mut meta = request.meta.clone();
                 meta.insert("guard_failures".into(), json!(failures));
-                tx.append_timeline(&timeline_entry(
+                tx.record_timeline(&timeline_entry(
                     &case,
                     request,
                     Outcome::Rejected,
@@ -736,6 +736,18 @@ impl Orchestrator {
     }
 }
 
+/// Commit a transaction that saved an idempotent response. The save may have been deferred to
+/// the commit, so the key's conflict (another process claimed it since we looked) may surface
+/// here instead of from `save_idempotency`.
+async fn commit_keyed(tx: Box<dyn Tx>) -> Result<(), Error> {
+    match tx.commit().await {
+        Err(StoreError::UniqueViolation(constraint)) if constraint == IDEMPOTENCY_KEY => {
+            Err(Error::InFlight)
+        }
+        other => Ok(other?),
+    }
+}
+
 /// Write an accepted transition: products, case row, timeline row, outbox messages.
 async fn apply(
     tx: &mut dyn Tx,
@@ -799,7 +811,7 @@ async fn apply(
         }
     }
     tx.update_case(&case).await?;
-    tx.append_timeline(&timeline_entry(
+    tx.record_timeline(&timeline_entry(
         &case,
         request,
         Outcome::Applied,

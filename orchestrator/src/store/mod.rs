@@ -33,6 +33,12 @@ pub enum StoreError {
     Database(sqlx::Error),
     #[error(transparent)]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A statement of this transaction failed earlier: it can only be rolled back.
+    #[error("the transaction was aborted by an earlier error")]
+    Aborted,
+    /// The transaction's COMMIT (on SQLite, its group's) failed: nothing it wrote was kept.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -62,6 +68,9 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The constraint a second live record for one idempotency key violates.
+pub const IDEMPOTENCY_KEY: &str = "idempotency_pkey";
 
 /// A stored answer to an idempotent request.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +193,9 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// One write transaction. A write whose result the method does not return may be deferred
+/// until the transaction's next read or its commit (SQLite batches them), so a constraint it
+/// violates can surface from a later call, `commit()` included.
 #[async_trait]
 pub trait Tx: Send {
     /// The live (unexpired at `now`) record for this key, if any.
@@ -200,6 +212,10 @@ pub trait Tx: Send {
     /// Write status, version, resolution, current plan and `updated_at` of a locked case.
     async fn update_case(&mut self, case: &Case) -> StoreResult<()>;
     async fn append_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<i64>;
+    /// Append a timeline row without waiting for its id (it may be deferred).
+    async fn record_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<()> {
+        self.append_timeline(entry).await.map(|_| ())
+    }
     async fn append_outbox(&mut self, message: &OutboxMessage) -> StoreResult<()>;
     async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()>;
     /// A stored plan, read inside the transaction (for the commands that carry it).

@@ -509,7 +509,7 @@ impl Tx for PostgresTx {
         .await?;
         // A live record with this key means another request claimed it since we looked.
         if done.rows_affected() == 0 {
-            return Err(StoreError::UniqueViolation("idempotency_pkey".into()));
+            return Err(StoreError::UniqueViolation(super::IDEMPOTENCY_KEY.into()));
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::types::Json;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
 
 use super::{
@@ -28,6 +28,10 @@ use crate::model::{
     PlanRecord, TimelineEntry,
 };
 
+mod writer;
+
+use writer::{Batch, Kind, SqliteTx, Writer};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 const CASE_COLUMNS: &str =
@@ -35,7 +39,10 @@ const CASE_COLUMNS: &str =
     c.status, c.version, c.resolution, c.current_plan_id, c.created_by, c.created_at, c.updated_at";
 
 pub struct SqliteStore {
+    /// The one write connection, for single statements outside a [`Tx`] (and migrations).
     writer: SqlitePool,
+    /// Write transactions on that connection, batched and group-committed.
+    group_writer: Writer,
     readers: SqlitePool,
 }
 
@@ -62,13 +69,27 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            // Every write transaction acquires it: a ping each time would be a round trip.
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(read_pool_size.max(1))
             .connect_with(options)
             .await?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            group_writer: Writer::new(writer.clone()),
+            writer,
+            readers,
+        })
+    }
+}
+
+impl SqliteStore {
+    /// Write transactions that reached their commit, and the COMMITs (group commits) that made
+    /// them durable, since the store opened.
+    pub fn group_commit_stats(&self) -> (u64, u64) {
+        self.group_writer.stats().read()
     }
 }
 
@@ -92,9 +113,7 @@ impl Store for SqliteStore {
     }
 
     async fn begin(&self) -> StoreResult<Box<dyn Tx>> {
-        Ok(Box::new(SqliteTx {
-            tx: self.writer.begin().await?,
-        }))
+        Ok(Box::new(self.group_writer.begin().await?))
     }
 
     async fn get_case(&self, id: Uuid) -> StoreResult<Option<Case>> {
@@ -434,7 +453,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        self.writer.close().await;
+        self.group_writer.close().await;
         self.readers.close().await;
     }
 }
@@ -466,10 +485,6 @@ impl OutboxClaim for SqliteOutboxClaim {
     }
 }
 
-struct SqliteTx {
-    tx: Transaction<'static, Sqlite>,
-}
-
 #[async_trait]
 impl Tx for SqliteTx {
     async fn find_idempotency(
@@ -478,15 +493,18 @@ impl Tx for SqliteTx {
         key: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<IdempotencyRecord>> {
-        let row = sqlx::query(
-            "SELECT scope, key, fingerprint, status_code, response, headers, created_at, expires_at \
-             FROM idempotency WHERE scope = ? AND key = ?",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
+        let executed = self
+            .run(
+                "SELECT scope, key, fingerprint, status_code, response, headers, created_at, expires_at \
+                 FROM idempotency WHERE scope = ? AND key = ?",
+                |batch| {
+                    batch.bind(scope.to_string()).bind(key.to_string());
+                },
+            )
+            .await?;
+        let Some(row) = executed.rows.first() else {
+            return Ok(None);
+        };
         let record = IdempotencyRecord {
             scope: row.try_get("scope")?,
             key: row.try_get("key")?,
@@ -502,186 +520,180 @@ impl Tx for SqliteTx {
     }
 
     async fn save_idempotency(&mut self, record: &IdempotencyRecord) -> StoreResult<()> {
-        let done = sqlx::query(
-            "INSERT INTO idempotency (scope, key, fingerprint, status_code, response, headers, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
-               status_code = excluded.status_code, response = excluded.response, headers = excluded.headers, \
-               created_at = excluded.created_at, expires_at = excluded.expires_at \
-             WHERE idempotency.expires_at <= excluded.created_at",
+        // An expired record with this key is replaced; a live one (another request claimed the
+        // key since we looked) fails the insert, and with it the transaction.
+        self.defer(
+            Kind::Plain,
+            "DELETE FROM idempotency WHERE scope = ? AND key = ? AND expires_at <= ?",
         )
-        .bind(&record.scope)
-        .bind(&record.key)
-        .bind(&record.fingerprint)
+        .bind(record.scope.clone())
+        .bind(record.key.clone())
+        .bind(record.created_at);
+        self.defer(
+            Kind::Unique(super::IDEMPOTENCY_KEY),
+            "INSERT INTO idempotency (scope, key, fingerprint, status_code, response, headers, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(record.scope.clone())
+        .bind(record.key.clone())
+        .bind(record.fingerprint.clone())
         .bind(i64::from(record.status_code))
-        .bind(Json(&record.response))
-        .bind(Json(&record.headers))
+        .bind(Json(record.response.clone()))
+        .bind(Json(record.headers.clone()))
         .bind(record.created_at)
-        .bind(record.expires_at)
-        .execute(&mut *self.tx)
-        .await?;
-        // A live record with this key means another request claimed it since we looked.
-        if done.rows_affected() == 0 {
-            return Err(StoreError::UniqueViolation("idempotency_pkey".into()));
-        }
+        .bind(record.expires_at);
         Ok(())
     }
 
     async fn insert_case(&mut self, case: &Case) -> StoreResult<()> {
-        sqlx::query(
+        self.defer(
+            Kind::Plain,
             "INSERT INTO ops_case (id, tenant, title, severity, labels, automation, evidence, status, version, \
              resolution, current_plan_id, created_by, created_at, updated_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(case.id.to_string())
-        .bind(&case.tenant)
-        .bind(&case.title)
+        .bind(case.tenant.clone())
+        .bind(case.title.clone())
         .bind(case.severity.as_str())
-        .bind(Json(&case.labels))
+        .bind(Json(case.labels.clone()))
         .bind(case.automation.as_str())
-        .bind(Json(&case.evidence))
+        .bind(Json(case.evidence.clone()))
         .bind(case.status.as_str())
         .bind(case.version)
-        .bind(&case.resolution)
+        .bind(case.resolution.clone())
         .bind(case.current_plan_id.map(|id| id.to_string()))
-        .bind(&case.created_by)
+        .bind(case.created_by.clone())
         .bind(case.created_at)
-        .bind(case.updated_at)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(case.updated_at);
         Ok(())
     }
 
     async fn lock_case(&mut self, id: Uuid) -> StoreResult<Option<LockedCase>> {
         // The single writer connection is the lock: no other write transaction runs meanwhile.
-        let row = sqlx::query(&format!(
-            "SELECT {CASE_COLUMNS}, COALESCE(p.requested_by_key, p.requested_by) AS plan_requester FROM ops_case c \
-             LEFT JOIN plan_proposed p ON p.id = c.current_plan_id WHERE c.id = ?"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        row.map(|row| {
-            Ok(LockedCase {
-                case: case_from_row(&row)?,
-                plan_requester: row.try_get("plan_requester")?,
+        let executed = self
+            .run(&lock_case_sql(), |batch| {
+                batch.bind(id.to_string());
             })
-        })
-        .transpose()
+            .await?;
+        executed
+            .rows
+            .first()
+            .map(|row| {
+                Ok(LockedCase {
+                    case: case_from_row(row)?,
+                    plan_requester: row.try_get("plan_requester")?,
+                })
+            })
+            .transpose()
     }
 
     async fn update_case(&mut self, case: &Case) -> StoreResult<()> {
-        sqlx::query(
+        self.defer(
+            Kind::Plain,
             "UPDATE ops_case SET status = ?, version = ?, resolution = ?, current_plan_id = ?, updated_at = ? \
              WHERE id = ?",
         )
         .bind(case.status.as_str())
         .bind(case.version)
-        .bind(&case.resolution)
+        .bind(case.resolution.clone())
         .bind(case.current_plan_id.map(|id| id.to_string()))
         .bind(case.updated_at)
-        .bind(case.id.to_string())
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(case.id.to_string());
         Ok(())
     }
 
     async fn append_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<i64> {
-        let id = sqlx::query_scalar(
-            "INSERT INTO case_timeline (case_id, version, event, outcome, from_status, to_status, actor, principal_id, \
-             principal_name, reason, correlation_id, request_id, meta, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(entry.case_id.to_string())
-        .bind(entry.version)
-        .bind(&entry.event)
-        .bind(entry.outcome.as_str())
-        .bind(entry.from_status.map(|s| s.as_str()))
-        .bind(entry.to_status.map(|s| s.as_str()))
-        .bind(&entry.actor)
-        .bind(&entry.principal_id)
-        .bind(&entry.principal_name)
-        .bind(&entry.reason)
-        .bind(&entry.correlation_id)
-        .bind(&entry.request_id)
-        .bind(Json(&entry.meta))
-        .bind(entry.created_at)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(id)
+        let executed = self
+            .run(&format!("{INSERT_TIMELINE_SQL} RETURNING id"), |batch| {
+                bind_timeline(batch, entry);
+            })
+            .await?;
+        let row = executed
+            .rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt("INSERT … RETURNING returned no row".into()))?;
+        Ok(row.try_get("id")?)
+    }
+
+    async fn record_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<()> {
+        bind_timeline(self.defer(Kind::Plain, INSERT_TIMELINE_SQL), entry);
+        Ok(())
     }
 
     async fn append_outbox(&mut self, message: &OutboxMessage) -> StoreResult<()> {
-        sqlx::query(
+        self.defer(
+            Kind::Plain,
             "INSERT INTO outbox (message_id, topic, key, payload, headers, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(message.message_id.to_string())
-        .bind(&message.topic)
-        .bind(&message.key)
-        .bind(Json(&message.payload))
-        .bind(Json(&message.headers))
-        .bind(message.created_at)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(message.topic.clone())
+        .bind(message.key.clone())
+        .bind(Json(message.payload.clone()))
+        .bind(Json(message.headers.clone()))
+        .bind(message.created_at);
         Ok(())
     }
 
     async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()> {
-        sqlx::query(
+        self.defer(
+            Kind::Plain,
             "INSERT INTO plan_proposed (id, case_id, plan, digest, requested_by, requested_by_key, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(plan.id.to_string())
         .bind(plan.case_id.to_string())
-        .bind(Json(&plan.plan))
-        .bind(&plan.digest)
-        .bind(&plan.requested_by)
-        .bind(&plan.requested_by_key)
-        .bind(plan.created_at)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(Json(plan.plan.clone()))
+        .bind(plan.digest.clone())
+        .bind(plan.requested_by.clone())
+        .bind(plan.requested_by_key.clone())
+        .bind(plan.created_at);
         Ok(())
     }
 
     async fn insert_decision(&mut self, decision: &DecisionRecord) -> StoreResult<()> {
-        sqlx::query(
+        self.defer(
+            Kind::Plain,
             "INSERT INTO plan_decision (id, case_id, plan_id, decision, decided_by, decided_by_key, reason, policy_rev, \
              inputs, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(decision.id.to_string())
         .bind(decision.case_id.to_string())
         .bind(decision.plan_id.to_string())
-        .bind(&decision.decision)
-        .bind(&decision.decided_by)
-        .bind(&decision.decided_by_key)
-        .bind(&decision.reason)
-        .bind(&decision.policy_rev)
-        .bind(Json(&decision.inputs))
-        .bind(decision.created_at)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(decision.decision.clone())
+        .bind(decision.decided_by.clone())
+        .bind(decision.decided_by_key.clone())
+        .bind(decision.reason.clone())
+        .bind(decision.policy_rev.clone())
+        .bind(Json(decision.inputs.clone()))
+        .bind(decision.created_at);
         Ok(())
     }
 
     async fn plan(&mut self, id: Uuid) -> StoreResult<Option<PlanRecord>> {
-        let row = sqlx::query(
-            "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at FROM plan_proposed WHERE id = ?",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        row.map(|row| {
-            Ok(PlanRecord {
-                id: uuid_at(&row, "id")?,
-                case_id: uuid_at(&row, "case_id")?,
-                plan: row.try_get::<Json<Value>, _>("plan")?.0,
-                digest: row.try_get("digest")?,
-                requested_by: row.try_get("requested_by")?,
-                requested_by_key: row.try_get("requested_by_key")?,
-                created_at: row.try_get("created_at")?,
+        let executed = self
+            .run(
+                "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at FROM plan_proposed WHERE id = ?",
+                |batch| {
+                    batch.bind(id.to_string());
+                },
+            )
+            .await?;
+        executed
+            .rows
+            .first()
+            .map(|row| {
+                Ok(PlanRecord {
+                    id: uuid_at(row, "id")?,
+                    case_id: uuid_at(row, "case_id")?,
+                    plan: row.try_get::<Json<Value>, _>("plan")?.0,
+                    digest: row.try_get("digest")?,
+                    requested_by: row.try_get("requested_by")?,
+                    requested_by_key: row.try_get("requested_by_key")?,
+                    created_at: row.try_get("created_at")?,
+                })
             })
-        })
-        .transpose()
+            .transpose()
     }
 
     async fn insert_inbox(
@@ -690,22 +702,53 @@ impl Tx for SqliteTx {
         message_id: Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "INSERT INTO inbox (consumer, message_id, received_at) VALUES (?, ?, ?) \
-             ON CONFLICT (consumer, message_id) DO NOTHING",
-        )
-        .bind(consumer)
-        .bind(message_id.to_string())
-        .bind(at)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let executed = self
+            .run(
+                "INSERT INTO inbox (consumer, message_id, received_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (consumer, message_id) DO NOTHING",
+                |batch| {
+                    batch
+                        .bind(consumer.to_string())
+                        .bind(message_id.to_string())
+                        .bind(at);
+                },
+            )
+            .await?;
+        Ok(executed.last_changes == 1)
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        self.tx.commit().await?;
-        Ok(())
+        SqliteTx::commit(*self).await
     }
+}
+
+fn lock_case_sql() -> String {
+    format!(
+        "SELECT {CASE_COLUMNS}, COALESCE(p.requested_by_key, p.requested_by) AS plan_requester \
+         FROM ops_case c LEFT JOIN plan_proposed p ON p.id = c.current_plan_id WHERE c.id = ?"
+    )
+}
+
+const INSERT_TIMELINE_SQL: &str = "INSERT INTO case_timeline (case_id, version, event, outcome, from_status, \
+    to_status, actor, principal_id, principal_name, reason, correlation_id, request_id, meta, created_at) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+fn bind_timeline(batch: &mut Batch, entry: &NewTimelineEntry) {
+    batch
+        .bind(entry.case_id.to_string())
+        .bind(entry.version)
+        .bind(entry.event.clone())
+        .bind(entry.outcome.as_str())
+        .bind(entry.from_status.map(|s| s.as_str()))
+        .bind(entry.to_status.map(|s| s.as_str()))
+        .bind(entry.actor.clone())
+        .bind(entry.principal_id.clone())
+        .bind(entry.principal_name.clone())
+        .bind(entry.reason.clone())
+        .bind(entry.correlation_id.clone())
+        .bind(entry.request_id.clone())
+        .bind(Json(entry.meta.clone()))
+        .bind(entry.created_at);
 }
 
 fn uuid_at(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
