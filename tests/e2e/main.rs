@@ -20,5 +20,6 @@ mod otlp;
 mod readiness;
 mod relay;
 mod restart;
+mod store;
 mod tls;
 mod transitions;

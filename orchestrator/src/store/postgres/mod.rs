@@ -26,6 +26,10 @@ use crate::model::{
     PlanRecord, TimelineEntry,
 };
 
+mod deferred;
+
+use deferred::Deferred;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// The channel the outbox trigger notifies (see the outbox_notify migration).
@@ -73,6 +77,7 @@ impl Store for PostgresStore {
     async fn begin(&self) -> StoreResult<Box<dyn Tx>> {
         Ok(Box::new(PostgresTx {
             tx: self.pool.begin().await?,
+            deferred: Deferred::default(),
         }))
     }
 
@@ -455,6 +460,16 @@ impl OutboxClaim for PostgresOutboxClaim {
 
 struct PostgresTx {
     tx: Transaction<'static, Postgres>,
+    /// Writes not yet sent (see [`Deferred`]): they go with the next read or the commit.
+    deferred: Deferred,
+}
+
+impl PostgresTx {
+    /// The connection, with every deferred write sent: for a read, which must see them.
+    async fn flushed(&mut self) -> StoreResult<&mut sqlx::PgConnection> {
+        self.deferred.flush(&mut self.tx).await?;
+        Ok(&mut *self.tx)
+    }
 }
 
 #[async_trait]
@@ -471,7 +486,7 @@ impl Tx for PostgresTx {
         )
         .bind(scope)
         .bind(key)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.flushed().await?)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let record = IdempotencyRecord {
@@ -489,53 +504,49 @@ impl Tx for PostgresTx {
     }
 
     async fn save_idempotency(&mut self, record: &IdempotencyRecord) -> StoreResult<()> {
-        let done = sqlx::query(
+        // A live record with this key (another request claimed it since we looked) leaves the
+        // upsert without a row: the key's violation.
+        self.deferred
+            .push_must_change(
             "INSERT INTO idempotency (scope, key, fingerprint, status_code, response, headers, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
                status_code = excluded.status_code, response = excluded.response, headers = excluded.headers, \
                created_at = excluded.created_at, expires_at = excluded.expires_at \
              WHERE idempotency.expires_at <= excluded.created_at",
+                super::IDEMPOTENCY_KEY,
         )
-        .bind(&record.scope)
-        .bind(&record.key)
-        .bind(&record.fingerprint)
+        .bind(record.scope.clone())
+        .bind(record.key.clone())
+        .bind(record.fingerprint.clone())
         .bind(i32::from(record.status_code))
-        .bind(Json(&record.response))
-        .bind(Json(&record.headers))
+        .bind(Json(record.response.clone()))
+        .bind(Json(record.headers.clone()))
         .bind(record.created_at)
-        .bind(record.expires_at)
-        .execute(&mut *self.tx)
-        .await?;
-        // A live record with this key means another request claimed it since we looked.
-        if done.rows_affected() == 0 {
-            return Err(StoreError::UniqueViolation(super::IDEMPOTENCY_KEY.into()));
-        }
+        .bind(record.expires_at);
         Ok(())
     }
 
     async fn insert_case(&mut self, case: &Case) -> StoreResult<()> {
-        sqlx::query(
+        self.deferred.push(
             "INSERT INTO ops_case (id, tenant, title, severity, labels, automation, evidence, status, version, \
              resolution, current_plan_id, created_by, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(case.id)
-        .bind(&case.tenant)
-        .bind(&case.title)
+        .bind(case.tenant.clone())
+        .bind(case.title.clone())
         .bind(case.severity.as_str())
-        .bind(Json(&case.labels))
+        .bind(Json(case.labels.clone()))
         .bind(case.automation.as_str())
-        .bind(Json(&case.evidence))
+        .bind(Json(case.evidence.clone()))
         .bind(case.status.as_str())
         .bind(case.version)
-        .bind(&case.resolution)
+        .bind(case.resolution.clone())
         .bind(case.current_plan_id)
-        .bind(&case.created_by)
+        .bind(case.created_by.clone())
         .bind(case.created_at)
-        .bind(case.updated_at)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(case.updated_at);
         Ok(())
     }
 
@@ -545,7 +556,7 @@ impl Tx for PostgresTx {
              LEFT JOIN plan_proposed p ON p.id = c.current_plan_id WHERE c.id = $1 FOR UPDATE OF c"
         ))
         .bind(id)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.flushed().await?)
         .await?;
         row.map(|row| {
             Ok(LockedCase {
@@ -557,95 +568,77 @@ impl Tx for PostgresTx {
     }
 
     async fn update_case(&mut self, case: &Case) -> StoreResult<()> {
-        sqlx::query(
+        self.deferred.push(
             "UPDATE ops_case SET status = $1, version = $2, resolution = $3, current_plan_id = $4, updated_at = $5 \
              WHERE id = $6",
         )
         .bind(case.status.as_str())
         .bind(case.version)
-        .bind(&case.resolution)
+        .bind(case.resolution.clone())
         .bind(case.current_plan_id)
         .bind(case.updated_at)
-        .bind(case.id)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(case.id);
         Ok(())
     }
 
     async fn append_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<i64> {
-        let id = sqlx::query_scalar(
-            "INSERT INTO case_timeline (case_id, version, event, outcome, from_status, to_status, actor, principal_id, \
-             principal_name, reason, correlation_id, request_id, meta, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
-        )
-        .bind(entry.case_id)
-        .bind(entry.version)
-        .bind(&entry.event)
-        .bind(entry.outcome.as_str())
-        .bind(entry.from_status.map(|s| s.as_str()))
-        .bind(entry.to_status.map(|s| s.as_str()))
-        .bind(&entry.actor)
-        .bind(&entry.principal_id)
-        .bind(&entry.principal_name)
-        .bind(&entry.reason)
-        .bind(&entry.correlation_id)
-        .bind(&entry.request_id)
-        .bind(Json(&entry.meta))
-        .bind(entry.created_at)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        Ok(id)
+        let conn = self.flushed().await?;
+        let mut insert = Deferred::default();
+        bind_timeline(
+            insert.push(&format!("{INSERT_TIMELINE_SQL} RETURNING id")),
+            entry,
+        );
+        insert.fetch_id(conn).await
+    }
+
+    async fn record_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<()> {
+        bind_timeline(self.deferred.push(INSERT_TIMELINE_SQL), entry);
+        Ok(())
     }
 
     async fn append_outbox(&mut self, message: &OutboxMessage) -> StoreResult<()> {
-        sqlx::query(
+        self.deferred.push(
             "INSERT INTO outbox (message_id, topic, key, payload, headers, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(message.message_id)
-        .bind(&message.topic)
-        .bind(&message.key)
-        .bind(Json(&message.payload))
-        .bind(Json(&message.headers))
-        .bind(message.created_at)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(message.topic.clone())
+        .bind(message.key.clone())
+        .bind(Json(message.payload.clone()))
+        .bind(Json(message.headers.clone()))
+        .bind(message.created_at);
         Ok(())
     }
 
     async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()> {
-        sqlx::query(
+        self.deferred.push(
             "INSERT INTO plan_proposed (id, case_id, plan, digest, requested_by, requested_by_key, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(plan.id)
         .bind(plan.case_id)
-        .bind(Json(&plan.plan))
-        .bind(&plan.digest)
-        .bind(&plan.requested_by)
-        .bind(&plan.requested_by_key)
-        .bind(plan.created_at)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(Json(plan.plan.clone()))
+        .bind(plan.digest.clone())
+        .bind(plan.requested_by.clone())
+        .bind(plan.requested_by_key.clone())
+        .bind(plan.created_at);
         Ok(())
     }
 
     async fn insert_decision(&mut self, decision: &DecisionRecord) -> StoreResult<()> {
-        sqlx::query(
+        self.deferred.push(
             "INSERT INTO plan_decision (id, case_id, plan_id, decision, decided_by, decided_by_key, reason, policy_rev, \
              inputs, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(decision.id)
         .bind(decision.case_id)
         .bind(decision.plan_id)
-        .bind(&decision.decision)
-        .bind(&decision.decided_by)
-        .bind(&decision.decided_by_key)
-        .bind(&decision.reason)
-        .bind(&decision.policy_rev)
-        .bind(Json(&decision.inputs))
-        .bind(decision.created_at)
-        .execute(&mut *self.tx)
-        .await?;
+        .bind(decision.decision.clone())
+        .bind(decision.decided_by.clone())
+        .bind(decision.decided_by_key.clone())
+        .bind(decision.reason.clone())
+        .bind(decision.policy_rev.clone())
+        .bind(Json(decision.inputs.clone()))
+        .bind(decision.created_at);
         Ok(())
     }
 
@@ -654,7 +647,7 @@ impl Tx for PostgresTx {
             "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at FROM plan_proposed WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&mut *self.tx)
+        .fetch_optional(self.flushed().await?)
         .await?;
         row.map(|row| {
             Ok(PlanRecord {
@@ -683,15 +676,38 @@ impl Tx for PostgresTx {
         .bind(consumer)
         .bind(message_id)
         .bind(at)
-        .execute(&mut *self.tx)
+        .execute(self.flushed().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    async fn commit(self: Box<Self>) -> StoreResult<()> {
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        self.flushed().await?;
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+const INSERT_TIMELINE_SQL: &str = "INSERT INTO case_timeline (case_id, version, event, outcome, from_status, \
+    to_status, actor, principal_id, principal_name, reason, correlation_id, request_id, meta, created_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+fn bind_timeline(deferred: &mut Deferred, entry: &NewTimelineEntry) {
+    deferred
+        .bind(entry.case_id)
+        .bind(entry.version)
+        .bind(entry.event.clone())
+        .bind(entry.outcome.as_str())
+        .bind(entry.from_status.map(|s| s.as_str()))
+        .bind(entry.to_status.map(|s| s.as_str()))
+        .bind(entry.actor.clone())
+        .bind(entry.principal_id.clone())
+        .bind(entry.principal_name.clone())
+        .bind(entry.reason.clone())
+        .bind(entry.correlation_id.clone())
+        .bind(entry.request_id.clone())
+        .bind(Json(entry.meta.clone()))
+        .bind(entry.created_at);
 }
 
 fn uuid_at(row: &PgRow, column: &str) -> StoreResult<Uuid> {
