@@ -23,7 +23,9 @@ use crate::model::{
     Case, CaseFilter, DecisionRecord, NewCase, NewTimelineEntry, OutboxMessage, Outcome,
     PlanRecord, TimelineEntry,
 };
-use crate::store::{IdempotencyRecord, Store, StoreError, Tx, IDEMPOTENCY_KEY};
+use crate::store::{
+    IdempotencyRecord, KeyOrCase, LockedCase, Store, StoreError, Tx, IDEMPOTENCY_KEY,
+};
 
 /// Namespace of the stable outbox message ids (UUIDv5 of case, version and topic).
 const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f70_7363_6173_6500_8000_6f75_7462_6f78);
@@ -354,10 +356,20 @@ impl Orchestrator {
         let _in_flight = self.claim_key(idempotency)?;
         let now = Utc::now();
         let mut tx = self.store.begin().await?;
-        if let Some(replay) = self.replay(tx.as_mut(), idempotency, now).await? {
-            return Ok(replay);
-        }
-        match self.step(tx.as_mut(), &request, context, now).await {
+        let locked = match idempotency {
+            Some(claim) => match tx
+                .find_idempotency_or_lock(&claim.scope, &claim.key, now, request.case_id)
+                .await?
+            {
+                KeyOrCase::Key(record) => return replayed(claim, record),
+                KeyOrCase::Case(locked) => locked,
+            },
+            None => tx.lock_case(request.case_id).await?,
+        };
+        match self
+            .step_locked(tx.as_mut(), locked, &request, context, now)
+            .await
+        {
             Ok((case, accepted)) => {
                 self.save_response(tx.as_mut(), idempotency, render(Ok(&case)), now)
                     .await?;
@@ -418,10 +430,20 @@ impl Orchestrator {
         context: &RequestContext,
         now: DateTime<Utc>,
     ) -> Result<(Case, Accepted), Error> {
-        let locked = tx
-            .lock_case(request.case_id)
-            .await?
-            .ok_or(Error::NotFound(request.case_id))?;
+        let locked = tx.lock_case(request.case_id).await?;
+        self.step_locked(tx, locked, request, context, now).await
+    }
+
+    /// [`step`](Self::step) on a case the transaction has locked already (`None`: not found).
+    async fn step_locked(
+        &self,
+        tx: &mut dyn Tx,
+        locked: Option<LockedCase>,
+        request: &TransitionRequest,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<(Case, Accepted), Error> {
+        let locked = locked.ok_or(Error::NotFound(request.case_id))?;
         let case = locked.case;
         if context
             .tenant_scope()
@@ -669,23 +691,7 @@ impl Orchestrator {
         let Some(record) = tx.find_idempotency(&claim.scope, &claim.key, now).await? else {
             return Ok(None);
         };
-        if record.fingerprint != claim.fingerprint {
-            return Err(Error::IdempotencyMismatch);
-        }
-        let headers = record
-            .headers
-            .as_object()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Some(Reply::Replayed(StoredResponse {
-            status: record.status_code,
-            body: record.response,
-            headers,
-        })))
+        replayed(claim, record).map(Some)
     }
 
     async fn save_response(
@@ -734,6 +740,27 @@ impl Orchestrator {
         }
         result
     }
+}
+
+/// The stored answer for a key sent again, or a mismatch when the request differs.
+fn replayed<T>(claim: &IdempotencyClaim, record: IdempotencyRecord) -> Result<Reply<T>, Error> {
+    if record.fingerprint != claim.fingerprint {
+        return Err(Error::IdempotencyMismatch);
+    }
+    let headers = record
+        .headers
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Reply::Replayed(StoredResponse {
+        status: record.status_code,
+        body: record.response,
+        headers,
+    }))
 }
 
 /// Commit a transaction that saved an idempotent response. The save may have been deferred to

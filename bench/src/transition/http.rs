@@ -29,8 +29,6 @@ const OPEN_CONCURRENCY: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most cases opened ahead of one load.
 const MAX_TOP_UP: usize = 150_000;
-/// The PostgreSQL pool of the service under test.
-const PG_POOL_SIZE: u32 = 64;
 /// Start-up-to-ready samples on fresh data dirs.
 const STARTUP_SAMPLES: usize = 3;
 
@@ -186,7 +184,7 @@ pub async fn run(args: &Args, target: Target<'_>) -> anyhow::Result<Backend> {
     measured
 }
 
-/// The service under test on `target`: PostgreSQL with a pool of 64, or the embedded default
+/// The service under test on `target`: PostgreSQL with a pool of `--pg-pool-size`, or the embedded default
 /// with SQLite in `data_dir`.
 pub fn service_config(
     args: &Args,
@@ -197,7 +195,7 @@ pub fn service_config(
     let name = match target {
         Target::Postgres(url) => {
             config.database.url = Some(url.to_string());
-            config.database.pool_size = PG_POOL_SIZE;
+            config.database.pool_size = args.pg_pool_size;
             "postgres"
         }
         Target::Sqlite => {

@@ -64,6 +64,9 @@ pub struct Args {
     /// The embedded service's `database.sqlite_synchronous`: full (the default) or normal.
     #[arg(long, default_value = "full", value_parser = parse_durability)]
     pub sqlite_synchronous: orchestrator::SqliteDurability,
+    /// The service's PostgreSQL pool (`database.pool_size`).
+    #[arg(long, default_value_t = 64)]
+    pub pg_pool_size: u32,
     /// Instead of pgbench and the closed loops: an open-loop load of N transitions/s for
     /// `--seconds` on PostgreSQL and SQLite, written to open-loop-<UTC timestamp>.json|.md.
     #[arg(long)]
@@ -94,6 +97,9 @@ impl Args {
             if !(1..=5_000).contains(&rate) {
                 bail!("--open-loop-rate must be 1 to 5,000");
             }
+        }
+        if !(1..=256).contains(&self.pg_pool_size) {
+            bail!("--pg-pool-size must be 1 to 256");
         }
         self.clients.sort_unstable();
         self.clients.dedup();

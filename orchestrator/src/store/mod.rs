@@ -85,6 +85,13 @@ pub struct IdempotencyRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What [`Tx::find_idempotency_or_lock`] found: a live record for the key, or else the case.
+#[derive(Debug)]
+pub enum KeyOrCase {
+    Key(IdempotencyRecord),
+    Case(Option<LockedCase>),
+}
+
 /// A case locked for the rest of the transaction, with who requested its current plan (the
 /// requesting key's identity when there was one, else the client's actor).
 #[derive(Debug, Clone)]
@@ -205,6 +212,20 @@ pub trait Tx: Send {
         key: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<IdempotencyRecord>>;
+    /// The live record for this key; when there is none, the case `id` locked as by
+    /// `lock_case`. One round trip where the store can (a transition's first reads).
+    async fn find_idempotency_or_lock(
+        &mut self,
+        scope: &str,
+        key: &str,
+        now: DateTime<Utc>,
+        id: Uuid,
+    ) -> StoreResult<KeyOrCase> {
+        Ok(match self.find_idempotency(scope, key, now).await? {
+            Some(record) => KeyOrCase::Key(record),
+            None => KeyOrCase::Case(self.lock_case(id).await?),
+        })
+    }
     /// Store a record, replacing an expired one with the same key.
     async fn save_idempotency(&mut self, record: &IdempotencyRecord) -> StoreResult<()>;
     async fn insert_case(&mut self, case: &Case) -> StoreResult<()>;

@@ -18,7 +18,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    parse_enum, parse_status, Backend, IdempotencyRecord, LockedCase, Store, StoreError,
+    parse_enum, parse_status, Backend, IdempotencyRecord, KeyOrCase, LockedCase, Store, StoreError,
     StoreResult, Tx,
 };
 use super::{OutboxClaim, OutboxRow};
@@ -494,29 +494,33 @@ impl Tx for SqliteTx {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<IdempotencyRecord>> {
         let executed = self
-            .run(
-                "SELECT scope, key, fingerprint, status_code, response, headers, created_at, expires_at \
-                 FROM idempotency WHERE scope = ? AND key = ?",
-                |batch| {
-                    batch.bind(scope.to_string()).bind(key.to_string());
-                },
-            )
+            .run(FIND_IDEMPOTENCY_SQL, |batch| {
+                batch.bind(scope.to_string()).bind(key.to_string());
+            })
             .await?;
-        let Some(row) = executed.rows.first() else {
-            return Ok(None);
-        };
-        let record = IdempotencyRecord {
-            scope: row.try_get("scope")?,
-            key: row.try_get("key")?,
-            fingerprint: row.try_get("fingerprint")?,
-            status_code: u16::try_from(row.try_get::<i64, _>("status_code")?)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            response: row.try_get::<Json<Value>, _>("response")?.0,
-            headers: row.try_get::<Json<Value>, _>("headers")?.0,
-            created_at: row.try_get("created_at")?,
-            expires_at: row.try_get("expires_at")?,
-        };
-        Ok((record.expires_at > now).then_some(record))
+        live_record(executed.row(0), now)
+    }
+
+    async fn find_idempotency_or_lock(
+        &mut self,
+        scope: &str,
+        key: &str,
+        now: DateTime<Utc>,
+        id: Uuid,
+    ) -> StoreResult<KeyOrCase> {
+        // Both reads in one round trip; locking is free here (the writer is ours anyway).
+        self.defer(Kind::Plain, FIND_IDEMPOTENCY_SQL)
+            .bind(scope.to_string())
+            .bind(key.to_string());
+        let executed = self
+            .run(&lock_case_sql(), |batch| {
+                batch.bind(id.to_string());
+            })
+            .await?;
+        Ok(match live_record(executed.row(1), now)? {
+            Some(record) => KeyOrCase::Key(record),
+            None => KeyOrCase::Case(executed.row(0).map(locked_from_row).transpose()?),
+        })
     }
 
     async fn save_idempotency(&mut self, record: &IdempotencyRecord) -> StoreResult<()> {
@@ -576,16 +580,7 @@ impl Tx for SqliteTx {
                 batch.bind(id.to_string());
             })
             .await?;
-        executed
-            .rows
-            .first()
-            .map(|row| {
-                Ok(LockedCase {
-                    case: case_from_row(row)?,
-                    plan_requester: row.try_get("plan_requester")?,
-                })
-            })
-            .transpose()
+        executed.row(0).map(locked_from_row).transpose()
     }
 
     async fn update_case(&mut self, case: &Case) -> StoreResult<()> {
@@ -610,8 +605,7 @@ impl Tx for SqliteTx {
             })
             .await?;
         let row = executed
-            .rows
-            .first()
+            .row(0)
             .ok_or_else(|| StoreError::Corrupt("INSERT … RETURNING returned no row".into()))?;
         Ok(row.try_get("id")?)
     }
@@ -680,8 +674,7 @@ impl Tx for SqliteTx {
             )
             .await?;
         executed
-            .rows
-            .first()
+            .row(0)
             .map(|row| {
                 Ok(PlanRecord {
                     id: uuid_at(row, "id")?,
@@ -720,6 +713,37 @@ impl Tx for SqliteTx {
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         SqliteTx::commit(*self).await
     }
+}
+
+const FIND_IDEMPOTENCY_SQL: &str =
+    "SELECT scope, key, fingerprint, status_code, response, headers, \
+    created_at, expires_at FROM idempotency WHERE scope = ? AND key = ?";
+
+/// The record in `row`, if it is still live at `now`.
+fn live_record(
+    row: Option<&SqliteRow>,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<IdempotencyRecord>> {
+    let Some(row) = row else { return Ok(None) };
+    let record = IdempotencyRecord {
+        scope: row.try_get("scope")?,
+        key: row.try_get("key")?,
+        fingerprint: row.try_get("fingerprint")?,
+        status_code: u16::try_from(row.try_get::<i64, _>("status_code")?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        response: row.try_get::<Json<Value>, _>("response")?.0,
+        headers: row.try_get::<Json<Value>, _>("headers")?.0,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+    };
+    Ok((record.expires_at > now).then_some(record))
+}
+
+fn locked_from_row(row: &SqliteRow) -> StoreResult<LockedCase> {
+    Ok(LockedCase {
+        case: case_from_row(row)?,
+        plan_requester: row.try_get("plan_requester")?,
+    })
 }
 
 fn lock_case_sql() -> String {

@@ -237,17 +237,26 @@ impl Batch {
         }
         self
     }
-
-    fn is_empty(&self) -> bool {
-        self.kinds.is_empty()
-    }
 }
 
 /// What a batch did: the rows its statements returned, and the number of rows changed by
 /// the last statement.
 pub(super) struct Executed {
-    pub rows: Vec<SqliteRow>,
+    /// Each row with the position of its statement in the batch.
+    rows: Vec<(usize, SqliteRow)>,
+    statements: usize,
     pub last_changes: u64,
+}
+
+impl Executed {
+    /// The first row of the statement `back` places before the batch's last (0: the last).
+    pub(super) fn row(&self, back: usize) -> Option<&SqliteRow> {
+        let statement = self.statements.checked_sub(back + 1)?;
+        self.rows
+            .iter()
+            .find(|(of, _)| *of == statement)
+            .map(|(_, row)| row)
+    }
 }
 
 /// One write transaction: a member of the writer's group.
@@ -355,25 +364,23 @@ async fn execute(conn: &mut SqliteConnection, batch: Batch) -> StoreResult<Execu
             "cannot bind a parameter: {error}"
         )));
     }
-    if batch.is_empty() {
-        return Ok(Executed {
-            rows: Vec::new(),
-            last_changes: 0,
-        });
-    }
     let Batch {
         sql, args, kinds, ..
     } = batch;
     let mut executed = Executed {
         rows: Vec::new(),
+        statements: kinds.len(),
         last_changes: 0,
     };
+    if kinds.is_empty() {
+        return Ok(executed);
+    }
     let mut done = 0;
     let mut results = conn.fetch_many(sqlx::query_with(&sql, args));
     loop {
         match results.try_next().await {
             Ok(None) => return Ok(executed),
-            Ok(Some(Either::Right(row))) => executed.rows.push(row),
+            Ok(Some(Either::Right(row))) => executed.rows.push((done, row)),
             Ok(Some(Either::Left(result))) => {
                 executed.last_changes = result.rows_affected();
                 done += 1;
