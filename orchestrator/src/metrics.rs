@@ -247,6 +247,28 @@ impl Metrics {
         }
     }
 
+    /// Export the embedded store's group-commit counters, read from `read` at each scrape
+    /// (once per registry; a second call changes nothing).
+    pub fn watch_group_commits(
+        &self,
+        read: impl Fn() -> Option<(u64, u64)> + Send + Sync + 'static,
+    ) {
+        let collector = GroupCommits {
+            read: Box::new(read),
+            transactions: IntCounter::new(
+                "sqlite_write_transactions_total",
+                "Write transactions that reached their commit on the embedded SQLite store.",
+            )
+            .expect("valid metric"),
+            commits: IntCounter::new(
+                "sqlite_commits_total",
+                "SQLite COMMITs that made them durable (one per group commit).",
+            )
+            .expect("valid metric"),
+        };
+        let _ = self.registry.register(Box::new(collector));
+    }
+
     /// Prometheus text exposition of every metric in the registry.
     pub fn render(&self) -> String {
         prometheus::TextEncoder::new()
@@ -307,5 +329,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Counters the embedded store keeps itself, caught up with it whenever they are scraped.
+struct GroupCommits {
+    read: Box<dyn Fn() -> Option<(u64, u64)> + Send + Sync>,
+    transactions: IntCounter,
+    commits: IntCounter,
+}
+
+impl prometheus::core::Collector for GroupCommits {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        [self.transactions.desc(), self.commits.desc()].concat()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if let Some((transactions, commits)) = (self.read)() {
+            catch_up(&self.transactions, transactions);
+            catch_up(&self.commits, commits);
+        }
+        [self.transactions.collect(), self.commits.collect()].concat()
+    }
+}
+
+fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }

@@ -211,6 +211,10 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn new(store: Arc<dyn Store>, metrics: Metrics, settings: Settings) -> Self {
+        if store.group_commit_stats().is_some() {
+            let watched = store.clone();
+            metrics.watch_group_commits(move || watched.group_commit_stats());
+        }
         Self {
             store,
             metrics,

@@ -528,3 +528,28 @@ async fn a_scripted_sequence_is_counted_exactly(app: TestApp) {
         assert!(!text.contains(&case.to_string()));
     }
 }
+
+crate::on_both_backends!(embedded_group_commits_are_counted);
+/// On SQLite every write transaction and every COMMIT (one per group) is counted; PostgreSQL
+/// commits its own way and exports neither series.
+async fn embedded_group_commits_are_counted(app: TestApp) {
+    let transactions = "sqlite_write_transactions_total";
+    let commits = "sqlite_commits_total";
+    let exported = app.metrics_text().await.contains(transactions);
+    if app.orchestrator.store().backend() == orchestrator::Backend::Postgres {
+        assert!(!exported, "PostgreSQL exports no group-commit counters");
+        return;
+    }
+    let (transactions_before, commits_before) =
+        (app.metric(transactions).await, app.metric(commits).await);
+    for _ in 0..3 {
+        app.open_case("t-001").await;
+    }
+    let added = app.metric(transactions).await - transactions_before;
+    let committed = app.metric(commits).await - commits_before;
+    assert!(added >= 3.0, "3 cases opened, {added} transactions counted");
+    assert!(
+        (1.0..=added).contains(&committed),
+        "{committed} commits for {added} transactions"
+    );
+}

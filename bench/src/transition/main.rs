@@ -64,6 +64,10 @@ pub struct Args {
     /// The embedded service's `database.sqlite_synchronous`: full (the default) or normal.
     #[arg(long, default_value = "full", value_parser = parse_durability)]
     pub sqlite_synchronous: orchestrator::SqliteDurability,
+    /// pgbench's query protocol (`-M`): simple (its default), extended or prepared (parsed
+    /// once per connection, like the service's statements).
+    #[arg(long, default_value = "simple", value_parser = ["simple", "extended", "prepared"])]
+    pub pgbench_protocol: String,
     /// The service's PostgreSQL pool (`database.pool_size`).
     #[arg(long, default_value_t = 64)]
     pub pg_pool_size: u32,

@@ -72,11 +72,12 @@ pub async fn run(args: &Args, database_url: &str, clients: usize) -> anyhow::Res
     let ncases = args.cases;
     let url = database_url.to_string();
     let prefix_arg = prefix.display().to_string();
+    let protocol = args.pgbench_protocol.clone();
     eprintln!("transition-bench: pgbench, {clients} clients, {seconds} s");
     // pgbench blocks for --seconds: off the async threads.
     let output = tokio::task::spawn_blocking(move || {
         Command::new(&pgbench)
-            .args(["-n", "-f"])
+            .args(["-n", "-M", &protocol, "-f"])
             .arg(&script)
             .args(["-D", &format!("ncases={ncases}")])
             .args(["-c", &clients.to_string(), "-j", &threads.to_string()])

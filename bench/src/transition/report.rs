@@ -143,6 +143,8 @@ impl Report {
                 "cases": self.args.cases,
                 "script": self.args.script.display().to_string(),
                 "sqlite_synchronous": format!("{:?}", self.args.sqlite_synchronous).to_lowercase(),
+                "pgbench_protocol": self.args.pgbench_protocol,
+                "pg_pool_size": self.args.pg_pool_size,
             },
             "pgbench": measured.pgbench.iter().map(|run| json!({
                 "clients": run.clients,
@@ -187,8 +189,8 @@ impl Report {
         let m = &self.machine;
         line(format!(
             "Machine: {} cores ({}), {} GiB; PostgreSQL {} (fsync {}, synchronous_commit {}, \
-             shared_buffers {}); {}; commit {}. {} s per measurement, {} cases seeded / opened \
-             first; SQLite synchronous = {}.\n",
+             shared_buffers {}); {} (protocol {}); commit {}. {} s per measurement, {} cases \
+             seeded / opened first; SQLite synchronous = {}.\n",
             m["nproc"],
             text(&m["cpu_model"]),
             m["mem_total_gib"],
@@ -197,6 +199,7 @@ impl Report {
             text(&m["postgres"]["synchronous_commit"]),
             text(&m["postgres"]["shared_buffers"]),
             text(&m["pgbench"]),
+            self.args.pgbench_protocol,
             text(&m["git_commit"]),
             self.args.seconds,
             thousands(u64::from(self.args.cases)),

@@ -188,6 +188,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
 
     fn pool(&self) -> SqlPool;
+    /// Write transactions that reached their commit and the COMMITs that made them durable,
+    /// where the store groups commits (SQLite); `None` elsewhere.
+    fn group_commit_stats(&self) -> Option<(u64, u64)> {
+        None
+    }
 
     async fn count_keys(&self) -> StoreResult<i64>;
     async fn insert_key(&self, key: &ApiKey, secret_hash: &str) -> StoreResult<()>;

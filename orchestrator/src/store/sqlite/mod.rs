@@ -85,14 +85,6 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
-    /// Write transactions that reached their commit, and the COMMITs (group commits) that made
-    /// them durable, since the store opened.
-    pub fn group_commit_stats(&self) -> (u64, u64) {
-        self.group_writer.stats().read()
-    }
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> Backend {
@@ -346,6 +338,10 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    fn group_commit_stats(&self) -> Option<(u64, u64)> {
+        Some(self.group_writer.stats().read())
     }
 
     fn pool(&self) -> super::SqlPool {

@@ -513,7 +513,7 @@ mod tests {
         }
         assert_eq!(
             store.group_commit_stats(),
-            (4, 1),
+            Some((4, 1)),
             "(transactions, commits)"
         );
     }
