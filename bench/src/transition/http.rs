@@ -184,7 +184,7 @@ pub async fn run(args: &Args, target: Target<'_>) -> anyhow::Result<Backend> {
     measured
 }
 
-/// The service under test on `target`: PostgreSQL with a pool of `--pg-pool-size`, or the embedded default
+/// The service under test on `target`: PostgreSQL (pool `--pg-pool-size`, else the default), or the embedded default
 /// with SQLite in `data_dir`.
 pub fn service_config(
     args: &Args,
@@ -195,7 +195,9 @@ pub fn service_config(
     let name = match target {
         Target::Postgres(url) => {
             config.database.url = Some(url.to_string());
-            config.database.pool_size = args.pg_pool_size;
+            if let Some(size) = args.pg_pool_size {
+                config.database.pool_size = size;
+            }
             "postgres"
         }
         Target::Sqlite => {

@@ -68,9 +68,9 @@ pub struct Args {
     /// once per connection, like the service's statements).
     #[arg(long, default_value = "simple", value_parser = ["simple", "extended", "prepared"])]
     pub pgbench_protocol: String,
-    /// The service's PostgreSQL pool (`database.pool_size`).
-    #[arg(long, default_value_t = 64)]
-    pub pg_pool_size: u32,
+    /// The service's PostgreSQL pool (`database.pool_size`); its default (16) when absent.
+    #[arg(long)]
+    pub pg_pool_size: Option<u32>,
     /// Instead of pgbench and the closed loops: an open-loop load of N transitions/s for
     /// `--seconds` on PostgreSQL and SQLite, written to open-loop-<UTC timestamp>.json|.md.
     #[arg(long)]
@@ -102,7 +102,10 @@ impl Args {
                 bail!("--open-loop-rate must be 1 to 5,000");
             }
         }
-        if !(1..=256).contains(&self.pg_pool_size) {
+        if self
+            .pg_pool_size
+            .is_some_and(|size| !(1..=256).contains(&size))
+        {
             bail!("--pg-pool-size must be 1 to 256");
         }
         self.clients.sort_unstable();
