@@ -67,6 +67,9 @@ pub struct Level {
     /// Whole machine busy, and this process (service + load generator), as shares of all cores.
     pub cpu_busy: Option<f64>,
     pub cpu_process: Option<f64>,
+    /// SQLite only: write transactions and the COMMITs that made them durable during the load
+    /// (from the service's `/metrics`); their ratio is the average group-commit size.
+    pub group_commits: Option<(u64, u64)>,
 }
 
 impl Level {
@@ -254,7 +257,13 @@ async fn measure(
             "transition-bench: {name}: {clients} workers, {} s",
             args.seconds
         );
-        let level = drive(&client, base, &pool, clients, args.seconds).await;
+        let counters_before = group_commit_counters(&client, base).await;
+        let mut level = drive(&client, base, &pool, clients, args.seconds).await;
+        if let (Some(before), Some(after)) =
+            (counters_before, group_commit_counters(&client, base).await)
+        {
+            level.group_commits = Some((after.0 - before.0, after.1 - before.1));
+        }
         eprintln!(
             "transition-bench: {name} {clients} workers: {:.0} transitions/s, {} failed",
             level.tps(),
@@ -368,7 +377,32 @@ async fn drive(
         peak_rss_mib: peak_rss_mib(),
         cpu_busy: CpuTimes::busy_between(cpu_before, cpu_after),
         cpu_process: CpuTimes::process_between(cpu_before, cpu_after),
+        group_commits: None,
     }
+}
+
+/// The embedded store's (transactions, commits) counters from `/metrics`; `None` when the
+/// service does not export them (PostgreSQL) or they cannot be read.
+async fn group_commit_counters(client: &Client, base: &str) -> Option<(u64, u64)> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((
+        value("sqlite_write_transactions_total")?,
+        value("sqlite_commits_total")?,
+    ))
 }
 
 /// One worker: walk each case it takes NEW → start_analysis → ANALYZING → cancel → CLOSED.

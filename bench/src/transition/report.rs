@@ -231,15 +231,21 @@ impl Report {
         }
         line(String::new());
 
-        line("| Backend | Peak RSS (VmHWM) | Cases opened first (rate) | Pool | Per load: CPU busy (machine) / bench process, opened in-loop |".into());
+        line("| Backend | Peak RSS (VmHWM) | Cases opened first (rate) | Pool | Per load: CPU busy (machine) / bench process, opened in-loop[, transactions per SQLite COMMIT] |".into());
         line("| --- | ---: | ---: | ---: | --- |".into());
         for backend in [&measured.http_postgres, &measured.http_sqlite] {
             let loads: Vec<String> = backend
                 .levels
                 .iter()
                 .map(|level| {
+                    let grouped = level
+                        .group_commits
+                        .filter(|(_, commits)| *commits > 0)
+                        .map_or(String::new(), |(transactions, commits)| {
+                            format!(", {:.1}", transactions as f64 / commits as f64)
+                        });
                     format!(
-                        "{}c: {} / {}, {}",
+                        "{}c: {} / {}, {}{grouped}",
                         level.clients,
                         share(level.cpu_busy),
                         share(level.cpu_process),
@@ -371,6 +377,10 @@ fn backend_json(backend: &Backend) -> Value {
             "peak_rss_mib_so_far": level.peak_rss_mib.map(round3),
             "cpu_busy_machine": level.cpu_busy.map(round3),
             "cpu_bench_process": level.cpu_process.map(round3),
+            "group_commits": level.group_commits.map(|(transactions, commits)| json!({
+                "transactions": transactions,
+                "commits": commits,
+            })),
         })).collect::<Vec<_>>(),
     })
 }
