@@ -3,7 +3,7 @@
 
 use chrono::Utc;
 use orchestrator::model::{Automation, Case, NewTimelineEntry, OutboxMessage, Outcome, Severity};
-use orchestrator::store::{IdempotencyRecord, IDEMPOTENCY_KEY};
+use orchestrator::store::{IdempotencyRecord, KeyOrCase, IDEMPOTENCY_KEY};
 use orchestrator::{Store, StoreError};
 use serde_json::json;
 use uuid::Uuid;
@@ -164,4 +164,53 @@ async fn postgres_a_key_saved_by_a_concurrent_transaction_fails_the_later_commit
     }
     assert!(store.get_case(loser.id).await.unwrap().is_none());
     database.drop_database().await;
+}
+
+async fn a_transition_reads_the_key_or_else_the_case(backend: Backend) {
+    let Some((database, store)) = open(backend).await else {
+        return;
+    };
+    let case = new_case();
+    let mut expired = key_record("expired");
+    expired.expires_at = Utc::now() - chrono::Duration::seconds(1);
+    let mut tx = store.begin().await.unwrap();
+    tx.insert_case(&case).await.unwrap();
+    tx.save_idempotency(&key_record("live")).await.unwrap();
+    tx.save_idempotency(&expired).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let now = Utc::now();
+    let mut tx = store.begin().await.unwrap();
+    match tx
+        .find_idempotency_or_lock("test", "live", now, case.id)
+        .await
+    {
+        Ok(KeyOrCase::Key(record)) => assert_eq!(record.status_code, 201),
+        other => panic!("a live key is answered from its record, got {other:?}"),
+    }
+    for key in ["expired", "unused"] {
+        match tx.find_idempotency_or_lock("test", key, now, case.id).await {
+            Ok(KeyOrCase::Case(Some(locked))) => assert_eq!(locked.case.id, case.id),
+            other => panic!("key {key:?}: expected the locked case, got {other:?}"),
+        }
+    }
+    match tx
+        .find_idempotency_or_lock("test", "unused", now, Uuid::now_v7())
+        .await
+    {
+        Ok(KeyOrCase::Case(None)) => {}
+        other => panic!("an unknown case is none, got {other:?}"),
+    }
+    drop(tx);
+    database.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_transition_reads_the_key_or_else_the_case() {
+    a_transition_reads_the_key_or_else_the_case(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_transition_reads_the_key_or_else_the_case() {
+    a_transition_reads_the_key_or_else_the_case(Backend::Postgres).await;
 }

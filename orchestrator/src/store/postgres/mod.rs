@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::sqlite::missing_migrations;
 use super::{
-    parse_enum, parse_status, Backend, IdempotencyRecord, LockedCase, Store, StoreError,
+    parse_enum, parse_status, Backend, IdempotencyRecord, KeyOrCase, LockedCase, Store, StoreError,
     StoreResult, Tx,
 };
 use super::{OutboxClaim, OutboxRow};
@@ -480,27 +480,48 @@ impl Tx for PostgresTx {
         key: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<IdempotencyRecord>> {
-        let row = sqlx::query(
-            "SELECT scope, key, fingerprint, status_code, response, headers, created_at, expires_at \
-             FROM idempotency WHERE scope = $1 AND key = $2",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency WHERE scope = $1 AND key = $2"
+        ))
         .bind(scope)
         .bind(key)
         .fetch_optional(self.flushed().await?)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let record = IdempotencyRecord {
-            scope: row.try_get("scope")?,
-            key: row.try_get("key")?,
-            fingerprint: row.try_get("fingerprint")?,
-            status_code: u16::try_from(row.try_get::<i32, _>("status_code")?)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            response: row.try_get::<Json<Value>, _>("response")?.0,
-            headers: row.try_get::<Json<Value>, _>("headers")?.0,
-            created_at: row.try_get("created_at")?,
-            expires_at: row.try_get("expires_at")?,
-        };
-        Ok((record.expires_at > now).then_some(record))
+        row.map_or(Ok(None), |row| live_record(&row, now))
+    }
+
+    async fn find_idempotency_or_lock(
+        &mut self,
+        scope: &str,
+        key: &str,
+        now: DateTime<Utc>,
+        id: Uuid,
+    ) -> StoreResult<KeyOrCase> {
+        // One round trip: the record, and (only when there is no live one) the locked case.
+        let row = sqlx::query(&format!(
+            "WITH k AS (SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency WHERE scope = $1 AND key = $2), \
+             c AS (SELECT {CASE_COLUMNS}, COALESCE(p.requested_by_key, p.requested_by) AS plan_requester \
+                   FROM ops_case c LEFT JOIN plan_proposed p ON p.id = c.current_plan_id \
+                   WHERE c.id = $3 AND NOT EXISTS (SELECT 1 FROM k WHERE k.k_expires_at > $4) \
+                   FOR UPDATE OF c) \
+             SELECT k.*, c.* FROM (SELECT 1) AS one LEFT JOIN k ON true LEFT JOIN c ON true"
+        ))
+        .bind(scope)
+        .bind(key)
+        .bind(id)
+        .bind(now)
+        .fetch_one(self.flushed().await?)
+        .await?;
+        if let Some(record) = live_record(&row, now)? {
+            return Ok(KeyOrCase::Key(record));
+        }
+        if row.try_get::<Option<Uuid>, _>("id")?.is_none() {
+            return Ok(KeyOrCase::Case(None));
+        }
+        Ok(KeyOrCase::Case(Some(LockedCase {
+            case: case_from_row(&row)?,
+            plan_requester: row.try_get("plan_requester")?,
+        })))
     }
 
     async fn save_idempotency(&mut self, record: &IdempotencyRecord) -> StoreResult<()> {
@@ -712,6 +733,30 @@ fn bind_timeline(deferred: &mut Deferred, entry: &NewTimelineEntry) {
 
 fn uuid_at(row: &PgRow, column: &str) -> StoreResult<Uuid> {
     Ok(row.try_get(column)?)
+}
+
+/// The idempotency table's columns, prefixed so they can share a row with a case's.
+const IDEMPOTENCY_COLUMNS: &str = "scope AS k_scope, key AS k_key, fingerprint AS k_fingerprint, \
+    status_code AS k_status_code, response AS k_response, headers AS k_headers, \
+    created_at AS k_created_at, expires_at AS k_expires_at";
+
+/// The record in `row` (its `k_` columns), if there is one and it is live at `now`.
+fn live_record(row: &PgRow, now: DateTime<Utc>) -> StoreResult<Option<IdempotencyRecord>> {
+    let Some(scope) = row.try_get::<Option<String>, _>("k_scope")? else {
+        return Ok(None);
+    };
+    let record = IdempotencyRecord {
+        scope,
+        key: row.try_get("k_key")?,
+        fingerprint: row.try_get("k_fingerprint")?,
+        status_code: u16::try_from(row.try_get::<i32, _>("k_status_code")?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        response: row.try_get::<Json<Value>, _>("k_response")?.0,
+        headers: row.try_get::<Json<Value>, _>("k_headers")?.0,
+        created_at: row.try_get("k_created_at")?,
+        expires_at: row.try_get("k_expires_at")?,
+    };
+    Ok((record.expires_at > now).then_some(record))
 }
 
 fn case_from_row(row: &PgRow) -> StoreResult<Case> {
