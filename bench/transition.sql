@@ -1,8 +1,8 @@
 -- transition-bench: one case transition, for `pgbench -n -f bench/transition.sql -D ncases=N`.
 -- One statement per step, in one transaction: idempotency replay lookup, lock the case row,
 -- update it, one timeline row, one outbox row (its statement-level NOTIFY trigger fires, as in
--- the service), one idempotency row. The service's PostgreSQL store runs the same reads and
--- sends the four writes as one statement (data-modifying CTEs). The bench seeds ops_case with N cases whose ids are
+-- the service), one idempotency row. The service's PostgreSQL store sends the two reads as
+-- one statement and the four writes as another (data-modifying CTEs). The bench seeds ops_case with N cases whose ids are
 -- md5('opscase-bench-' || n)::uuid, n = 1..N (see bench/src/transition/pgbench.rs).
 -- Unlike the service, pgbench computes nothing between statements (no JSON, no HTTP):
 -- it is the database's own limit for this transaction shape.
