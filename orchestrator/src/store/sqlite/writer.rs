@@ -6,7 +6,10 @@
 //!
 //! * **Batching.** A write whose result the caller does not need is buffered and sent with the
 //!   transaction's next read or with its commit, as one multi-statement query: a transition
-//!   costs three round trips instead of nine.
+//!   costs two round trips instead of nine (its reads, then its writes with the release of its
+//!   savepoint). sqlx's SQLite driver runs such a query statement by statement, binding `?`
+//!   parameters in order across them; sqlx 0.8 calls that behaviour deprecated (its own
+//!   `Query::fetch_many` warns), so an upgrade of sqlx must keep it or replace this batching.
 //! * **Group commit.** Transactions queued for the writer share one SQLite transaction. Each
 //!   runs inside the savepoint `opscase_tx` and releases it when it commits; the shared
 //!   transaction commits when no transaction is queued behind it, else the committer task
@@ -154,8 +157,7 @@ impl Group {
         if self.waiting.is_empty() {
             let _ = conn.execute("ROLLBACK").await;
         } else if let Err(error) = conn.execute("COMMIT").await {
-            let _ = conn.execute("ROLLBACK").await;
-            self.finish(Err(error.to_string()));
+            self.abandon(error.to_string()).await;
             return;
         } else {
             stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +176,16 @@ impl Group {
                 let _ = conn.execute("RELEASE opscase_tx").await;
             }
         }
+    }
+
+    /// The group's COMMIT failed: make sure nothing of it stays, and fail every member.
+    async fn abandon(&mut self, error: String) {
+        if let Some(conn) = self.conn.as_deref_mut() {
+            // Fails harmlessly when SQLite already rolled the transaction back.
+            let _ = conn.execute("ROLLBACK").await;
+        }
+        self.dangling = false;
+        self.finish(Err(error));
     }
 
     /// The group's transaction is over: tell its members and give the connection back.
@@ -205,6 +217,8 @@ impl Drop for Queued<'_> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Kind {
     Plain,
+    /// The group's COMMIT: its failure fails the whole group.
+    Commit,
     /// A write whose unique-constraint failure means `constraint` was violated (SQLite does
     /// not name the constraint).
     Unique(&'static str),
@@ -312,15 +326,23 @@ impl SqliteTx {
         // Nobody queued behind us: commit now; else leave the group open for them.
         let alone = self.shared.queued.load(Ordering::SeqCst) == 0;
         if alone {
-            self.batch.push(Kind::Plain, "COMMIT");
+            self.batch.push(Kind::Commit, "COMMIT");
         }
         let flushed = self.flush().await;
         let mut group = self.group.take().expect("commit runs once");
-        if let Err(error) = flushed {
-            // Roll back this member (and commit any members waiting), or fail the group
-            // when it cannot continue.
-            group.settle(&self.shared.stats).await;
-            return Err(error);
+        match flushed {
+            Ok(_) => {}
+            // Everyone's writes were in it, this member's too: all of them fail.
+            Err(StoreError::CommitFailed(error)) => {
+                group.abandon(error.clone()).await;
+                return Err(StoreError::CommitFailed(error));
+            }
+            // Roll back this member only (and commit the members waiting), or fail the
+            // group when it cannot continue.
+            Err(error) => {
+                group.settle(&self.shared.stats).await;
+                return Err(error);
+            }
         }
         let stats = &self.shared.stats;
         stats.transactions.fetch_add(1, Ordering::Relaxed);
@@ -390,6 +412,7 @@ async fn execute(conn: &mut SqliteConnection, batch: Batch) -> StoreResult<Execu
                     Some(Kind::Unique(constraint)) if is_unique_violation(&error) => {
                         StoreError::UniqueViolation((*constraint).to_string())
                     }
+                    Some(Kind::Commit) => StoreError::CommitFailed(error.to_string()),
                     _ => error.into(),
                 })
             }
