@@ -146,19 +146,7 @@ impl Store for PostgresStore {
         .bind(case_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PlanRecord {
-                    id: uuid_at(row, "id")?,
-                    case_id: uuid_at(row, "case_id")?,
-                    plan: row.try_get::<Json<Value>, _>("plan")?.0,
-                    digest: row.try_get("digest")?,
-                    requested_by: row.try_get("requested_by")?,
-                    requested_by_key: row.try_get("requested_by_key")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(plan_from_row).collect()
     }
 
     async fn decisions(&self, case_id: Uuid) -> StoreResult<Vec<DecisionRecord>> {
@@ -670,18 +658,7 @@ impl Tx for PostgresTx {
         .bind(id)
         .fetch_optional(self.flushed().await?)
         .await?;
-        row.map(|row| {
-            Ok(PlanRecord {
-                id: uuid_at(&row, "id")?,
-                case_id: uuid_at(&row, "case_id")?,
-                plan: row.try_get::<Json<Value>, _>("plan")?.0,
-                digest: row.try_get("digest")?,
-                requested_by: row.try_get("requested_by")?,
-                requested_by_key: row.try_get("requested_by_key")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(plan_from_row).transpose()
     }
 
     async fn insert_inbox(
@@ -757,6 +734,18 @@ fn live_record(row: &PgRow, now: DateTime<Utc>) -> StoreResult<Option<Idempotenc
         expires_at: row.try_get("k_expires_at")?,
     };
     Ok((record.expires_at > now).then_some(record))
+}
+
+fn plan_from_row(row: &PgRow) -> StoreResult<PlanRecord> {
+    Ok(PlanRecord {
+        id: uuid_at(row, "id")?,
+        case_id: uuid_at(row, "case_id")?,
+        plan: row.try_get::<Json<Value>, _>("plan")?.0,
+        digest: row.try_get("digest")?,
+        requested_by: row.try_get("requested_by")?,
+        requested_by_key: row.try_get("requested_by_key")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 fn case_from_row(row: &PgRow) -> StoreResult<Case> {

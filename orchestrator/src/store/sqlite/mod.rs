@@ -173,19 +173,7 @@ impl Store for SqliteStore {
         .bind(case_id.to_string())
         .fetch_all(&self.readers)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PlanRecord {
-                    id: uuid_at(row, "id")?,
-                    case_id: uuid_at(row, "case_id")?,
-                    plan: row.try_get::<Json<Value>, _>("plan")?.0,
-                    digest: row.try_get("digest")?,
-                    requested_by: row.try_get("requested_by")?,
-                    requested_by_key: row.try_get("requested_by_key")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(plan_from_row).collect()
     }
 
     async fn decisions(&self, case_id: Uuid) -> StoreResult<Vec<DecisionRecord>> {
@@ -669,20 +657,7 @@ impl Tx for SqliteTx {
                 },
             )
             .await?;
-        executed
-            .row(0)
-            .map(|row| {
-                Ok(PlanRecord {
-                    id: uuid_at(row, "id")?,
-                    case_id: uuid_at(row, "case_id")?,
-                    plan: row.try_get::<Json<Value>, _>("plan")?.0,
-                    digest: row.try_get("digest")?,
-                    requested_by: row.try_get("requested_by")?,
-                    requested_by_key: row.try_get("requested_by_key")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .transpose()
+        executed.row(0).map(plan_from_row).transpose()
     }
 
     async fn insert_inbox(
@@ -733,6 +708,18 @@ fn live_record(
         expires_at: row.try_get("expires_at")?,
     };
     Ok((record.expires_at > now).then_some(record))
+}
+
+fn plan_from_row(row: &SqliteRow) -> StoreResult<PlanRecord> {
+    Ok(PlanRecord {
+        id: uuid_at(row, "id")?,
+        case_id: uuid_at(row, "case_id")?,
+        plan: row.try_get::<Json<Value>, _>("plan")?.0,
+        digest: row.try_get("digest")?,
+        requested_by: row.try_get("requested_by")?,
+        requested_by_key: row.try_get("requested_by_key")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 fn locked_from_row(row: &SqliteRow) -> StoreResult<LockedCase> {
