@@ -443,29 +443,9 @@ async fn work(
         } else {
             json!({"event": "start_analysis"})
         };
-        let request = client
-            .patch(format!("{base}/v1/cases/{case}/transition"))
-            .header("Idempotency-Key", Uuid::new_v4().to_string())
-            .header("If-Match", format!("\"{version}\""))
-            .json(&body);
         let sent = Instant::now();
-        let answer = match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let etag = response
-                    .headers()
-                    .get(ETAG)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.trim_matches('"').parse::<i64>().ok());
-                // Read the body so the connection goes back to the pool.
-                response
-                    .bytes()
-                    .await
-                    .map(|_| (status, etag))
-                    .map_err(failure)
-            }
-            Err(error) => Err(failure(error)),
-        };
+        let url = format!("{base}/v1/cases/{case}/transition");
+        let answer = patch_transition(client, &url, version, &body).await;
         tally.latency_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
         match answer {
             Ok((status, etag)) => {
@@ -482,6 +462,33 @@ async fn work(
         }
     }
     tally
+}
+
+/// PATCH one transition with a fresh `Idempotency-Key` and `If-Match: "<version>"`, and read
+/// the whole answer (so the connection goes back to the pool): its status and the version
+/// its ETag names, or the kind of failure.
+pub async fn patch_transition(
+    client: &Client,
+    url: &str,
+    version: i64,
+    body: &Value,
+) -> Result<(u16, Option<i64>), String> {
+    let response = client
+        .patch(url)
+        .header("Idempotency-Key", Uuid::new_v4().to_string())
+        .header("If-Match", format!("\"{version}\""))
+        .json(body)
+        .send()
+        .await
+        .map_err(failure)?;
+    let status = response.status().as_u16();
+    let etag = response
+        .headers()
+        .get(ETAG)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim_matches('"').parse::<i64>().ok());
+    response.bytes().await.map_err(failure)?;
+    Ok((status, etag))
 }
 
 pub fn failure(error: reqwest::Error) -> String {

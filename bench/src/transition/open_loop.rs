@@ -17,12 +17,10 @@ use chrono::{DateTime, Utc};
 use opscase_bench::cpu::CpuTimes;
 use opscase_bench::format::{met, ms, percentiles, thousands};
 use opscase_bench::stats::{round3, Summary};
-use reqwest::header::ETAG;
 use reqwest::Client;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::http::{self, Running, Target};
 use crate::Args;
@@ -201,33 +199,15 @@ async fn send(
     } else {
         (json!({"event": "start_analysis"}), 1)
     };
-    let request = client
-        .patch(url)
-        .header("Idempotency-Key", Uuid::new_v4().to_string())
-        .header("If-Match", format!("\"{if_match}\""))
-        .json(&body);
     let sent = Instant::now();
-    let answer = match request.send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let etag = response
-                .headers()
-                .get(ETAG)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim_matches('"').parse::<i64>().ok());
-            match response.bytes().await {
-                Ok(_) => {
-                    if let (false, true, Some(etag)) = (cancel, (200..300).contains(&status), etag)
-                    {
-                        version.store(etag, Ordering::Release);
-                    }
-                    Ok(status)
-                }
-                Err(error) => Err(http::failure(error)),
+    let answer = http::patch_transition(client, url, if_match, &body)
+        .await
+        .map(|(status, etag)| {
+            if let (false, true, Some(etag)) = (cancel, (200..300).contains(&status), etag) {
+                version.store(etag, Ordering::Release);
             }
-        }
-        Err(error) => Err(http::failure(error)),
-    };
+            status
+        });
     let done = Instant::now();
     let millis = |from: Instant| done.saturating_duration_since(from).as_secs_f64() * 1000.0;
     (
