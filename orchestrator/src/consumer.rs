@@ -107,9 +107,12 @@ impl Orchestrator {
             .lock_case(case_id)
             .await?
             .ok_or_else(|| Error::BadMessage(format!("case {case_id} does not exist")))?;
-        // A plan proposed while the case is still analysing finishes the analysis first.
+        // The planner's answer while the case is still analysing finishes the analysis first,
+        // whether it is a plan or the planner's failure (which then parks the case, visibly).
         let mut events = vec![event];
-        if event == Event::PlanReady && locked.case.status == Status::Analyzing {
+        if matches!(event, Event::PlanReady | Event::PlanFailed)
+            && locked.case.status == Status::Analyzing
+        {
             events.insert(0, Event::AnalysisDone);
         }
         let mut applied = Vec::new();

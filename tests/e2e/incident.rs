@@ -365,6 +365,50 @@ on_both_backends!(
     super::without_defaults
 );
 
+/// `POST /plan/generate` during analysis: the planner's failure finishes the analysis and
+/// parks the case with the reason, as its plan would have finished it and gone to the gate.
+async fn a_plan_that_cannot_be_made_during_analysis_parks_the_case(app: TestApp) {
+    let case = app.case_in("ANALYZING").await;
+    let (status, answer) = app
+        .command(
+            "/v1/plan/generate",
+            json!({"case_id": case, "template": "k8s.rollout.canary"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer:#}");
+    assert_eq!(answer["status"], "applied", "{answer:#}");
+    assert_eq!(answer["case"]["status"], "PARKED", "{answer:#}");
+    let events: Vec<(String, String)> = app
+        .timeline(case)
+        .await
+        .iter()
+        .map(|row| {
+            (
+                row["event"].as_str().unwrap().to_string(),
+                row["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let tail = &events[events.len() - 2..];
+    assert_eq!(
+        tail,
+        [
+            ("analysis_done".to_string(), "applied".to_string()),
+            ("plan_failed".to_string(), "applied".to_string())
+        ],
+        "{events:?}"
+    );
+    let failed = app.last_row(case, "plan_failed").await;
+    assert!(
+        failed["reason"].as_str().unwrap().contains("deployment"),
+        "{failed:#}"
+    );
+}
+on_both_backends!(
+    a_plan_that_cannot_be_made_during_analysis_parks_the_case,
+    super::without_defaults
+);
+
 fn without_defaults(config: &mut Config) {
     incident(config);
     config.planner.defaults.clear();
