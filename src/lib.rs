@@ -16,8 +16,8 @@ use api::{ApiSettings, AppState};
 use bus::{JetStreamTransport, Transport};
 use orchestrator::embedded::{OutboxPublisher, StoreClaims};
 use orchestrator::{
-    embedded_subscription, event_consumers, Bootstrap, EmbeddedTransport, EventHandler, Metrics,
-    Orchestrator, Relay, RelaySettings, Settings, Subscription,
+    embedded_subscription, event_consumers, Bootstrap, EmbeddedTransport, EventHandler, InProgress,
+    InProgressSettings, Metrics, Orchestrator, Relay, RelaySettings, Settings, Subscription,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -147,21 +147,15 @@ impl Application {
         if !self.config.workers.in_process {
             return Ok(Vec::new());
         }
-        type Wiring = (
-            Arc<dyn bus::Claims>,
-            Arc<dyn bus::Publisher>,
-            workers::Delivery,
-        );
-        let (claims, publisher, delivery): Wiring = match &self.nats {
+        type Wiring = (Arc<dyn bus::Claims>, Arc<dyn bus::Publisher>);
+        let (claims, publisher): Wiring = match &self.nats {
             Some(nats) => (
                 Arc::new(bus::StreamClaims::open(nats).await?),
                 Arc::new(bus::TransportPublisher(nats.clone())),
-                workers::Delivery::JetStream,
             ),
             None => (
                 Arc::new(StoreClaims(self.orchestrator.store().clone())),
                 Arc::new(OutboxPublisher(self.orchestrator.clone())),
-                workers::Delivery::Embedded,
             ),
         };
         let built = workers::build(
@@ -172,13 +166,7 @@ impl Application {
         )?;
         Ok(built
             .into_iter()
-            .map(|worker| {
-                Arc::new(workers::WorkerHandler::new(
-                    worker,
-                    publisher.clone(),
-                    delivery,
-                ))
-            })
+            .map(|worker| Arc::new(workers::WorkerHandler::new(worker, publisher.clone())))
             .collect())
     }
 
@@ -189,15 +177,35 @@ impl Application {
     ) -> anyhow::Result<()> {
         let worker_handlers = self.worker_handlers().await?;
         let (stop_relay, relay_stopped) = watch::channel(false);
+        // Long-running workers on the embedded bus: their commands stay in progress until done.
+        let mut in_progress = Vec::new();
         let transport: Arc<dyn Transport> = match &self.nats {
             Some(nats) => nats.clone(),
             None => {
                 let mut subscriptions = vec![embedded_subscription(self.orchestrator.clone())];
                 for handler in &worker_handlers {
+                    let (consumer, topics) = (handler.role(), handler.topics());
+                    let handler: Arc<dyn bus::Handler> = if handler.long_running() {
+                        let tracked = InProgress::new(
+                            consumer,
+                            handler.clone(),
+                            self.orchestrator.store().clone(),
+                            self.orchestrator.metrics().clone(),
+                            InProgressSettings::new(
+                                self.max_deliver,
+                                self.orchestrator.store().backend()
+                                    == orchestrator::Backend::Sqlite,
+                            ),
+                        );
+                        in_progress.push(tracked.clone());
+                        Arc::new(tracked)
+                    } else {
+                        handler.clone()
+                    };
                     subscriptions.push(Subscription {
-                        consumer: handler.role().to_string(),
-                        topics: handler.topics(),
-                        handler: handler.clone(),
+                        consumer: consumer.to_string(),
+                        topics,
+                        handler,
                     });
                 }
                 Arc::new(EmbeddedTransport::new(
@@ -218,6 +226,13 @@ impl Application {
                 &relay_stopped,
             ));
         }
+        let in_progress_runs: Vec<JoinHandle<()>> = in_progress
+            .iter()
+            .map(|tracked| {
+                let (tracked, stopped) = (tracked.clone(), relay_stopped.clone());
+                tokio::spawn(async move { tracked.run(stopped).await })
+            })
+            .collect();
         let relay = self.relay_in_process.then(|| {
             let relay = Relay::new(
                 self.orchestrator.store().clone(),
@@ -254,8 +269,11 @@ impl Application {
         for consumer in consumers {
             let _ = consumer.await;
         }
-        for handler in &worker_handlers {
-            handler.drain(WORKER_DRAIN_GRACE).await;
+        for run in in_progress_runs {
+            let _ = run.await;
+        }
+        for tracked in &in_progress {
+            tracked.drain(WORKER_DRAIN_GRACE).await;
         }
         self.orchestrator.store().close().await;
         Ok(())

@@ -296,13 +296,7 @@ fn worker(
             Arc::new(bus::TransportPublisher(transport.clone()));
         let handlers: Vec<_> = opscase::workers::build(&config, roles, &orchestrator, claims)?
             .into_iter()
-            .map(|w| {
-                Arc::new(opscase::workers::WorkerHandler::new(
-                    w,
-                    publisher.clone(),
-                    opscase::workers::Delivery::JetStream,
-                ))
-            })
+            .map(|w| Arc::new(opscase::workers::WorkerHandler::new(w, publisher.clone())))
             .collect();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let consumers = opscase::worker_consumers(
@@ -316,11 +310,9 @@ fn worker(
         tracing::info!(bus = %url, roles = %names.join(","), "opscase worker is running");
         opscase::shutdown_signal().await;
         let _ = stop.send(true);
+        // Each consumer finishes the commands in hand before it returns.
         for consumer in consumers {
             let _ = consumer.await;
-        }
-        for handler in &handlers {
-            handler.drain(std::time::Duration::from_secs(10)).await;
         }
         orchestrator.store().close().await;
         Ok(())

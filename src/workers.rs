@@ -2,7 +2,7 @@
 //! as durable JetStream consumers on `OPS_CMD` (`opscase worker --role ...`). Their events go
 //! to the outbox (embedded) or straight to JetStream.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,7 +15,6 @@ use executor::adapters::script::{ScriptConfig, ScriptExec};
 use executor::{Adapters, Runner};
 use orchestrator::{Orchestrator, SqlPool};
 use serde_json::Value;
-use tokio::task::JoinSet;
 use verifier::{Metric1mSource, Metric1mStore, PrometheusSource, Verifier, VerifierWorker};
 
 use crate::config::Config;
@@ -223,40 +222,29 @@ fn fill_defaults(
     }
 }
 
-/// How a worker's commands reach it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// The embedded bus delivers inside the relay: a long-running worker gets a task per
-    /// command (its durable claim makes that safe), so it does not hold up every other message.
-    Embedded,
-    /// A JetStream consumer: each command is acknowledged only once handled (and kept in
-    /// progress meanwhile); long-running workers take several at once.
-    JetStream,
-}
-
 /// Commands a long-running worker (executor, verifier) handles at once from JetStream.
 const LONG_RUNNING_CONCURRENCY: usize = 16;
 
-/// Feeds bus messages to a worker.
+/// Feeds bus messages to a worker and settles each by its outcome. A long-running worker's
+/// commands are kept in progress around this by the bus: JetStream's in-progress acks, or the
+/// embedded bus's `InProgress`.
 pub struct WorkerHandler {
     worker: Arc<dyn Worker>,
     publisher: Arc<dyn Publisher>,
-    delivery: Delivery,
-    detached: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl WorkerHandler {
-    pub fn new(worker: Arc<dyn Worker>, publisher: Arc<dyn Publisher>, delivery: Delivery) -> Self {
-        Self {
-            worker,
-            publisher,
-            delivery,
-            detached: Arc::new(Mutex::new(JoinSet::new())),
-        }
+    pub fn new(worker: Arc<dyn Worker>, publisher: Arc<dyn Publisher>) -> Self {
+        Self { worker, publisher }
     }
 
     pub fn role(&self) -> &'static str {
         self.worker.role()
+    }
+
+    /// Whether the worker's commands take long (steps, verification windows).
+    pub fn long_running(&self) -> bool {
+        self.worker.detached()
     }
 
     /// The topics to subscribe to on the embedded bus.
@@ -271,39 +259,12 @@ impl WorkerHandler {
     pub fn consumer_settings(&self, max_deliver: i64) -> bus::ConsumerSettings {
         consumer_settings(self.worker.as_ref(), max_deliver)
     }
-
-    /// Wait (up to `grace`) for detached commands still running; then abandon them.
-    pub async fn drain(&self, grace: Duration) {
-        let mut running = std::mem::take(&mut *self.detached.lock().expect("not poisoned"));
-        let all_done = async { while running.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace, all_done).await.is_err() {
-            tracing::warn!(
-                role = self.worker.role(),
-                "shutdown: abandoning commands still running"
-            );
-        }
-    }
 }
 
 #[async_trait]
 impl Handler for WorkerHandler {
     async fn handle(&self, envelope: &Envelope) -> Handled {
         if !self.worker.commands().contains(&envelope.kind.as_str()) {
-            return Handled::Done;
-        }
-        if self.worker.detached() && self.delivery == Delivery::Embedded {
-            let worker = self.worker.clone();
-            let publisher = self.publisher.clone();
-            let envelope = envelope.clone();
-            let mut running = self.detached.lock().expect("not poisoned");
-            while running.try_join_next().is_some() {}
-            // The task goes on in the message's span: its logs keep the trace.
-            let handling = async move {
-                if let Err(error) = worker.handle(&envelope, publisher.as_ref()).await {
-                    tracing::error!(role = worker.role(), message_id = %envelope.id, %error, "command failed");
-                }
-            };
-            running.spawn(tracing::Instrument::in_current_span(handling));
             return Handled::Done;
         }
         match self.worker.handle(envelope, self.publisher.as_ref()).await {

@@ -16,7 +16,7 @@ pub use access::{ApiKey, NewApiKey, Principal, Role};
 pub use consumer::{
     embedded_subscription, event_consumers, Consumed, EventHandler, CONSUMER, WORKER_EVENTS,
 };
-pub use embedded::{EmbeddedTransport, Subscription};
+pub use embedded::{EmbeddedTransport, InProgress, InProgressSettings, Subscription};
 pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use metrics::{ConflictReason, Metrics};
 pub use relay::{Relay, RelayError, RelaySettings};

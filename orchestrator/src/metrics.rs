@@ -52,6 +52,7 @@ pub struct Metrics {
     outbox_lag: Histogram,
     inbox_duplicates: IntCounter,
     dead_letters: IntCounterVec,
+    redeliveries: IntCounterVec,
     gate_decisions: IntCounterVec,
     step_latency: HistogramVec,
     verify_latency: HistogramVec,
@@ -117,6 +118,15 @@ impl Metrics {
             &["consumer"],
         )
         .expect("valid metric");
+        let redeliveries = IntCounterVec::new(
+            Opts::new(
+                "bus_redelivery_total",
+                "Commands the embedded bus delivered again because the process running them \
+                 stopped before they finished (or their lease ran out).",
+            ),
+            &["consumer"],
+        )
+        .expect("valid metric");
         let gate_decisions = IntCounterVec::new(
             Opts::new(
                 "gate_decision_total",
@@ -158,6 +168,7 @@ impl Metrics {
             Box::new(outbox_lag.clone()),
             Box::new(inbox_duplicates.clone()),
             Box::new(dead_letters.clone()),
+            Box::new(redeliveries.clone()),
             Box::new(gate_decisions.clone()),
             Box::new(step_latency.clone()),
             Box::new(verify_latency.clone()),
@@ -213,6 +224,7 @@ impl Metrics {
             outbox_lag,
             inbox_duplicates,
             dead_letters,
+            redeliveries,
             gate_decisions,
             step_latency,
             verify_latency,
@@ -302,6 +314,10 @@ impl Metrics {
 
     pub fn dead_letter(&self, consumer: &str) {
         self.dead_letters.with_label_values(&[consumer]).inc();
+    }
+
+    pub fn redelivery(&self, consumer: &str) {
+        self.redeliveries.with_label_values(&[consumer]).inc();
     }
 
     pub fn inbox_duplicate(&self) {

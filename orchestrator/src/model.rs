@@ -219,6 +219,19 @@ pub struct CaseFilter {
     pub limit: u32,
 }
 
+/// A command the embedded bus handed to a long-running consumer that has not finished it: in
+/// progress for `holder` until `lease_until`, delivered `deliveries` times so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InProgressDelivery {
+    pub consumer: String,
+    pub message_id: Uuid,
+    pub envelope: Value,
+    pub deliveries: i64,
+    pub holder: String,
+    pub delivered_at: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+}
+
 /// A message an embedded consumer gave up on.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct DeadLetter {

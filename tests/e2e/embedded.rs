@@ -7,7 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bus::{Envelope, Handled, Handler};
 use chrono::Utc;
-use orchestrator::{EmbeddedTransport, Relay, RelaySettings, Subscription};
+use orchestrator::{
+    EmbeddedTransport, InProgress, InProgressSettings, Relay, RelaySettings, Subscription,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -314,4 +316,217 @@ async fn the_sqlite_durability_setting_reaches_the_database() {
             .unwrap();
         assert_eq!(synchronous, pragma, "{setting:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long-running consumers: a command stays in `bus_in_progress` until its handler finished it.
+
+/// Waits for `release` before it answers; counts its calls and answers with `outcomes` in turn
+/// (the last one repeats).
+struct Slow {
+    release: Arc<Notify>,
+    calls: AtomicUsize,
+    outcomes: Vec<Handled>,
+}
+
+impl Slow {
+    fn new(outcomes: Vec<Handled>) -> Arc<Self> {
+        Arc::new(Self {
+            release: Arc::new(Notify::new()),
+            calls: AtomicUsize::new(0),
+            outcomes,
+        })
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Handler for Slow {
+    async fn handle(&self, _envelope: &Envelope) -> Handled {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.release.notified().await;
+        self.outcomes[call.min(self.outcomes.len() - 1)].clone()
+    }
+}
+
+fn exec_command(case: Uuid) -> Envelope {
+    Envelope::new(
+        Uuid::now_v7(),
+        "opscase/orchestrator",
+        "cmd.exec.run",
+        &case.to_string(),
+        Utc::now(),
+        json!({}),
+    )
+}
+
+fn in_progress(app: &TestApp, handler: Arc<Slow>, sole_consumer: bool) -> InProgress {
+    let mut settings = InProgressSettings::new(3, sole_consumer);
+    settings.retry_delays = vec![std::time::Duration::ZERO];
+    InProgress::new(
+        "executor",
+        handler,
+        app.orchestrator.store().clone(),
+        app.orchestrator.metrics().clone(),
+        settings,
+    )
+}
+
+on_both_backends!(a_long_command_is_in_progress_until_its_handler_finished);
+async fn a_long_command_is_in_progress_until_its_handler_finished(app: TestApp) {
+    let store = app.orchestrator.store().clone();
+    let slow = Slow::new(vec![
+        Handled::Retry("the database blinked".into()),
+        Handled::Done,
+    ]);
+    let tracked = in_progress(&app, slow.clone(), true);
+    let command = exec_command(Uuid::now_v7());
+
+    assert_eq!(
+        tracked.handle(&command).await,
+        Handled::Done,
+        "taken at once"
+    );
+    assert_eq!(
+        tracked.handle(&command).await,
+        Handled::Done,
+        "a repeat while it runs is not started twice"
+    );
+    eventually("the handler to start", 5, async || slow.calls() == 1).await;
+    let pending = store.in_progress("executor").await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].message_id, command.id);
+    assert_eq!(pending[0].deliveries, 1);
+    assert!(!store.inbox_contains("executor", command.id).await.unwrap());
+
+    slow.release.notify_one(); // a retry: delivered again, in this process
+    eventually("the second delivery", 5, async || slow.calls() == 2).await;
+    assert_eq!(
+        store.in_progress("executor").await.unwrap()[0].deliveries,
+        2
+    );
+    slow.release.notify_one();
+    eventually("the command finished", 5, async || {
+        store.in_progress("executor").await.unwrap().is_empty()
+    })
+    .await;
+    assert!(store.inbox_contains("executor", command.id).await.unwrap());
+    assert_eq!(slow.calls(), 2);
+    assert!(store.dead_letters().await.unwrap().is_empty());
+}
+
+on_both_backends!(a_command_left_in_progress_is_taken_over_at_start_or_when_its_lease_ran_out);
+async fn a_command_left_in_progress_is_taken_over_at_start_or_when_its_lease_ran_out(app: TestApp) {
+    let store = app.orchestrator.store().clone();
+    let now = Utc::now();
+    let (left, leased) = (exec_command(Uuid::now_v7()), exec_command(Uuid::now_v7()));
+    // What a process that died left behind: one lease still running, one run out.
+    store
+        .deliver_in_progress(
+            "executor",
+            &left,
+            "gone",
+            now - chrono::Duration::seconds(1),
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .deliver_in_progress(
+            "executor",
+            &leased,
+            "gone",
+            now + chrono::Duration::hours(1),
+            now,
+        )
+        .await
+        .unwrap();
+
+    // Sharing the store (PostgreSQL): only the expired lease is taken over.
+    let slow = Slow::new(vec![Handled::Done]);
+    let shared = in_progress(&app, slow.clone(), false);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn({
+        let shared = shared.clone();
+        async move { shared.run(stopped).await }
+    });
+    eventually("the expired command taken over", 5, async || {
+        slow.calls() == 1
+    })
+    .await;
+    slow.release.notify_one();
+    eventually("it finished", 5, async || {
+        store.in_progress("executor").await.unwrap().len() == 1
+    })
+    .await;
+    let _ = stop.send(true);
+    run.await.unwrap();
+    assert!(store.inbox_contains("executor", left.id).await.unwrap());
+    let still = store.in_progress("executor").await.unwrap();
+    assert_eq!(still[0].message_id, leased.id, "a live lease is left alone");
+
+    // The sole consumer (SQLite): everything a previous process left is delivered at once.
+    let slow = Slow::new(vec![Handled::Done]);
+    let sole = in_progress(&app, slow.clone(), true);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn({
+        let sole = sole.clone();
+        async move { sole.run(stopped).await }
+    });
+    eventually("the leased command taken over", 5, async || {
+        slow.calls() == 1
+    })
+    .await;
+    slow.release.notify_one();
+    eventually("it finished", 5, async || {
+        store.in_progress("executor").await.unwrap().is_empty()
+    })
+    .await;
+    let _ = stop.send(true);
+    run.await.unwrap();
+    assert_eq!(
+        app.metric("bus_redelivery_total{consumer=\"executor\"}")
+            .await,
+        2.0
+    );
+}
+
+on_both_backends!(a_command_that_keeps_dying_with_its_process_is_dead_lettered);
+async fn a_command_that_keeps_dying_with_its_process_is_dead_lettered(app: TestApp) {
+    let store = app.orchestrator.store().clone();
+    let command = exec_command(Uuid::now_v7());
+    let now = Utc::now();
+    // Delivered max_deliver (3) times already, each time by a process that died.
+    for _ in 0..3 {
+        store
+            .deliver_in_progress("executor", &command, "gone", now, now)
+            .await
+            .unwrap();
+    }
+    let slow = Slow::new(vec![Handled::Done]);
+    let tracked = in_progress(&app, slow.clone(), true);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn({
+        let tracked = tracked.clone();
+        async move { tracked.run(stopped).await }
+    });
+    eventually("the command dead-lettered", 5, async || {
+        store.dead_letters().await.unwrap().len() == 1
+    })
+    .await;
+    let _ = stop.send(true);
+    run.await.unwrap();
+    let letter = &store.dead_letters().await.unwrap()[0];
+    assert_eq!(letter.message_id, command.id);
+    assert!(letter.reason.contains("4 times"), "{}", letter.reason);
+    assert_eq!(slow.calls(), 0, "not run a fourth time");
+    assert!(store.in_progress("executor").await.unwrap().is_empty());
+    assert_eq!(
+        app.metric("bus_dead_letter_total{consumer=\"executor\"}")
+            .await,
+        1.0
+    );
 }

@@ -20,9 +20,22 @@ pub struct Served {
 /// Start `opscase serve` on a free port and read its address from the ready log line.
 /// `bootstrap_key` is passed as OPSCASE_BOOTSTRAP_ADMIN_KEY when given.
 pub fn serve(database: &TestDatabase, bootstrap_key: Option<&str>) -> Served {
+    serve_with(database, bootstrap_key, None)
+}
+
+/// `serve`, reading `config` (an `opscase.toml`) too.
+pub fn serve_with(
+    database: &TestDatabase,
+    bootstrap_key: Option<&str>,
+    config: Option<&std::path::Path>,
+) -> Served {
     let mut command = Command::new(env!("CARGO_BIN_EXE_opscase"));
+    command.arg("serve");
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(database.dir.path())
         .env_remove("OPSCASE_DATABASE_URL")
         .env_remove("OPSCASE_BOOTSTRAP_ADMIN_KEY")

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use crate::access::ApiKey;
 use crate::model::{
-    Case, CaseFilter, DeadLetter, DecisionRecord, NewTimelineEntry, OutboxMessage, PlanRecord,
-    TimelineEntry,
+    Case, CaseFilter, DeadLetter, DecisionRecord, InProgressDelivery, NewTimelineEntry,
+    OutboxMessage, PlanRecord, TimelineEntry,
 };
 
 pub use postgres::PostgresStore;
@@ -171,6 +171,45 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     async fn insert_dead_letter(&self, letter: &DeadLetter) -> StoreResult<()>;
     async fn dead_letters(&self) -> StoreResult<Vec<DeadLetter>>;
+
+    /// Hand a message to a long-running `consumer` of the embedded bus: in progress for `holder`
+    /// until `lease_until`, one delivery more (the first, unless it is in progress already).
+    /// Returns the deliveries so far.
+    async fn deliver_in_progress(
+        &self,
+        consumer: &str,
+        envelope: &bus::Envelope,
+        holder: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64>;
+    /// Deliver a message in progress again, to `holder` until `lease_until`: the deliveries so
+    /// far, or `None` when it is no longer in progress (finished meanwhile).
+    async fn redeliver_in_progress(
+        &self,
+        consumer: &str,
+        message_id: Uuid,
+        holder: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>>;
+    /// Extend the lease of everything `holder` has in progress for `consumer`.
+    async fn extend_in_progress(
+        &self,
+        consumer: &str,
+        holder: &str,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+    /// Every message `consumer` has in progress, whoever holds it.
+    async fn in_progress(&self, consumer: &str) -> StoreResult<Vec<InProgressDelivery>>;
+    /// `consumer` finished `message_id`: no longer in progress, and in its inbox, in one
+    /// transaction.
+    async fn finish_in_progress(
+        &self,
+        consumer: &str,
+        message_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
 
     /// Claim command `key` for `holder`: exactly one caller ever gets `Claimed`.
     async fn claim_command(

@@ -24,8 +24,8 @@ use super::{
 use super::{OutboxClaim, OutboxRow};
 use crate::access::ApiKey;
 use crate::model::{
-    Case, CaseFilter, DeadLetter, DecisionRecord, NewTimelineEntry, OutboxMessage, Outcome,
-    PlanRecord, TimelineEntry,
+    Case, CaseFilter, DeadLetter, DecisionRecord, InProgressDelivery, NewTimelineEntry,
+    OutboxMessage, Outcome, PlanRecord, TimelineEntry,
 };
 
 mod writer;
@@ -334,6 +334,123 @@ impl Store for SqliteStore {
 
     fn pool(&self) -> super::SqlPool {
         super::SqlPool::Sqlite(self.writer.clone())
+    }
+
+    async fn deliver_in_progress(
+        &self,
+        consumer: &str,
+        envelope: &bus::Envelope,
+        holder: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        let envelope_json = serde_json::to_value(envelope)
+            .map_err(|e| StoreError::Corrupt(format!("envelope: {e}")))?;
+        Ok(sqlx::query_scalar(
+            "INSERT INTO bus_in_progress \
+                 (consumer, message_id, topic, envelope, deliveries, holder, delivered_at, lease_until) \
+             VALUES (?, ?, ?, ?, 1, ?, ?, ?) \
+             ON CONFLICT (consumer, message_id) DO UPDATE SET \
+                 deliveries = deliveries + 1, holder = excluded.holder, \
+                 delivered_at = excluded.delivered_at, lease_until = excluded.lease_until \
+             RETURNING deliveries",
+        )
+        .bind(consumer)
+        .bind(envelope.id.to_string())
+        .bind(&envelope.kind)
+        .bind(Json(&envelope_json))
+        .bind(holder)
+        .bind(now)
+        .bind(lease_until)
+        .fetch_one(&self.writer)
+        .await?)
+    }
+
+    async fn redeliver_in_progress(
+        &self,
+        consumer: &str,
+        message_id: Uuid,
+        holder: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE bus_in_progress \
+             SET deliveries = deliveries + 1, holder = ?, delivered_at = ?, lease_until = ? \
+             WHERE consumer = ? AND message_id = ? RETURNING deliveries",
+        )
+        .bind(holder)
+        .bind(now)
+        .bind(lease_until)
+        .bind(consumer)
+        .bind(message_id.to_string())
+        .fetch_optional(&self.writer)
+        .await?)
+    }
+
+    async fn extend_in_progress(
+        &self,
+        consumer: &str,
+        holder: &str,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE bus_in_progress SET lease_until = ? WHERE consumer = ? AND holder = ?",
+        )
+        .bind(lease_until)
+        .bind(consumer)
+        .bind(holder)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    async fn in_progress(&self, consumer: &str) -> StoreResult<Vec<InProgressDelivery>> {
+        let rows = sqlx::query(
+            "SELECT consumer, message_id, envelope, deliveries, holder, delivered_at, lease_until \
+             FROM bus_in_progress WHERE consumer = ? ORDER BY delivered_at",
+        )
+        .bind(consumer)
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(InProgressDelivery {
+                    consumer: row.try_get("consumer")?,
+                    message_id: uuid_at(row, "message_id")?,
+                    envelope: row.try_get::<Json<Value>, _>("envelope")?.0,
+                    deliveries: row.try_get("deliveries")?,
+                    holder: row.try_get("holder")?,
+                    delivered_at: row.try_get("delivered_at")?,
+                    lease_until: row.try_get("lease_until")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn finish_in_progress(
+        &self,
+        consumer: &str,
+        message_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO inbox (consumer, message_id, received_at) VALUES (?, ?, ?) \
+             ON CONFLICT (consumer, message_id) DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(message_id.to_string())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM bus_in_progress WHERE consumer = ? AND message_id = ?")
+            .bind(consumer)
+            .bind(message_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn claim_command(
