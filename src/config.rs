@@ -26,6 +26,7 @@ pub struct Config {
     pub gatekeeper: GatekeeperConfig,
     pub executor: ExecutorConfig,
     pub verifier: VerifierConfig,
+    pub watchdog: WatchdogConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +45,39 @@ impl Default for WorkersConfig {
         Self {
             in_process: true,
             command_wait_s: 20,
+        }
+    }
+}
+
+/// The watchdog: cases stalled on a worker are noted, their command delivered again, and, a
+/// bound later, parked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogConfig {
+    pub enabled: bool,
+    /// Seconds a case may go without progress in PLANNING, WAIT_GATE (gate command pending),
+    /// EXECUTING or VERIFYING, plus what its plan may take there (step timeouts and retries,
+    /// verification intervals).
+    pub stall_after_s: u64,
+    /// Seconds between the watchdog's looks.
+    pub interval_s: u64,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            stall_after_s: 600,
+            interval_s: 30,
+        }
+    }
+}
+
+impl WatchdogConfig {
+    pub fn settings(&self) -> orchestrator::watchdog::WatchdogSettings {
+        orchestrator::watchdog::WatchdogSettings {
+            stall_after: std::time::Duration::from_secs(self.stall_after_s),
+            interval: std::time::Duration::from_secs(self.interval_s),
         }
     }
 }
@@ -508,6 +542,17 @@ impl Config {
             "OPSCASE_COMMAND_WAIT_S",
             &env,
         )?;
+        set(&mut self.watchdog.enabled, "OPSCASE_WATCHDOG_ENABLED", &env)?;
+        set(
+            &mut self.watchdog.stall_after_s,
+            "OPSCASE_WATCHDOG_STALL_AFTER_S",
+            &env,
+        )?;
+        set(
+            &mut self.watchdog.interval_s,
+            "OPSCASE_WATCHDOG_INTERVAL_S",
+            &env,
+        )?;
         if let Some(path) = env("OPSCASE_POLICY_FILE").filter(|p| !p.is_empty()) {
             self.gatekeeper.policy_file = Some(PathBuf::from(path));
         }
@@ -615,6 +660,13 @@ impl Config {
             return Err(ConfigError(
                 "workers.command_wait_s (OPSCASE_COMMAND_WAIT_S) must be shorter than \
                  server.request_timeout_s (OPSCASE_REQUEST_TIMEOUT_S)"
+                    .into(),
+            ));
+        }
+        if self.watchdog.stall_after_s == 0 || self.watchdog.interval_s == 0 {
+            return Err(ConfigError(
+                "watchdog.stall_after_s (OPSCASE_WATCHDOG_STALL_AFTER_S) and watchdog.interval_s \
+                 (OPSCASE_WATCHDOG_INTERVAL_S) must be at least 1"
                     .into(),
             ));
         }

@@ -233,6 +233,13 @@ impl Application {
                 tokio::spawn(async move { tracked.run(stopped).await })
             })
             .collect();
+        let watchdog = self.config.watchdog.enabled.then(|| {
+            tokio::spawn(orchestrator::watchdog::run(
+                self.orchestrator.clone(),
+                self.config.watchdog.settings(),
+                relay_stopped.clone(),
+            ))
+        });
         let relay = self.relay_in_process.then(|| {
             let relay = Relay::new(
                 self.orchestrator.store().clone(),
@@ -268,6 +275,9 @@ impl Application {
         }
         for consumer in consumers {
             let _ = consumer.await;
+        }
+        if let Some(watchdog) = watchdog {
+            let _ = watchdog.await;
         }
         for run in in_progress_runs {
             let _ = run.await;

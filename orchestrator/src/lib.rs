@@ -11,6 +11,7 @@ pub mod redact;
 pub mod relay;
 pub mod service;
 pub mod store;
+pub mod watchdog;
 
 pub use access::{ApiKey, NewApiKey, Principal, Role};
 pub use consumer::{

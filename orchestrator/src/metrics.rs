@@ -53,6 +53,7 @@ pub struct Metrics {
     inbox_duplicates: IntCounter,
     dead_letters: IntCounterVec,
     redeliveries: IntCounterVec,
+    stalls: IntCounterVec,
     gate_decisions: IntCounterVec,
     step_latency: HistogramVec,
     verify_latency: HistogramVec,
@@ -127,6 +128,14 @@ impl Metrics {
             &["consumer"],
         )
         .expect("valid metric");
+        let stalls = IntCounterVec::new(
+            Opts::new(
+                "case_stall_total",
+                "Cases the watchdog found without progress past their bound, by status.",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
         let gate_decisions = IntCounterVec::new(
             Opts::new(
                 "gate_decision_total",
@@ -169,6 +178,7 @@ impl Metrics {
             Box::new(inbox_duplicates.clone()),
             Box::new(dead_letters.clone()),
             Box::new(redeliveries.clone()),
+            Box::new(stalls.clone()),
             Box::new(gate_decisions.clone()),
             Box::new(step_latency.clone()),
             Box::new(verify_latency.clone()),
@@ -176,6 +186,9 @@ impl Metrics {
             registry
                 .register(collector)
                 .expect("metric names are unique");
+        }
+        for status in workflow::watchdog::WATCHED {
+            stalls.with_label_values(&[status.as_str()]);
         }
         // Every row of the table starts at zero, so dashboards and rate() see the series at once.
         for transition in TRANSITIONS {
@@ -225,6 +238,7 @@ impl Metrics {
             inbox_duplicates,
             dead_letters,
             redeliveries,
+            stalls,
             gate_decisions,
             step_latency,
             verify_latency,
@@ -318,6 +332,10 @@ impl Metrics {
 
     pub fn redelivery(&self, consumer: &str) {
         self.redeliveries.with_label_values(&[consumer]).inc();
+    }
+
+    pub fn stall(&self, status: Status) {
+        self.stalls.with_label_values(&[status.as_str()]).inc();
     }
 
     pub fn inbox_duplicate(&self) {

@@ -24,3 +24,4 @@ mod restart;
 mod store;
 mod tls;
 mod transitions;
+mod watchdog;

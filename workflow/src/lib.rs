@@ -11,6 +11,7 @@ mod machine;
 pub mod messages;
 pub mod plan;
 mod table;
+pub mod watchdog;
 
 pub use diagram::mermaid_state_diagram;
 pub use guards::{GuardFailure, GuardKind};

@@ -145,6 +145,13 @@ pub trait Store: Send + Sync + 'static {
     async fn decisions(&self, case_id: Uuid) -> StoreResult<Vec<DecisionRecord>>;
     /// Messages of one case in outbox order (tests and operators read it).
     async fn outbox_for(&self, key: &str) -> StoreResult<Vec<OutboxMessage>>;
+    /// Cases in one of `statuses` whose last transition was before `before`, oldest first.
+    async fn idle_cases(
+        &self,
+        statuses: &[workflow::Status],
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Uuid>>;
     /// Number of open (not CLOSED) cases per status.
     async fn count_open_by_status(&self) -> StoreResult<Vec<(String, i64)>>;
 
@@ -293,7 +300,37 @@ pub trait Tx: Send {
         message_id: Uuid,
         at: DateTime<Utc>,
     ) -> StoreResult<bool>;
+    /// The latest `limit` timeline rows and the latest command of case `id`.
+    async fn activity(&mut self, id: Uuid, limit: u32) -> StoreResult<Activity>;
+    /// Publish the outbox message again, to consumers that handled it as well (their inbox
+    /// rows are dropped): a redelivery with the same message id.
+    async fn requeue_message(&mut self, message_id: Uuid) -> StoreResult<()>;
     async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// What the watchdog reads of a locked case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activity {
+    /// The case's latest timeline rows, newest first.
+    pub recent: Vec<TimelineMark>,
+    /// The latest command sent to a worker for the case.
+    pub last_command: Option<SentCommand>,
+}
+
+/// A timeline row, as far as the watchdog cares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineMark {
+    pub event: String,
+    pub outcome: crate::model::Outcome,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A `cmd.*` message in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentCommand {
+    pub message_id: Uuid,
+    pub topic: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// An outbox row with its position, as the relay sees it.

@@ -19,7 +19,7 @@ use super::{
     parse_enum, parse_status, Backend, IdempotencyRecord, KeyOrCase, LockedCase, Store, StoreError,
     StoreResult, Tx,
 };
-use super::{OutboxClaim, OutboxRow};
+use super::{Activity, OutboxClaim, OutboxRow, SentCommand, TimelineMark};
 use crate::access::ApiKey;
 use crate::model::{
     Case, CaseFilter, DeadLetter, DecisionRecord, InProgressDelivery, NewTimelineEntry,
@@ -183,6 +183,24 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(outbox_message_from_row).collect()
+    }
+
+    async fn idle_cases(
+        &self,
+        statuses: &[workflow::Status],
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Uuid>> {
+        let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM ops_case WHERE status = ANY($1) AND updated_at < $2 \
+             ORDER BY updated_at LIMIT $3",
+        )
+        .bind(&statuses)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn count_open_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
@@ -788,6 +806,59 @@ impl Tx for PostgresTx {
         .execute(self.flushed().await?)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn activity(&mut self, id: Uuid, limit: u32) -> StoreResult<Activity> {
+        let rows = sqlx::query(
+            "SELECT event, outcome, created_at FROM case_timeline WHERE case_id = $1 \
+             ORDER BY id DESC LIMIT $2",
+        )
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(self.flushed().await?)
+        .await?;
+        let recent = rows
+            .iter()
+            .map(|row| {
+                let outcome: String = row.try_get("outcome")?;
+                Ok(TimelineMark {
+                    event: row.try_get("event")?,
+                    outcome: Outcome::parse(&outcome)
+                        .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let last_command = sqlx::query(
+            "SELECT message_id, topic, created_at FROM outbox \
+             WHERE key = $1 AND topic LIKE 'cmd.%' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?
+        .map(|row| {
+            Ok::<_, StoreError>(SentCommand {
+                message_id: row.try_get("message_id")?,
+                topic: row.try_get("topic")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .transpose()?;
+        Ok(Activity {
+            recent,
+            last_command,
+        })
+    }
+
+    async fn requeue_message(&mut self, message_id: Uuid) -> StoreResult<()> {
+        sqlx::query(
+            "WITH forgotten AS (DELETE FROM inbox WHERE message_id = $1) \
+             UPDATE outbox SET published_at = NULL WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .execute(self.flushed().await?)
+        .await?;
+        Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {

@@ -21,7 +21,7 @@ use super::{
     parse_enum, parse_status, Backend, IdempotencyRecord, KeyOrCase, LockedCase, Store, StoreError,
     StoreResult, Tx,
 };
-use super::{OutboxClaim, OutboxRow};
+use super::{Activity, OutboxClaim, OutboxRow, SentCommand, TimelineMark};
 use crate::access::ApiKey;
 use crate::model::{
     Case, CaseFilter, DeadLetter, DecisionRecord, InProgressDelivery, NewTimelineEntry,
@@ -210,6 +210,28 @@ impl Store for SqliteStore {
         .fetch_all(&self.readers)
         .await?;
         rows.iter().map(outbox_message_from_row).collect()
+    }
+
+    async fn idle_cases(
+        &self,
+        statuses: &[workflow::Status],
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT id FROM ops_case WHERE status IN (");
+        let mut list = query.separated(", ");
+        for status in statuses {
+            list.push_bind(status.as_str());
+        }
+        query
+            .push(") AND updated_at < ")
+            .push_bind(before)
+            .push(" ORDER BY updated_at LIMIT ")
+            .push_bind(i64::from(limit));
+        let ids: Vec<String> = query.build_query_scalar().fetch_all(&self.readers).await?;
+        ids.iter()
+            .map(|id| Uuid::parse_str(id).map_err(|e| StoreError::Corrupt(format!("id: {e}"))))
+            .collect()
     }
 
     async fn count_open_by_status(&self) -> StoreResult<Vec<(String, i64)>> {
@@ -798,9 +820,70 @@ impl Tx for SqliteTx {
         Ok(executed.last_changes == 1)
     }
 
+    async fn activity(&mut self, id: Uuid, limit: u32) -> StoreResult<Activity> {
+        let executed = self
+            .run(
+                "SELECT event, outcome, created_at FROM case_timeline WHERE case_id = ? \
+                 ORDER BY id DESC LIMIT ?",
+                |batch| {
+                    batch.bind(id.to_string()).bind(i64::from(limit));
+                },
+            )
+            .await?;
+        let recent = executed
+            .rows_of(0)
+            .map(timeline_mark)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let executed = self
+            .run(
+                "SELECT message_id, topic, created_at FROM outbox \
+                 WHERE key = ? AND topic LIKE 'cmd.%' ORDER BY id DESC LIMIT 1",
+                |batch| {
+                    batch.bind(id.to_string());
+                },
+            )
+            .await?;
+        let last_command = executed
+            .row(0)
+            .map(|row| {
+                Ok::<_, StoreError>(SentCommand {
+                    message_id: uuid_at(row, "message_id")?,
+                    topic: row.try_get("topic")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .transpose()?;
+        Ok(Activity {
+            recent,
+            last_command,
+        })
+    }
+
+    async fn requeue_message(&mut self, message_id: Uuid) -> StoreResult<()> {
+        let id = message_id.to_string();
+        self.defer(
+            Kind::Plain,
+            "UPDATE outbox SET published_at = NULL WHERE message_id = ?",
+        )
+        .bind(id.clone());
+        self.defer(Kind::Plain, "DELETE FROM inbox WHERE message_id = ?")
+            .bind(id);
+        Ok(())
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         SqliteTx::commit(*self).await
     }
+}
+
+fn timeline_mark(row: &SqliteRow) -> StoreResult<TimelineMark> {
+    let outcome: String = row.try_get("outcome")?;
+    Ok(TimelineMark {
+        event: row.try_get("event")?,
+        outcome: Outcome::parse(&outcome)
+            .ok_or_else(|| StoreError::Corrupt(format!("outcome {outcome:?}")))?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 const FIND_IDEMPOTENCY_SQL: &str =

@@ -271,6 +271,15 @@ impl Executed {
             .find(|(of, _)| *of == statement)
             .map(|(_, row)| row)
     }
+
+    /// Every row of the statement `back` places before the batch's last.
+    pub(super) fn rows_of(&self, back: usize) -> impl Iterator<Item = &SqliteRow> {
+        let statement = self.statements.checked_sub(back + 1);
+        self.rows
+            .iter()
+            .filter(move |(of, _)| Some(*of) == statement)
+            .map(|(_, row)| row)
+    }
 }
 
 /// One write transaction: a member of the writer's group.
