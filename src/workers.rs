@@ -155,7 +155,7 @@ fn runner(config: &Config) -> anyhow::Result<Runner> {
 fn verifier_worker(config: &Config, orchestrator: &Orchestrator) -> VerifierWorker {
     let mut verifier = Verifier::new(vec![]).with_source(
         "metric_1m",
-        Arc::new(Metric1mSource(metric_store(orchestrator))),
+        Arc::new(Metric1mSource::new(metric_store(orchestrator))),
     );
     if let Some(url) = &config.verifier.prometheus_url {
         verifier = verifier.with_source("prometheus", Arc::new(PrometheusSource::new(url.clone())));

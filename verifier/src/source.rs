@@ -172,8 +172,74 @@ impl Metric1mQuery {
 /// query's `stat` (default [`Stat::default_for`] the metric), and combined by
 /// [`Stat::aggregate`]: the maximum for `p95` and `max`, the mean for `avg`. No rows is
 /// inconclusive.
+///
+/// The table is opscase's own: a failed read says nothing about the service, so it is tried
+/// again with backoff for up to `retry_for` (default [`STORE_RETRY_FOR`]) before the
+/// measurement is given up as inconclusive, with a note that says the store failed.
 #[derive(Debug, Clone)]
-pub struct Metric1mSource(pub Metric1mStore);
+pub struct Metric1mSource {
+    store: Metric1mStore,
+    retry_for: Duration,
+}
+
+/// How long a failing `metric_1m` read is retried by default: within the verifier's own
+/// measurement timeout (60 s), so the note, not the timeout, explains a store that is down.
+pub const STORE_RETRY_FOR: Duration = Duration::from_secs(45);
+
+/// The first pause between two reads of a failing store, doubled each time up to the last.
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Metric1mSource {
+    pub fn new(store: Metric1mStore) -> Self {
+        Self {
+            store,
+            retry_for: STORE_RETRY_FOR,
+        }
+    }
+
+    /// Retry a failing read for at most this long.
+    pub fn with_retry_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
+    }
+
+    /// Read the rows, retrying store errors with backoff within `retry_for`; the error and the
+    /// number of attempts when it never succeeded.
+    async fn read(
+        &self,
+        tenant: &str,
+        query: &Metric1mQuery,
+        metric: &str,
+        stat: Stat,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, f64)>, (String, u32)> {
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let mut pause = STORE_RETRY_FIRST;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self
+                .store
+                .query(tenant, &query.resource, metric, stat, from, to)
+                .await
+            {
+                Ok(rows) => return Ok(rows),
+                Err(error) => {
+                    let now = tokio::time::Instant::now();
+                    if now + pause > deadline {
+                        return Err((error.to_string(), attempts));
+                    }
+                    tracing::warn!(%error, attempts, retry_in_ms = pause.as_millis() as u64,
+                        "reading metric_1m failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(STORE_RETRY_MAX);
+                }
+            }
+        }
+    }
+}
 
 #[async_trait]
 impl MetricSource for Metric1mSource {
@@ -202,12 +268,16 @@ impl MetricSource for Metric1mSource {
             from.to_rfc3339(),
             at.to_rfc3339()
         );
-        match self
-            .0
-            .query(tenant, &query.resource, metric, stat, from, at)
-            .await
-        {
-            Err(error) => Measurement::inconclusive(at, format!("reading {what} failed: {error}")),
+        match self.read(tenant, &query, metric, stat, from, at).await {
+            Err((error, attempts)) => Measurement::inconclusive(
+                at,
+                format!(
+                    "opscase's own database could not be read ({attempts} attempt(s) over up to \
+                     {} s), so this says nothing about the service: reading {what} failed: \
+                     {error}",
+                    self.retry_for.as_secs()
+                ),
+            ),
             Ok(rows) if rows.is_empty() => {
                 Measurement::inconclusive(at, format!("no data: no {what}"))
             }

@@ -65,7 +65,7 @@ async fn verifier() -> Verifier {
     store.insert_batch(&batch).await.unwrap();
     Verifier::new(vec![(
         METRIC_1M.to_string(),
-        Arc::new(Metric1mSource(store)) as _,
+        Arc::new(Metric1mSource::new(store)) as _,
     )])
     .with_clock(Arc::new(FixedClock(ts("2026-11-21T12:10:00Z"))))
 }
@@ -197,4 +197,75 @@ async fn an_invalid_query_is_inconclusive() {
     assert!(outcome.checks[0].measurements[0]
         .note
         .contains("invalid metric_1m query"));
+}
+
+/// The store fails for a while (its table is renamed away, as a stand-in for any error of
+/// opscase's own database): the read is retried, and the measurement is of the service.
+#[tokio::test]
+async fn a_store_error_is_retried_and_is_not_evidence_about_the_service() {
+    let pool = sqlite_pool().await;
+    let store = Metric1mStore::sqlite(pool.clone());
+    store
+        .insert_batch(&[point(
+            "acme",
+            "checkout",
+            "err_rate",
+            "2026-11-21T12:08:00Z",
+            json!({"avg": 0.001}),
+        )])
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE metric_1m RENAME TO metric_1m_away")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let verifier = Verifier::new(vec![(
+        METRIC_1M.to_string(),
+        Arc::new(Metric1mSource::new(store).with_retry_for(std::time::Duration::from_secs(30)))
+            as _,
+    )])
+    .with_clock(Arc::new(FixedClock(ts("2026-11-21T12:10:00Z"))));
+    let back = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        sqlx::query("ALTER TABLE metric_1m_away RENAME TO metric_1m")
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    let outcome = run(&verifier, "acme", "resource=checkout", "err_rate < 0.01").await;
+    back.await.unwrap();
+    assert_eq!(outcome.verdict, Verdict::Pass, "{}", outcome.reason);
+}
+
+/// A store that never comes back within the retry bound: inconclusive (fails closed), and the
+/// note says it was opscase's database, not the service.
+#[tokio::test]
+async fn a_store_that_stays_down_is_inconclusive_and_says_so() {
+    let pool = sqlite_pool().await;
+    let store = Metric1mStore::sqlite(pool.clone());
+    sqlx::query("DROP TABLE metric_1m")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let verifier = Verifier::new(vec![(
+        METRIC_1M.to_string(),
+        Arc::new(Metric1mSource::new(store).with_retry_for(std::time::Duration::from_millis(500)))
+            as _,
+    )])
+    .with_clock(Arc::new(FixedClock(ts("2026-11-21T12:10:00Z"))));
+    let outcome = run(&verifier, "acme", "resource=checkout", "err_rate < 0.01").await;
+    assert_eq!(outcome.verdict, Verdict::Inconclusive, "{}", outcome.reason);
+    let note = &outcome.checks[0].measurements[0].note;
+    assert!(
+        note.contains("opscase's own database could not be read")
+            && note.contains("says nothing about the service"),
+        "{note}"
+    );
+    let attempts: u32 = note
+        .split("database could not be read (")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(attempts > 1, "retried before giving up: {note}");
 }

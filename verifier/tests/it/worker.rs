@@ -45,7 +45,7 @@ async fn no_data_is_published_as_failed_with_verdict_inconclusive() {
     let observed = seen.clone();
     let worker = VerifierWorker::new(Verifier::new(vec![(
         METRIC_1M.to_string(),
-        Arc::new(Metric1mSource(store)) as _,
+        Arc::new(Metric1mSource::new(store)) as _,
     )]))
     .with_observer(Arc::new(move |outcome: &VerifyOutcome| {
         observed
@@ -108,7 +108,7 @@ async fn a_pass_is_published_on_the_pass_topic() {
         .await
         .unwrap();
     let worker = VerifierWorker::new(
-        Verifier::default().with_source(METRIC_1M, Arc::new(Metric1mSource(store))),
+        Verifier::default().with_source(METRIC_1M, Arc::new(Metric1mSource::new(store))),
     );
     let verify = json!({"checks": [{"source": "metric_1m", "query": "resource=checkout", "threshold": "p95_ms < 300"}]});
     let cmd = envelope(
