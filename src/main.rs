@@ -77,7 +77,7 @@ enum KeysAction {
     Create {
         #[arg(long)]
         name: String,
-        /// viewer, operator, approver, admin or metrics; repeat for several.
+        /// viewer, operator, approver, admin, metrics or sensor; repeat for several.
         #[arg(long = "role", required = true, value_parser = parse_role)]
         roles: Vec<Role>,
         /// Confine the key to one tenant's cases.
@@ -347,8 +347,9 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
-    Role::parse(text)
-        .ok_or_else(|| format!("{text:?} is not one of viewer, operator, approver, admin, metrics"))
+    Role::parse(text).ok_or_else(|| {
+        format!("{text:?} is not one of viewer, operator, approver, admin, metrics, sensor")
+    })
 }
 
 fn parse_lifetime(text: &str) -> Result<chrono::Duration, String> {

@@ -24,6 +24,13 @@ pub trait Access: Send + Sync + 'static {
     const WHAT: &'static str;
 }
 
+/// Post signals and metric points (an Alertmanager receiver, a metrics shipper).
+pub struct Ingest;
+impl Access for Ingest {
+    const ROLES: &'static [Role] = &[Role::Sensor, Role::Operator, Role::Admin];
+    const WHAT: &'static str = "post signals or metrics";
+}
+
 /// Read cases, timelines, products, schemas.
 pub struct Read;
 impl Access for Read {

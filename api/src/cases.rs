@@ -85,6 +85,9 @@ pub struct ListCasesQuery {
     pub tenant: Option<String>,
     /// `key=value`: cases carrying this label.
     pub label: Option<String>,
+    /// What opened the case: `api`, or a signal source (`alertmanager`, `grafana`, `events`,
+    /// `analyst`).
+    pub source: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
     /// 1 to 200, default 50.
@@ -257,10 +260,23 @@ pub async fn list_cases(
             Ok::<_, Problem>((key.to_string(), value.to_string()))
         })
         .transpose()?;
+    if let Some(source) = &query.source {
+        let known = (1..=32).contains(&source.len())
+            && source
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b));
+        if !known {
+            return Err(Problem::invalid(
+                "source",
+                "source is a name like api, alertmanager, grafana, events or analyst",
+            ));
+        }
+    }
     let filter = CaseFilter {
         status: query.status,
         tenant,
         label,
+        source: query.source,
         before: query.cursor,
         limit,
     };
@@ -689,6 +705,7 @@ fn validate_new_case(body: OpenCase, principal: &Principal) -> Result<NewCase, P
         labels,
         automation: body.automation.unwrap_or_default(),
         evidence,
+        source: "api".into(),
         created_by: actor_of(body.actor.as_deref(), principal)?,
     })
 }

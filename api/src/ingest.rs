@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use verifier::MetricPoint;
 
-use crate::auth::{Allowed, Operate};
+use crate::auth::{Allowed, Ingest};
 use crate::extract::JsonBody;
 use crate::problem::Problem;
 use crate::AppState;
@@ -44,7 +44,7 @@ pub struct Ingested {
     ))]
 pub async fn ingest_metric_1m(
     State(app): State<AppState>,
-    caller: Allowed<Operate>,
+    caller: Allowed<Ingest>,
     body: JsonBody<MetricBatch>,
 ) -> Result<Json<Ingested>, Problem> {
     let points = body.value.points;

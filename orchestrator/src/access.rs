@@ -29,15 +29,19 @@ pub enum Role {
     Admin,
     /// Scrape `/metrics`, nothing else.
     Metrics,
+    /// Post signals (alerts, events) and metric points, nothing else: the key of an
+    /// Alertmanager receiver or a metrics shipper.
+    Sensor,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Viewer,
         Role::Operator,
         Role::Approver,
         Role::Admin,
         Role::Metrics,
+        Role::Sensor,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Role {
             Role::Approver => "approver",
             Role::Admin => "admin",
             Role::Metrics => "metrics",
+            Role::Sensor => "sensor",
         }
     }
 

@@ -22,6 +22,8 @@ pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use metrics::{ConflictReason, Metrics};
 pub use relay::{Relay, RelayError, RelaySettings};
 pub use service::{
-    Bootstrap, Error, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
+    Bootstrap, Error, Note, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
 };
-pub use store::{connect, connect_with, Backend, SqlPool, SqliteDurability, Store, StoreError};
+pub use store::{
+    connect, connect_with, Backend, SqlPool, SqliteDurability, Store, StoreError, Tx, TxConnection,
+};

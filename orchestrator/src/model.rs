@@ -67,6 +67,9 @@ pub struct Case {
     /// `resolved` or `cancelled` once CLOSED.
     pub resolution: Option<String>,
     pub current_plan_id: Option<Uuid>,
+    /// What opened it: `api` (a person or a script), or the signal source (`alertmanager`,
+    /// `grafana`, `events`, `analyst`).
+    pub source: String,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -81,6 +84,8 @@ pub struct NewCase {
     pub labels: BTreeMap<String, String>,
     pub automation: Automation,
     pub evidence: Vec<Value>,
+    /// `api`, or the signal source that opened it.
+    pub source: String,
     pub created_by: String,
 }
 
@@ -214,6 +219,7 @@ pub struct CaseFilter {
     pub status: Option<Status>,
     pub tenant: Option<String>,
     pub label: Option<(String, String)>,
+    pub source: Option<String>,
     /// Cases listed newest first; a page continues below this id.
     pub before: Option<Uuid>,
     pub limit: u32,

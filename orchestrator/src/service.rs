@@ -158,6 +158,15 @@ impl RequestContext {
     }
 }
 
+/// A timeline row that moves nothing (`noted`): a signal joining a case, an alert resolving.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub event: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub meta: Map<String, Value>,
+}
+
 /// A request to apply one event to one case.
 #[derive(Debug, Clone)]
 pub struct TransitionRequest {
@@ -273,6 +282,22 @@ impl Orchestrator {
         if let Some(replay) = self.replay(tx.as_mut(), idempotency, now).await? {
             return Ok(replay);
         }
+        let case = self.open_case_in(tx.as_mut(), new, context, now).await?;
+        self.save_response(tx.as_mut(), idempotency, render(Ok(&case)), now)
+            .await?;
+        commit_keyed(tx).await?;
+        Ok(Reply::Fresh(case))
+    }
+
+    /// Open a case inside the caller's transaction: the case row, its `open` timeline row and
+    /// transition message. The caller commits, then reports with [`Orchestrator::committed`].
+    pub async fn open_case_in(
+        &self,
+        tx: &mut dyn Tx,
+        new: NewCase,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<Case, Error> {
         let case = Case {
             id: Uuid::now_v7(),
             tenant: new.tenant,
@@ -285,6 +310,7 @@ impl Orchestrator {
             version: 1,
             resolution: None,
             current_plan_id: None,
+            source: new.source,
             created_by: new.created_by,
             created_at: now,
             updated_at: now,
@@ -317,10 +343,61 @@ impl Orchestrator {
             now,
         ))
         .await?;
-        self.save_response(tx.as_mut(), idempotency, render(Ok(&case)), now)
-            .await?;
-        commit_keyed(tx).await?;
-        Ok(Reply::Fresh(case))
+        Ok(case)
+    }
+
+    /// Apply one event inside the caller's transaction (secrets in its reason and meta masked).
+    /// A guard refusal has written its timeline row when it returns `GuardFailed`.
+    pub async fn apply_in(
+        &self,
+        tx: &mut dyn Tx,
+        request: TransitionRequest,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<(Case, Accepted), Error> {
+        let request = self.redacted(request);
+        self.step(tx, &request, context, now).await
+    }
+
+    /// Record something that moves nothing on a case's timeline, inside the caller's
+    /// transaction (which has locked the case).
+    pub async fn note_in(
+        &self,
+        tx: &mut dyn Tx,
+        case: &Case,
+        note: Note,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        tx.record_timeline(&NewTimelineEntry {
+            case_id: case.id,
+            version: case.version,
+            event: note.event,
+            outcome: Outcome::Noted,
+            from_status: Some(case.status),
+            to_status: Some(case.status),
+            actor: note.actor,
+            principal_id: context.principal_identity(),
+            principal_name: context.principal_name(),
+            reason: note.reason.map(|reason| self.redact_text(&reason)),
+            correlation_id: context.correlation_id.clone(),
+            request_id: context.request_id.clone(),
+            meta: server_meta(self.redact_meta(note.meta), context),
+            created_at: now,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// After the commit of changes made with the `*_in` methods: count them and wake the relay.
+    pub fn committed(&self, opened: usize, transitions: &[(Status, Status, Event)]) {
+        for _ in 0..opened {
+            self.metrics.case_opened();
+        }
+        for (from, to, event) in transitions {
+            self.metrics.transition(*from, *to, event.as_str());
+        }
+        self.outbox_written.notify_one();
     }
 
     /// Apply one event to one case (the body of `PATCH /v1/cases/{id}/transition`).

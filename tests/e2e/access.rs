@@ -12,13 +12,14 @@ use crate::on_both_backends;
 use crate::restart::{serve, terminate};
 
 const MATRIX: &str = include_str!("role_matrix.txt");
-const COLUMNS: [Option<Role>; 6] = [
+const COLUMNS: [Option<Role>; 7] = [
     None,
     Some(Role::Viewer),
     Some(Role::Operator),
     Some(Role::Approver),
     Some(Role::Admin),
     Some(Role::Metrics),
+    Some(Role::Sensor),
 ];
 
 struct MatrixLine {

@@ -31,6 +31,7 @@ fn new_case() -> Case {
         version: 1,
         resolution: None,
         current_plan_id: None,
+        source: "api".into(),
         created_by: "test".into(),
         created_at: now,
         updated_at: now,

@@ -305,7 +305,17 @@ pub trait Tx: Send {
     /// Publish the outbox message again, to consumers that handled it as well (their inbox
     /// rows are dropped): a redelivery with the same message id.
     async fn requeue_message(&mut self, message_id: Uuid) -> StoreResult<()>;
+    /// The transaction's connection, every deferred write sent. A statement that fails on it
+    /// must end the transaction (drop it): what it wrote is then rolled back with the rest.
+    async fn connection(&mut self) -> StoreResult<TxConnection<'_>>;
     async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// A transaction's own connection, lent to a crate that keeps tables of its own (the sensor's
+/// envelopes and evidence) so that its writes commit or roll back with the case's.
+pub enum TxConnection<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Postgres(&'a mut sqlx::PgConnection),
 }
 
 /// What the watchdog reads of a locked case.

@@ -37,7 +37,8 @@ const OUTBOX_CHANNEL: &str = "opscase_outbox";
 
 const CASE_COLUMNS: &str =
     "c.id, c.tenant, c.title, c.severity, c.labels, c.automation, c.evidence, \
-    c.status, c.version, c.resolution, c.current_plan_id, c.created_by, c.created_at, c.updated_at";
+    c.status, c.version, c.resolution, c.current_plan_id, c.source, c.created_by, c.created_at, \
+    c.updated_at";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -108,6 +109,9 @@ impl Store for PostgresStore {
                 .push_bind(key.clone())
                 .push(" = ")
                 .push_bind(value.clone());
+        }
+        if let Some(source) = &filter.source {
+            query.push(" AND c.source = ").push_bind(source.clone());
         }
         if let Some(before) = filter.before {
             query.push(" AND c.id < ").push_bind(before);
@@ -668,8 +672,8 @@ impl Tx for PostgresTx {
     async fn insert_case(&mut self, case: &Case) -> StoreResult<()> {
         self.deferred.push(
             "INSERT INTO ops_case (id, tenant, title, severity, labels, automation, evidence, status, version, \
-             resolution, current_plan_id, created_by, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             resolution, current_plan_id, source, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(case.id)
         .bind(case.tenant.clone())
@@ -682,6 +686,7 @@ impl Tx for PostgresTx {
         .bind(case.version)
         .bind(case.resolution.clone())
         .bind(case.current_plan_id)
+        .bind(case.source.clone())
         .bind(case.created_by.clone())
         .bind(case.created_at)
         .bind(case.updated_at);
@@ -861,6 +866,10 @@ impl Tx for PostgresTx {
         Ok(())
     }
 
+    async fn connection(&mut self) -> StoreResult<super::TxConnection<'_>> {
+        Ok(super::TxConnection::Postgres(self.flushed().await?))
+    }
+
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
         self.flushed().await?;
         self.tx.commit().await?;
@@ -943,6 +952,7 @@ fn case_from_row(row: &PgRow) -> StoreResult<Case> {
         version: row.try_get("version")?,
         resolution: row.try_get("resolution")?,
         current_plan_id: row.try_get("current_plan_id")?,
+        source: row.try_get("source")?,
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

@@ -36,7 +36,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 
 const CASE_COLUMNS: &str =
     "c.id, c.tenant, c.title, c.severity, c.labels, c.automation, c.evidence, \
-    c.status, c.version, c.resolution, c.current_plan_id, c.created_by, c.created_at, c.updated_at";
+    c.status, c.version, c.resolution, c.current_plan_id, c.source, c.created_by, c.created_at, \
+    c.updated_at";
 
 pub struct SqliteStore {
     /// The one write connection, for single statements outside a [`Tx`] (and migrations).
@@ -135,6 +136,9 @@ impl Store for SqliteStore {
                 .push_bind(key.clone())
                 .push(" || '\"') = ")
                 .push_bind(value.clone());
+        }
+        if let Some(source) = &filter.source {
+            query.push(" AND c.source = ").push_bind(source.clone());
         }
         if let Some(before) = filter.before {
             query.push(" AND c.id < ").push_bind(before.to_string());
@@ -676,8 +680,8 @@ impl Tx for SqliteTx {
         self.defer(
             Kind::Plain,
             "INSERT INTO ops_case (id, tenant, title, severity, labels, automation, evidence, status, version, \
-             resolution, current_plan_id, created_by, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             resolution, current_plan_id, source, created_by, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(case.id.to_string())
         .bind(case.tenant.clone())
@@ -690,6 +694,7 @@ impl Tx for SqliteTx {
         .bind(case.version)
         .bind(case.resolution.clone())
         .bind(case.current_plan_id.map(|id| id.to_string()))
+        .bind(case.source.clone())
         .bind(case.created_by.clone())
         .bind(case.created_at)
         .bind(case.updated_at);
@@ -871,6 +876,12 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
+    async fn connection(&mut self) -> StoreResult<super::TxConnection<'_>> {
+        Ok(super::TxConnection::Sqlite(
+            SqliteTx::connection(self).await?,
+        ))
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         SqliteTx::commit(*self).await
     }
@@ -979,6 +990,7 @@ fn case_from_row(row: &SqliteRow) -> StoreResult<Case> {
         current_plan_id: current_plan_id
             .map(|id| Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()?,
+        source: row.try_get("source")?,
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

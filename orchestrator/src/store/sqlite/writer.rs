@@ -330,6 +330,19 @@ impl SqliteTx {
         result
     }
 
+    /// The writer's connection inside this transaction, with what is buffered sent.
+    pub(super) async fn connection(&mut self) -> StoreResult<&mut SqliteConnection> {
+        self.flush().await?;
+        let group = self
+            .group
+            .as_mut()
+            .expect("a transaction has the writer until commit");
+        Ok(group
+            .conn
+            .as_deref_mut()
+            .expect("a group member has the connection"))
+    }
+
     pub(super) async fn commit(mut self) -> StoreResult<()> {
         self.batch.push(Kind::Plain, "RELEASE opscase_tx");
         // Nobody queued behind us: commit now; else leave the group open for them.
@@ -466,6 +479,7 @@ mod tests {
             version: 1,
             resolution: None,
             current_plan_id: None,
+            source: "api".into(),
             created_by: "test".into(),
             created_at: now,
             updated_at: now,

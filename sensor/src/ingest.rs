@@ -1,0 +1,570 @@
+//! The signal → case path, shared by every intake and by the analyst's anomalies: each signal
+//! is routed, deduplicated and joined to its group's open case or opens one, in one
+//! transaction with its envelope, the case's timeline rows and outbox messages.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Map};
+use utoipa::ToSchema;
+use uuid::Uuid;
+use workflow::{Event, Status as CaseStatus};
+
+use orchestrator::model::{Automation, NewCase};
+use orchestrator::{Note, Orchestrator, RequestContext, StoreError, TransitionRequest, Tx};
+
+use crate::correlate::{self, Decision, Group};
+use crate::evidence::LinkSettings;
+use crate::intake::{IntakeError, Limits};
+use crate::metrics::SensorMetrics;
+use crate::route::{clip, Route, Routes};
+use crate::signal::{Signal, Source, Status};
+use crate::store::{self, capped_raw, Envelope, Evidence, GroupRow};
+
+/// Why a delivery was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The payload, or one of its values, cannot be used (400).
+    #[error(transparent)]
+    Invalid(#[from] IntakeError),
+    /// The caller may not post into the tenant a signal names (403).
+    #[error("{field}: {message}")]
+    Forbidden { field: String, message: String },
+    #[error(transparent)]
+    Orchestrator(#[from] orchestrator::Error),
+}
+
+impl From<StoreError> for IngestError {
+    fn from(error: StoreError) -> Self {
+        IngestError::Orchestrator(error.into())
+    }
+}
+
+/// What became of one signal.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SignalOutcome {
+    pub fingerprint: String,
+    /// `firing`, `resolved` or `acknowledged`.
+    pub status: String,
+    /// `opened`, `joined`, `resolved`, `cancelled`, `acknowledged`, `recorded` or `duplicate`.
+    pub outcome: String,
+    pub case_id: Option<Uuid>,
+    /// The envelope written (none for a duplicate).
+    pub envelope_id: Option<Uuid>,
+}
+
+/// Who delivers: the tenant the caller's key is confined to, and the request's ids.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub tenant: Option<String>,
+    pub context: RequestContext,
+}
+
+/// The sensor's settings.
+#[derive(Debug, Clone, Default)]
+pub struct SensorSettings {
+    pub routes: Routes,
+    pub limits: Limits,
+    pub links: LinkSettings,
+}
+
+pub struct Sensor {
+    orchestrator: Arc<Orchestrator>,
+    settings: SensorSettings,
+    metrics: SensorMetrics,
+}
+
+/// The case changes of a delivery, reported after its commit.
+#[derive(Default)]
+struct Changes {
+    opened: Vec<Source>,
+    transitions: Vec<(CaseStatus, CaseStatus, Event)>,
+}
+
+impl Sensor {
+    pub fn new(orchestrator: Arc<Orchestrator>, settings: SensorSettings) -> Self {
+        let metrics = SensorMetrics::register(&orchestrator.metrics().registry);
+        Self {
+            orchestrator,
+            settings,
+            metrics,
+        }
+    }
+
+    pub fn settings(&self) -> &SensorSettings {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &SensorMetrics {
+        &self.metrics
+    }
+
+    pub fn orchestrator(&self) -> &Arc<Orchestrator> {
+        &self.orchestrator
+    }
+
+    /// Take in a payload's signals, all or nothing: one transaction, answered once committed.
+    /// `fields` names each signal's place in the payload (`alerts[3]`) for errors.
+    pub async fn ingest(
+        &self,
+        source: Source,
+        signals: Vec<Signal>,
+        fields: &[String],
+        caller: &Caller,
+    ) -> Result<Vec<SignalOutcome>, IngestError> {
+        let timer = self.metrics.ingest_timer(source).start_timer();
+        let tenants = signals
+            .iter()
+            .zip(fields)
+            .map(|(signal, field)| tenant_of(signal, field, caller))
+            .collect::<Result<Vec<_>, _>>()
+            .inspect_err(|_| self.metrics.received(source, "invalid"))?;
+        // Groups are locked in one order by every delivery, so two never wait on each other;
+        // a sort by key keeps each group's signals in the order they came.
+        let mut order: Vec<usize> = (0..signals.len()).collect();
+        let keys: Vec<String> = signals
+            .iter()
+            .zip(&tenants)
+            .map(|(signal, tenant)| self.settings.routes.route(signal).group_key(tenant, signal))
+            .collect();
+        order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+
+        let now = Utc::now();
+        let mut changes = Changes::default();
+        let mut outcomes: Vec<Option<SignalOutcome>> = vec![None; signals.len()];
+        let mut tx = self.orchestrator.store().begin().await?;
+        for index in order {
+            let outcome = self
+                .take(
+                    tx.as_mut(),
+                    &signals[index],
+                    &tenants[index],
+                    caller,
+                    now,
+                    &mut changes,
+                )
+                .await?;
+            outcomes[index] = Some(outcome);
+        }
+        tx.commit().await?;
+        timer.observe_duration();
+
+        for source in &changes.opened {
+            self.metrics.opened(*source);
+        }
+        self.orchestrator
+            .committed(changes.opened.len(), &changes.transitions);
+        let outcomes: Vec<SignalOutcome> = outcomes.into_iter().flatten().collect();
+        for (signal, outcome) in signals.iter().zip(&outcomes) {
+            self.metrics.received(signal.source, signal.status.as_str());
+            if outcome.outcome == "duplicate" {
+                self.metrics.duplicate(signal.source);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// One signal, inside the delivery's transaction.
+    async fn take(
+        &self,
+        tx: &mut dyn Tx,
+        signal: &Signal,
+        tenant: &str,
+        caller: &Caller,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<SignalOutcome, IngestError> {
+        let route = self.settings.routes.route(signal);
+        let source = signal.source.as_str();
+        // A resolution goes to the group its alert fired in, even if it carries no labels.
+        let seen = store::last_state(
+            &mut tx.connection().await?,
+            tenant,
+            source,
+            &signal.fingerprint,
+        )
+        .await?;
+        let group_key = match (&seen, signal.status) {
+            (Some((_, group)), Status::Resolved | Status::Acknowledged) => group.clone(),
+            _ => route.group_key(tenant, signal),
+        };
+        let group_labels = route.group_labels(signal);
+        let mut group = store::lock_group(
+            &mut tx.connection().await?,
+            &group_key,
+            tenant,
+            &route.name,
+            &group_labels,
+        )
+        .await?;
+        // Read again under the group's lock: a racing delivery of the same state is seen now.
+        let last = store::last_state(
+            &mut tx.connection().await?,
+            tenant,
+            source,
+            &signal.fingerprint,
+        )
+        .await?;
+        let duplicate = last.is_some_and(|(state, _)| state == signal.state_key());
+        let case = match group.case_id {
+            Some(id) => tx.lock_case(id).await?.map(|locked| locked.case),
+            None => None,
+        };
+        let (decision, firing) = correlate::decide(
+            signal.status,
+            &signal.fingerprint,
+            duplicate,
+            route,
+            &Group {
+                case_id: group.case_id,
+                firing: group.firing.clone(),
+                touched_at: group.touched_at,
+            },
+            case.as_ref().map(|c| c.status),
+            now,
+        );
+        if decision == Decision::Duplicate {
+            return Ok(SignalOutcome {
+                fingerprint: signal.fingerprint.clone(),
+                status: signal.status.as_str().into(),
+                outcome: "duplicate".into(),
+                case_id: group.case_id,
+                envelope_id: None,
+            });
+        }
+        let envelope_id = Uuid::now_v7();
+        let context = RequestContext {
+            correlation_id: Some(envelope_id.to_string()),
+            ..caller.context.clone()
+        };
+        let actor = format!("sensor/{source}");
+        let (outcome, case_id) = match decision {
+            Decision::Duplicate => unreachable!("answered above"),
+            Decision::Open => {
+                let case = self
+                    .open(tx, signal, tenant, route, &actor, &context, now, changes)
+                    .await?;
+                self.note(
+                    tx,
+                    &case,
+                    "signal",
+                    signal,
+                    &actor,
+                    envelope_id,
+                    route,
+                    &context,
+                    now,
+                )
+                .await?;
+                ("opened", Some(case.id))
+            }
+            Decision::Join(id) => {
+                let case = case.expect("a joined case exists");
+                self.note(
+                    tx,
+                    &case,
+                    "signal",
+                    signal,
+                    &actor,
+                    envelope_id,
+                    route,
+                    &context,
+                    now,
+                )
+                .await?;
+                ("joined", Some(id))
+            }
+            Decision::Resolve { case_id, cancel } => {
+                let case = case.expect("a resolved case exists");
+                self.note(
+                    tx,
+                    &case,
+                    "signal_resolved",
+                    signal,
+                    &actor,
+                    envelope_id,
+                    route,
+                    &context,
+                    now,
+                )
+                .await?;
+                if cancel {
+                    let request = cancel_request(case_id, &actor, route);
+                    let (_, accepted) = self
+                        .orchestrator
+                        .apply_in(tx, request, &context, now)
+                        .await?;
+                    changes
+                        .transitions
+                        .push((accepted.from, accepted.to, Event::Cancel));
+                    ("cancelled", Some(case_id))
+                } else {
+                    ("resolved", Some(case_id))
+                }
+            }
+            Decision::Acknowledge(case_id) => {
+                let case = case.expect("an acknowledged case exists");
+                self.note(
+                    tx,
+                    &case,
+                    "signal_acknowledged",
+                    signal,
+                    &actor,
+                    envelope_id,
+                    route,
+                    &context,
+                    now,
+                )
+                .await?;
+                ("acknowledged", Some(case_id))
+            }
+            Decision::Record => ("recorded", None),
+        };
+        let envelope = Envelope {
+            id: envelope_id,
+            tenant: tenant.to_string(),
+            source: source.to_string(),
+            kind: signal.source.kind().to_string(),
+            severity: signal.severity.clone(),
+            title: signal.title.clone(),
+            summary: signal.summary.clone(),
+            labels: signal.labels.clone(),
+            annotations: signal.annotations.clone(),
+            fingerprint: signal.fingerprint.clone(),
+            status: signal.status.as_str().to_string(),
+            starts_at: signal.starts_at,
+            ends_at: signal.ends_at,
+            generator_url: signal.generator_url.clone(),
+            route: route.name.clone(),
+            outcome: outcome.to_string(),
+            case_id,
+            received_at: now,
+            raw: capped_raw(&signal.raw),
+            state_key: signal.state_key(),
+            group_key: group_key.clone(),
+        };
+        let mut conn = tx.connection().await?;
+        store::insert_envelope(&mut conn, &envelope).await?;
+        if let (Some(case_id), "opened" | "joined") = (case_id, outcome) {
+            store::insert_evidence(
+                &mut conn,
+                &alert_evidence(signal, &envelope, case_id, &actor, now),
+            )
+            .await?;
+        }
+        if outcome == "opened" {
+            group.case_id = case_id;
+        }
+        group.firing = firing;
+        group.touched_at = Some(now);
+        store::update_group(&mut conn, &group_key, &GroupRow { ..group }).await?;
+        Ok(SignalOutcome {
+            fingerprint: signal.fingerprint.clone(),
+            status: signal.status.as_str().into(),
+            outcome: outcome.into(),
+            case_id,
+            envelope_id: Some(envelope_id),
+        })
+    }
+
+    /// Open the group's case; an `auto` route's case goes on by itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn open(
+        &self,
+        tx: &mut dyn Tx,
+        signal: &Signal,
+        tenant: &str,
+        route: &Route,
+        actor: &str,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+        changes: &mut Changes,
+    ) -> Result<orchestrator::model::Case, IngestError> {
+        let new = NewCase {
+            tenant: tenant.to_string(),
+            title: case_title(signal),
+            severity: route.case_severity(&signal.severity),
+            labels: route.case_labels(signal),
+            automation: route.automation,
+            evidence: Vec::new(),
+            source: signal.source.as_str().to_string(),
+            created_by: actor.to_string(),
+        };
+        let mut case = self
+            .orchestrator
+            .open_case_in(tx, new, context, now)
+            .await?;
+        changes.opened.push(signal.source);
+        if route.automation == Automation::Auto {
+            // Until the analyst examines cases, an auto case's analysis is done at once.
+            for event in [Event::StartAnalysis, Event::AnalysisDone] {
+                let request = plain_request(case.id, event, actor, None);
+                let (moved, accepted) = self
+                    .orchestrator
+                    .apply_in(tx, request, context, now)
+                    .await?;
+                changes
+                    .transitions
+                    .push((accepted.from, accepted.to, event));
+                case = moved;
+            }
+        }
+        Ok(case)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn note(
+        &self,
+        tx: &mut dyn Tx,
+        case: &orchestrator::model::Case,
+        event: &str,
+        signal: &Signal,
+        actor: &str,
+        envelope_id: Uuid,
+        route: &Route,
+        context: &RequestContext,
+        now: DateTime<Utc>,
+    ) -> Result<(), IngestError> {
+        let mut meta = Map::new();
+        meta.insert("envelope_id".into(), json!(envelope_id));
+        meta.insert("fingerprint".into(), json!(signal.fingerprint));
+        meta.insert("status".into(), json!(signal.status.as_str()));
+        meta.insert("route".into(), json!(route.name));
+        meta.insert("labels".into(), json!(signal.labels));
+        if let Some(url) = &signal.generator_url {
+            meta.insert("generator_url".into(), json!(url));
+        }
+        let reason = format!(
+            "{} {}: {}",
+            signal.name(),
+            signal.status.as_str(),
+            clip(&signal.title, 512)
+        );
+        self.orchestrator
+            .note_in(
+                tx,
+                case,
+                Note {
+                    event: event.into(),
+                    actor: actor.into(),
+                    reason: Some(reason),
+                    meta,
+                },
+                context,
+                now,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The tenant a signal goes to: its `tenant` label, else the key's tenant, else `default`. A
+/// key confined to a tenant cannot post into another one.
+fn tenant_of(signal: &Signal, field: &str, caller: &Caller) -> Result<String, IngestError> {
+    let tenant = match (signal.tenant_label(), caller.tenant.as_deref()) {
+        (Some(named), Some(own)) if named != own => {
+            return Err(IngestError::Forbidden {
+                field: format!("{field}.labels.tenant"),
+                message: format!(
+                    "this key is scoped to tenant {own:?} and cannot post signals for {named:?}"
+                ),
+            })
+        }
+        (Some(named), _) => named.to_string(),
+        (None, Some(own)) => own.to_string(),
+        (None, None) => "default".to_string(),
+    };
+    let valid = (1..=64).contains(&tenant.len())
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        return Err(IntakeError::new(
+            format!("{field}.labels.tenant"),
+            "a tenant is 1 to 64 of A-Z a-z 0-9 - _ .",
+        )
+        .into());
+    }
+    Ok(tenant)
+}
+
+/// At most 200 characters, as a case title may hold.
+fn case_title(signal: &Signal) -> String {
+    let title: String = signal.title.trim().chars().take(200).collect();
+    if title.is_empty() {
+        signal.name().chars().take(200).collect()
+    } else {
+        title
+    }
+}
+
+fn alert_evidence(
+    signal: &Signal,
+    envelope: &Envelope,
+    case_id: Uuid,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Evidence {
+    let mut evidence = Evidence {
+        id: Uuid::now_v7(),
+        case_id,
+        kind: "alert".into(),
+        title: case_title(signal),
+        note: signal.summary.clone().map(|s| clip(&s, 4096)),
+        locator: None,
+        reference: Some(json!({"table": "event_envelope", "keys": {"id": envelope.id}})),
+        url: signal.generator_url.clone(),
+        href: None,
+        created_by: actor.to_string(),
+        created_at: now,
+        content_hash: String::new(),
+    };
+    evidence.content_hash = crate::evidence::content_hash(&evidence);
+    evidence
+}
+
+fn plain_request(
+    case_id: Uuid,
+    event: Event,
+    actor: &str,
+    reason: Option<String>,
+) -> TransitionRequest {
+    TransitionRequest {
+        case_id,
+        event,
+        actor: actor.to_string(),
+        reason,
+        meta: Map::new(),
+        plan: None,
+        approval: None,
+        results: Vec::new(),
+        if_match: None,
+        expected_version: None,
+        policy_rev: None,
+        decision_inputs: None,
+        plan_requester: None,
+    }
+}
+
+fn cancel_request(case_id: Uuid, actor: &str, route: &Route) -> TransitionRequest {
+    plain_request(
+        case_id,
+        Event::Cancel,
+        actor,
+        Some(format!(
+            "every alert of the case's group resolved (route {:?}, on_resolved = cancel)",
+            route.name
+        )),
+    )
+}
+
+/// Labels as `k=v, ...` (for titles and logs).
+pub fn describe(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
