@@ -127,7 +127,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let key = value
         .to_str()
         .ok()
-        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|k| crate::contract::is_idempotency_key(k))
         .ok_or_else(|| {
             Problem::invalid(
                 "Idempotency-Key",
@@ -161,11 +161,7 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
 
 /// Tenant names: 1 to 64 of `A-Z a-z 0-9 - _ .`.
 pub fn validate_tenant(field: &str, tenant: &str) -> Result<(), Problem> {
-    let ok = (1..=64).contains(&tenant.len())
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
+    if crate::contract::is_tenant(tenant) {
         Ok(())
     } else {
         Err(Problem::invalid(
