@@ -9,6 +9,7 @@ mod helpers;
 mod access;
 mod concurrency;
 mod consumer;
+mod contract;
 mod distributed;
 mod docs;
 mod embedded;
