@@ -572,6 +572,47 @@ mod tests {
     }
 
     #[test]
+    fn metric_point_names_are_checked_as_documented() {
+        let printable = compiled(&PRINTABLE_NAME_PATTERN);
+        let metric = compiled(METRIC_NAME_PATTERN);
+        let point = |tenant: &str, name: &str| verifier::MetricPoint {
+            tenant: tenant.into(),
+            resource: "checkout".into(),
+            metric: name.into(),
+            bucket: chrono::Utc::now(),
+            avg: Some(1.0),
+            max: None,
+            p95: None,
+            count: None,
+            labels: serde_json::json!({}),
+        };
+        let long = "t".repeat(verifier::MAX_NAME_LEN);
+        let too_long = "t".repeat(verifier::MAX_NAME_LEN + 1);
+        for tenant in [
+            "t-001", "", " ", "\u{3000}", "a\u{7}", "a\u{85}b", "é", " x ", &long, &too_long,
+        ] {
+            let documented =
+                tenant.chars().count() <= verifier::MAX_NAME_LEN && printable.is_match(tenant);
+            assert_eq!(
+                point(tenant, "p95_ms").validate().is_ok(),
+                documented,
+                "tenant {tenant:?}"
+            );
+        }
+        let long = "m".repeat(verifier::MAX_METRIC_LEN);
+        let too_long = "m".repeat(verifier::MAX_METRIC_LEN + 1);
+        for name in ["p95_ms", "_x", "9x", "a-b", "", "é", &long, &too_long] {
+            let documented =
+                name.chars().count() <= verifier::MAX_METRIC_LEN && metric.is_match(name);
+            assert_eq!(
+                point("t-001", name).validate().is_ok(),
+                documented,
+                "metric {name:?}"
+            );
+        }
+    }
+
+    #[test]
     fn page_limits_are_the_documented_bounds() {
         let schema = serde_json::to_value(page_limit_schema()).unwrap();
         let (min, max) = (

@@ -164,6 +164,37 @@ fn is_empty_requirement(requirement: &utoipa::openapi::security::SecurityRequire
     serde_json::to_value(requirement).is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_seed_alias_is_documented_with_its_routes_parameters_and_errors() {
+        let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (alias, route) in SEED_ALIASES {
+            let (alias_item, route_item) = (&document["paths"][alias], &document["paths"][route]);
+            let methods = |item: &serde_json::Value| -> Vec<String> {
+                item.as_object().unwrap().keys().cloned().collect()
+            };
+            for method in methods(alias_item) {
+                let (a, r) = (&alias_item[&method], &route_item[&method]);
+                assert!(r.is_object(), "{method} {alias}: {route} has no {method}");
+                assert_eq!(a["parameters"], r["parameters"], "{method} {alias}");
+                assert_eq!(a["requestBody"], r["requestBody"], "{method} {alias}");
+                let statuses = |op: &serde_json::Value| -> Vec<String> {
+                    op["responses"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .cloned()
+                        .collect()
+                };
+                assert_eq!(statuses(a), statuses(r), "{method} {alias}");
+            }
+        }
+    }
+}
+
 /// The document as committed in `openapi/openapi.json`.
 pub fn document_json() -> String {
     ApiDoc::openapi()
