@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +22,7 @@ use workflow::{ApprovalInput, Event, Status, StepResult};
 
 use crate::auth::{Allowed, Decide, Operate, Read, Transition};
 use crate::contract::{self, BodyLimit, CaseNotFound, Malformed};
-use crate::extract::{self, JsonBody, QueryParams};
+use crate::extract::{self, JsonBody, PathId, QueryParams};
 use crate::problem::{Problem, PROBLEM_JSON};
 use crate::{request_id, AppState};
 
@@ -281,7 +281,7 @@ pub async fn list_cases(
 pub async fn get_case(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, Problem> {
     let context = read_context(caller);
     let case = app
@@ -297,7 +297,7 @@ pub async fn get_case(
 pub async fn get_case_alias(
     state: State<AppState>,
     caller: Allowed<Read>,
-    id: Path<String>,
+    id: PathId,
 ) -> Result<Response, Problem> {
     get_case(state, caller, id).await
 }
@@ -311,7 +311,7 @@ pub async fn get_case_alias(
 pub async fn timeline(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     QueryParams(query): QueryParams<TimelineQuery>,
 ) -> Result<Json<TimelinePage>, Problem> {
     let limit = contract::page_limit(query.limit)?;
@@ -336,7 +336,7 @@ pub async fn timeline(
 pub async fn timeline_alias(
     state: State<AppState>,
     caller: Allowed<Read>,
-    id: Path<String>,
+    id: PathId,
     query: QueryParams<TimelineQuery>,
 ) -> Result<Json<TimelinePage>, Problem> {
     timeline(state, caller, id, query).await
@@ -356,7 +356,7 @@ pub async fn timeline_alias(
 pub async fn transition(
     State(app): State<AppState>,
     caller: Allowed<Transition>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     body: JsonBody<TransitionBody>,
 ) -> Result<Response, Problem> {
@@ -368,7 +368,7 @@ pub async fn transition(
 pub async fn transition_alias(
     State(app): State<AppState>,
     caller: Allowed<Transition>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     body: JsonBody<TransitionBody>,
 ) -> Result<Response, Problem> {
@@ -458,7 +458,7 @@ pub struct EntryList {
 pub async fn executions(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<EntryList>, Problem> {
     const EVENTS: &[&str] = &["cmd.exec.run", "step_result", "exec_done", "exec_failed"];
     entries_of(app, caller, &id, EVENTS).await
@@ -473,7 +473,7 @@ pub async fn executions(
 pub async fn verifications(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<EntryList>, Problem> {
     const EVENTS: &[&str] = &["verify_pass", "verify_failed"];
     entries_of(app, caller, &id, EVENTS).await
@@ -506,7 +506,7 @@ async fn entries_of(
 pub async fn plans(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<PlanList>, Problem> {
     let context = read_context(caller);
     let items = app
@@ -525,7 +525,7 @@ pub async fn plans(
 pub async fn decisions(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<DecisionList>, Problem> {
     let context = read_context(caller);
     let items = app

@@ -170,3 +170,21 @@ pub fn validate_tenant(field: &str, tenant: &str) -> Result<(), Problem> {
         ))
     }
 }
+
+/// The `{id}` path segment as text, whatever it holds: a segment that is not UTF-8 once
+/// percent-decoded (`%FF`) is a problem naming `id`, like one that is not a UUID, instead of
+/// axum's plain-text rejection.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| PathId(id))
+            .map_err(|rejection| {
+                Problem::invalid("id", format!("the path's id: {}", rejection.body_text()))
+            })
+    }
+}

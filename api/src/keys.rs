@@ -1,6 +1,6 @@
 //! `/v1/keys`: API keys, for admins. A key's secret is shown once, in the answer that creates it.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Administer, Allowed};
 use crate::contract::{self, BodyLimit, Malformed};
-use crate::extract::{self, JsonBody};
+use crate::extract::{self, JsonBody, PathId};
 use crate::problem::Problem;
 use crate::AppState;
 
@@ -101,7 +101,7 @@ pub async fn list_keys(
 pub async fn revoke_key(
     State(app): State<AppState>,
     _caller: Allowed<Administer>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<ApiKey>, Problem> {
     let key = app
         .orchestrator

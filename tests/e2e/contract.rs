@@ -127,6 +127,13 @@ fn probes(operation: &Operation, case: Uuid, known_id: &str) -> Vec<Probe> {
             Some(true),
         ));
         probes.push(probe(
+            "an id that is not UTF-8",
+            &with_id("%FF"),
+            "",
+            body.clone(),
+            Some(true),
+        ));
+        probes.push(probe(
             "an unknown id",
             &with_id(&Uuid::now_v7().to_string()),
             "",
