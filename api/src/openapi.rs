@@ -164,6 +164,14 @@ fn is_empty_requirement(requirement: &utoipa::openapi::security::SecurityRequire
     serde_json::to_value(requirement).is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
 }
 
+/// The document as committed in `openapi/openapi.json`.
+pub fn document_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+        + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,12 +201,4 @@ mod tests {
             }
         }
     }
-}
-
-/// The document as committed in `openapi/openapi.json`.
-pub fn document_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
-        + "\n"
 }
