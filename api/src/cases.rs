@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,27 +21,26 @@ use uuid::Uuid;
 use workflow::{ApprovalInput, Event, Status, StepResult};
 
 use crate::auth::{Allowed, Decide, Operate, Read, Transition};
-use crate::extract::{self, JsonBody, QueryParams};
+use crate::contract::{self, BodyLimit, CaseNotFound, Malformed};
+use crate::extract::{self, JsonBody, PathId, QueryParams};
 use crate::problem::{Problem, PROBLEM_JSON};
 use crate::{request_id, AppState};
-
-const MAX_PAGE: u32 = 200;
-const DEFAULT_PAGE: u32 = 50;
 
 /// Open a case.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenCase {
-    #[schema(example = "p95 spike on checkout")]
+    #[schema(schema_with = contract::title_schema)]
     pub title: String,
-    /// Defaults to the key's tenant, or `default` for an unscoped key.
-    #[schema(example = "t-001")]
+    #[schema(schema_with = contract::case_tenant_schema)]
     pub tenant: Option<String>,
     pub severity: Option<Severity>,
+    #[schema(schema_with = contract::labels_schema)]
     pub labels: Option<BTreeMap<String, String>>,
     pub automation: Option<Automation>,
+    #[schema(schema_with = contract::evidence_schema)]
     pub evidence: Option<Vec<Value>>,
-    /// Who opens the case, as the client names it (the key is recorded next to it).
+    #[schema(schema_with = contract::actor_schema)]
     pub actor: Option<String>,
 }
 
@@ -50,13 +49,14 @@ pub struct OpenCase {
 #[serde(deny_unknown_fields)]
 pub struct TransitionBody {
     pub event: Event,
-    #[schema(example = "analyst@svc")]
+    #[schema(schema_with = contract::actor_schema)]
     pub actor: Option<String>,
     /// Required for `gate_rejected`, `resume`, `cancel`; explains failures.
     pub reason: Option<String>,
     /// Free-form context stored on the timeline row.
     pub meta: Option<Map<String, Value>>,
     /// Alternative to `If-Match`: stale → 409.
+    #[serde(default, deserialize_with = "workflow::integer::option")]
     pub expected_version: Option<i64>,
     /// `plan_ready`: the proposed ChangePlan (see `GET /v1/schemas/change-plan`).
     pub plan: Option<Value>,
@@ -83,14 +83,14 @@ pub struct DecisionBody {
 pub struct ListCasesQuery {
     pub status: Option<Status>,
     pub tenant: Option<String>,
-    /// `key=value`: cases carrying this label.
+    #[param(schema_with = contract::label_filter_schema)]
     pub label: Option<String>,
     /// What opened the case: `api`, or a signal source (`alertmanager`, `grafana`, `events`,
     /// `analyst`).
     pub source: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
-    /// 1 to 200, default 50.
+    #[param(schema_with = contract::page_limit_schema)]
     pub limit: Option<u32>,
 }
 
@@ -100,7 +100,7 @@ pub struct ListCasesQuery {
 pub struct TimelineQuery {
     /// `next_cursor` of the previous page (a timeline row id).
     pub cursor: Option<i64>,
-    /// 1 to 200, default 50.
+    #[param(schema_with = contract::page_limit_schema)]
     pub limit: Option<u32>,
 }
 
@@ -135,14 +135,14 @@ pub struct CreatedAlias {
 }
 
 #[utoipa::path(post, path = "/v1/cases", tag = "cases",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body")),
+    params(contract::OptionalIdempotencyKey),
     request_body(content = OpenCase, content_type = "application/json"),
     responses(
         (status = 201, description = "The case, NEW at version 1", body = Case,
             headers(("ETag" = String, description = "\"<version>\""), ("Location" = String))),
-        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Same key still in flight", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Same key, different request", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The same Idempotency-Key is still in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The same Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
+        Malformed, BodyLimit,
     ))]
 pub async fn open_case(
     State(app): State<AppState>,
@@ -172,12 +172,13 @@ pub async fn open_case(
 }
 
 /// Seed alias of `POST /v1/cases`: answers `{"data": "<case id>", "case": {...}}`.
+///
+/// Its parameters, body and error answers are those of `POST /v1/cases`
+/// ([`crate::openapi::SEED_ALIASES`]).
 #[utoipa::path(post, path = "/case/create", tag = "seed aliases",
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for the same key and body")),
-    request_body(content = OpenCase, content_type = "application/json"),
     responses(
-        (status = 201, description = "The new case's id under `data`", body = CreatedAlias),
-        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "The new case's id under `data`", body = CreatedAlias,
+            headers(("ETag" = String, description = "\"<version>\""), ("Location" = String))),
     ))]
 pub async fn open_case_alias(
     State(app): State<AppState>,
@@ -231,14 +232,14 @@ async fn open(
 #[utoipa::path(get, path = "/v1/cases", tag = "cases", params(ListCasesQuery),
     responses(
         (status = 200, description = "Newest first", body = CasePage),
-        (status = 400, description = "Invalid filter", body = Problem, content_type = "application/problem+json"),
+        Malformed,
     ))]
 pub async fn list_cases(
     State(app): State<AppState>,
     caller: Allowed<Read>,
     QueryParams(query): QueryParams<ListCasesQuery>,
 ) -> Result<Json<CasePage>, Problem> {
-    let limit = page_limit(query.limit)?;
+    let limit = contract::page_limit(query.limit)?;
     // A tenant-scoped key lists its own tenant; asking for another one finds nothing.
     let tenant = match (&caller.principal.tenant, query.tenant) {
         (Some(own), Some(asked)) if *own != asked => {
@@ -291,12 +292,12 @@ pub async fn list_cases(
     params(("id" = Uuid, Path, description = "Case id")),
     responses(
         (status = 200, description = "The case", body = Case, headers(("ETag" = String, description = "\"<version>\", for If-Match"))),
-        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+        Malformed, CaseNotFound,
     ))]
 pub async fn get_case(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, Problem> {
     let context = read_context(caller);
     let case = app
@@ -308,16 +309,11 @@ pub async fn get_case(
 }
 
 /// Seed alias of `GET /v1/cases/{id}`.
-#[utoipa::path(get, path = "/case/{id}", tag = "seed aliases",
-    params(("id" = Uuid, Path, description = "Case id")),
-    responses(
-        (status = 200, description = "The case", body = Case),
-        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
-    ))]
+#[utoipa::path(get, path = "/case/{id}", tag = "seed aliases")]
 pub async fn get_case_alias(
     state: State<AppState>,
     caller: Allowed<Read>,
-    id: Path<String>,
+    id: PathId,
 ) -> Result<Response, Problem> {
     get_case(state, caller, id).await
 }
@@ -326,15 +322,15 @@ pub async fn get_case_alias(
     params(("id" = Uuid, Path, description = "Case id"), TimelineQuery),
     responses(
         (status = 200, description = "Oldest first, including rejected attempts", body = TimelinePage),
-        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+        Malformed, CaseNotFound,
     ))]
 pub async fn timeline(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     QueryParams(query): QueryParams<TimelineQuery>,
 ) -> Result<Json<TimelinePage>, Problem> {
-    let limit = page_limit(query.limit)?;
+    let limit = contract::page_limit(query.limit)?;
     let context = read_context(caller);
     let items = app
         .orchestrator
@@ -352,42 +348,31 @@ pub async fn timeline(
 }
 
 /// Seed alias of `GET /v1/cases/{id}/timeline`.
-#[utoipa::path(get, path = "/case/{id}/timeline", tag = "seed aliases",
-    params(("id" = Uuid, Path, description = "Case id"), TimelineQuery),
-    responses(
-        (status = 200, description = "Oldest first", body = TimelinePage),
-        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
-    ))]
+#[utoipa::path(get, path = "/case/{id}/timeline", tag = "seed aliases")]
 pub async fn timeline_alias(
     state: State<AppState>,
     caller: Allowed<Read>,
-    id: Path<String>,
+    id: PathId,
     query: QueryParams<TimelineQuery>,
 ) -> Result<Json<TimelinePage>, Problem> {
     timeline(state, caller, id, query).await
 }
 
 #[utoipa::path(patch, path = "/v1/cases/{id}/transition", tag = "cases",
-    params(
-        ("id" = Uuid, Path, description = "Case id"),
-        ("Idempotency-Key" = String, Header, description = "Required. Same key and body replay the first response"),
-        ("If-Match" = Option<String>, Header, description = "\"<version>\" from the ETag; stale → 412"),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context, stored on the timeline and outbox"),
-    ),
+    params(("id" = Uuid, Path, description = "Case id"), contract::TransitionHeaders),
     request_body(content = TransitionBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The case after the event", body = Case, headers(("ETag" = String))),
-        (status = 400, description = "Missing Idempotency-Key or invalid input", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Illegal transition, stale expected_version, or key in flight", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Guard refused (recorded on the timeline), or key reused for another request", body = Problem, content_type = "application/problem+json"),
         (status = 428, description = "A precondition is required by configuration", body = Problem, content_type = "application/problem+json"),
+        Malformed, BodyLimit, CaseNotFound,
     ))]
 pub async fn transition(
     State(app): State<AppState>,
     caller: Allowed<Transition>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     body: JsonBody<TransitionBody>,
 ) -> Result<Response, Problem> {
@@ -395,22 +380,11 @@ pub async fn transition(
 }
 
 /// Seed alias of `PATCH /v1/cases/{id}/transition`.
-#[utoipa::path(patch, path = "/case/{id}/transition", tag = "seed aliases",
-    params(
-        ("id" = Uuid, Path, description = "Case id"),
-        ("Idempotency-Key" = String, Header, description = "Required"),
-        ("If-Match" = Option<String>, Header, description = "\"<version>\""),
-    ),
-    request_body(content = TransitionBody, content_type = "application/json"),
-    responses(
-        (status = 200, description = "The case after the event", body = Case),
-        (status = 409, description = "Illegal transition", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Guard refused", body = Problem, content_type = "application/problem+json"),
-    ))]
+#[utoipa::path(patch, path = "/case/{id}/transition", tag = "seed aliases")]
 pub async fn transition_alias(
     State(app): State<AppState>,
     caller: Allowed<Transition>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     body: JsonBody<TransitionBody>,
 ) -> Result<Response, Problem> {
@@ -495,12 +469,12 @@ pub struct EntryList {
     params(("id" = Uuid, Path, description = "Case id")),
     responses(
         (status = 200, description = "Execution requests, every step attempt (`step_result`, with output) and outcomes, oldest first", body = EntryList),
-        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+        Malformed, CaseNotFound,
     ))]
 pub async fn executions(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<EntryList>, Problem> {
     const EVENTS: &[&str] = &["cmd.exec.run", "step_result", "exec_done", "exec_failed"];
     entries_of(app, caller, &id, EVENTS).await
@@ -510,12 +484,12 @@ pub async fn executions(
     params(("id" = Uuid, Path, description = "Case id")),
     responses(
         (status = 200, description = "Verdicts with the numbers each check saw, oldest first", body = EntryList),
-        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+        Malformed, CaseNotFound,
     ))]
 pub async fn verifications(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<EntryList>, Problem> {
     const EVENTS: &[&str] = &["verify_pass", "verify_failed"];
     entries_of(app, caller, &id, EVENTS).await
@@ -543,12 +517,12 @@ async fn entries_of(
     params(("id" = Uuid, Path, description = "Case id")),
     responses(
         (status = 200, description = "Plans proposed for the case, oldest first", body = PlanList),
-        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+        Malformed, CaseNotFound,
     ))]
 pub async fn plans(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<PlanList>, Problem> {
     let context = read_context(caller);
     let items = app
@@ -562,12 +536,12 @@ pub async fn plans(
     params(("id" = Uuid, Path, description = "Case id")),
     responses(
         (status = 200, description = "Gate decisions on the case's plans, oldest first", body = DecisionList),
-        (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
+        Malformed, CaseNotFound,
     ))]
 pub async fn decisions(
     State(app): State<AppState>,
     caller: Allowed<Read>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<DecisionList>, Problem> {
     let context = read_context(caller);
     let items = app
@@ -635,37 +609,16 @@ pub(crate) fn request_context(
     }
 }
 
-fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
-    match limit {
-        None => Ok(DEFAULT_PAGE),
-        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(n) => Err(Problem::invalid(
-            "limit",
-            format!("limit {n} is outside 1..={MAX_PAGE}"),
-        )),
-    }
-}
-
 /// The client's name for itself, defaulting to the key's name.
 pub(crate) fn actor_of(actor: Option<&str>, principal: &Principal) -> Result<String, Problem> {
-    match actor.map(str::trim) {
+    match actor {
         None => Ok(principal.name.clone()),
-        Some(a) if a.is_empty() || a.len() > 200 => Err(Problem::invalid(
-            "actor",
-            "actor must be 1 to 200 characters",
-        )),
-        Some(a) => Ok(a.to_string()),
+        Some(actor) => contract::text("actor", actor, contract::ACTOR_MAX_CHARS),
     }
 }
 
 fn validate_new_case(body: OpenCase, principal: &Principal) -> Result<NewCase, Problem> {
-    let title = body.title.trim().to_string();
-    if title.is_empty() || title.chars().count() > 200 {
-        return Err(Problem::invalid(
-            "title",
-            "title must be 1 to 200 characters",
-        ));
-    }
+    let title = contract::text("title", &body.title, contract::TITLE_MAX_CHARS)?;
     let tenant = match (body.tenant, &principal.tenant) {
         (Some(asked), Some(own)) if asked != *own => {
             let mut problem = Problem::new(
@@ -682,21 +635,30 @@ fn validate_new_case(body: OpenCase, principal: &Principal) -> Result<NewCase, P
     };
     extract::validate_tenant("tenant", &tenant)?;
     let labels = body.labels.unwrap_or_default();
-    if labels.len() > 32 {
-        return Err(Problem::invalid("labels", "at most 32 labels"));
+    if labels.len() > contract::MAX_LABELS {
+        return Err(Problem::invalid(
+            "labels",
+            format!("at most {} labels", contract::MAX_LABELS),
+        ));
     }
     for (key, value) in &labels {
         validate_label_key(&format!("labels.{key}"), key)?;
-        if value.len() > 256 {
+        if value.chars().count() > contract::LABEL_VALUE_MAX_CHARS {
             return Err(Problem::invalid(
                 format!("labels.{key}"),
-                "label values are at most 256 bytes",
+                format!(
+                    "label values are at most {} characters",
+                    contract::LABEL_VALUE_MAX_CHARS
+                ),
             ));
         }
     }
     let evidence = body.evidence.unwrap_or_default();
-    if evidence.len() > 50 {
-        return Err(Problem::invalid("evidence", "at most 50 evidence items"));
+    if evidence.len() > contract::MAX_EVIDENCE {
+        return Err(Problem::invalid(
+            "evidence",
+            format!("at most {} evidence items", contract::MAX_EVIDENCE),
+        ));
     }
     Ok(NewCase {
         tenant,
@@ -711,11 +673,7 @@ fn validate_new_case(body: OpenCase, principal: &Principal) -> Result<NewCase, P
 }
 
 fn validate_label_key(field: &str, key: &str) -> Result<(), Problem> {
-    let ok = (1..=63).contains(&key.len())
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
-    if ok {
+    if contract::is_label_key(key) {
         Ok(())
     } else {
         Err(Problem::invalid(

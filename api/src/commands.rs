@@ -19,6 +19,7 @@ use workflow::messages::topic;
 
 use crate::auth::{Allowed, Operate};
 use crate::cases::{actor_of, request_context};
+use crate::contract::{self, BodyLimit, CaseNotFound, Malformed};
 use crate::extract::JsonBody;
 use crate::problem::Problem;
 use crate::AppState;
@@ -28,11 +29,11 @@ use crate::AppState;
 #[serde(deny_unknown_fields)]
 pub struct PlanGenerate {
     pub case_id: Uuid,
-    /// A template (`GET /v1/templates`); by default the case's `template` label, else `noop.check`.
-    #[schema(example = "k8s.rollout.canary")]
+    #[schema(schema_with = contract::template_schema)]
     pub template: Option<String>,
     /// Template inputs; they override the case's labels.
     pub params: Option<Map<String, Value>>,
+    #[schema(schema_with = contract::actor_schema)]
     pub actor: Option<String>,
 }
 
@@ -41,6 +42,7 @@ pub struct PlanGenerate {
 #[serde(deny_unknown_fields)]
 pub struct GateEval {
     pub case_id: Uuid,
+    #[schema(schema_with = contract::actor_schema)]
     pub actor: Option<String>,
 }
 
@@ -49,28 +51,29 @@ pub struct GateEval {
 #[serde(deny_unknown_fields)]
 pub struct VerifyRun {
     pub case_id: Uuid,
+    #[schema(schema_with = contract::actor_schema)]
     pub actor: Option<String>,
 }
 
 /// `POST /v1/adapter/exec`: run the approved plan, or one ad-hoc step the gate policy allows
-/// on its own, or describe either without side effects (`dry_run`).
+/// on its own, or describe either without side effects (`dry_run`). `script`, `params` and
+/// `timeout_s` describe the ad-hoc step, so they need `adapter` (else 422).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterExec {
     pub case_id: Uuid,
-    /// An adapter to run in place of the plan's steps (`script` is short for `script.exec`).
-    #[schema(example = "script")]
+    #[schema(schema_with = contract::adapter_schema)]
     pub adapter: Option<String>,
-    /// For `script`: the allowlisted executable and its arguments, split on whitespace (no
-    /// shell: quotes, `;`, `$()` are passed as plain text).
-    #[schema(example = "echo ok")]
+    #[schema(schema_with = contract::script_schema)]
     pub script: Option<String>,
-    /// The adapter's params (see `GET /v1/adapters`).
+    /// The ad-hoc step's params, valid for its adapter (see `GET /v1/adapters`; else 422).
     pub params: Option<Map<String, Value>>,
-    /// The ad-hoc step's timeout, 10 to 3600 s (default 60).
+    #[schema(schema_with = contract::adhoc_timeout_schema)]
+    #[serde(default, deserialize_with = "workflow::integer::option")]
     pub timeout_s: Option<u32>,
     #[serde(default)]
     pub dry_run: bool,
+    #[schema(schema_with = contract::actor_schema)]
     pub actor: Option<String>,
 }
 
@@ -91,10 +94,11 @@ pub struct CommandResult {
 }
 
 const ADHOC_STEP_ID: &str = "adhoc-1";
-const DEFAULT_ADHOC_TIMEOUT_S: u32 = 60;
 
+/// A command route and its seed alias. `$extra` lists the responses only this command has.
 macro_rules! command_routes {
-    ($v1:ident, $alias:ident, $path:literal, $alias_path:literal, $body:ty, $summary:literal) => {
+    ($v1:ident, $alias:ident, $path:literal, $alias_path:literal, $body:ty, $summary:literal,
+        [$($extra:tt)*]) => {
         #[doc = $summary]
         #[utoipa::path(post, path = $path, tag = "commands",
             params(("Prefer" = Option<String>, Header,
@@ -103,9 +107,9 @@ macro_rules! command_routes {
             responses(
                 (status = 200, description = "The worker answered", body = CommandResult),
                 (status = 202, description = "Written; not answered yet (or not waited for)", body = CommandResult),
-                (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
-                (status = 404, description = "No such case", body = Problem, content_type = "application/problem+json"),
                 (status = 409, description = "Not applicable in the case's state", body = Problem, content_type = "application/problem+json"),
+                $($extra)*
+                Malformed, BodyLimit, CaseNotFound,
             ))]
         pub async fn $v1(
             state: State<AppState>,
@@ -117,13 +121,7 @@ macro_rules! command_routes {
         }
 
         #[doc = concat!("Seed alias of `", $path, "`.")]
-        #[utoipa::path(post, path = $alias_path, tag = "seed aliases",
-            request_body(content = $body, content_type = "application/json"),
-            responses(
-                (status = 200, description = "The worker answered", body = CommandResult),
-                (status = 202, description = "Written; not answered yet", body = CommandResult),
-                (status = 409, description = "Not applicable in the case's state", body = Problem, content_type = "application/problem+json"),
-            ))]
+        #[utoipa::path(post, path = $alias_path, tag = "seed aliases")]
         pub async fn $alias(
             state: State<AppState>,
             caller: Allowed<Operate>,
@@ -141,7 +139,8 @@ command_routes!(
     "/v1/plan/generate",
     "/plan/generate",
     PlanGenerate,
-    "Ask the planner for a ChangePlan (the case must be ANALYZING or PLANNING)."
+    "Ask the planner for a ChangePlan (the case must be ANALYZING or PLANNING).",
+    []
 );
 command_routes!(
     gate_eval,
@@ -149,7 +148,8 @@ command_routes!(
     "/v1/gate/eval",
     "/gate/eval",
     GateEval,
-    "Ask the gatekeeper to decide on the current plan (WAIT_GATE)."
+    "Ask the gatekeeper to decide on the current plan (WAIT_GATE).",
+    []
 );
 command_routes!(
     adapter_exec,
@@ -157,7 +157,14 @@ command_routes!(
     "/v1/adapter/exec",
     "/adapter/exec",
     AdapterExec,
-    "Run the approved plan, or an ad-hoc step the gate policy allows on its own (EXECUTING)."
+    "Run the approved plan, or an ad-hoc step the gate policy allows on its own (EXECUTING).",
+    [(
+        status = 422,
+        description = "The ad-hoc step is refused: by the gate policy (`rule` names it), \
+        or its fields do not go together or its params do not fit its adapter (`field` names it)",
+        body = Problem,
+        content_type = "application/problem+json"
+    ),]
 );
 command_routes!(
     verify_run,
@@ -165,7 +172,8 @@ command_routes!(
     "/v1/verify/run",
     "/verify/run",
     VerifyRun,
-    "Ask the verifier to check the plan's verification (VERIFYING)."
+    "Ask the verifier to check the plan's verification (VERIFYING).",
+    []
 );
 
 /// Each body knows which command it is and what it carries.
@@ -176,8 +184,8 @@ trait CommandBody {
 impl CommandBody for PlanGenerate {
     fn into_request(self, caller: &Allowed<Operate>) -> Result<CommandRequest, Problem> {
         if let Some(template) = self.template.as_deref() {
-            if !planner::templates().iter().any(|t| t.name == template) {
-                let known: Vec<&str> = planner::templates().iter().map(|t| t.name).collect();
+            let known = contract::template_names();
+            if !known.contains(&template) {
                 return Err(Problem::invalid(
                     "template",
                     format!("unknown template {template:?}; known: {}", known.join(", ")),
@@ -229,46 +237,61 @@ impl CommandBody for AdapterExec {
 
 /// The single step an ad-hoc `/adapter/exec` asks for, validated against its adapter's
 /// params schema; `None` when the plan's own steps are to run.
+///
+/// What the document describes field by field (the adapter's name, a blank `script`, the
+/// timeout's range) is refused with 400; what it cannot (fields that do not go together,
+/// params that do not fit the adapter's own schema) with 422.
 fn adhoc_step(body: &AdapterExec) -> Result<Option<Value>, Problem> {
-    let Some(adapter) = body.adapter.as_deref() else {
-        if body.script.is_some() || body.params.is_some() {
+    if let Some(timeout_s) = body.timeout_s {
+        if !contract::ADHOC_TIMEOUT_S.contains(&timeout_s) {
             return Err(Problem::invalid(
+                "timeout_s",
+                format!(
+                    "timeout_s must be within {}..={}",
+                    contract::ADHOC_TIMEOUT_S.start(),
+                    contract::ADHOC_TIMEOUT_S.end()
+                ),
+            ));
+        }
+    }
+    if let Some(script) = body.script.as_deref() {
+        if script.trim().is_empty() {
+            return Err(Problem::invalid("script", "`script` is empty"));
+        }
+    }
+    let Some(adapter) = body.adapter.as_deref() else {
+        if body.script.is_some() || body.params.is_some() || body.timeout_s.is_some() {
+            return Err(Problem::unprocessable(
                 "adapter",
-                "`script` and `params` need an `adapter` to run them with",
+                "`script`, `params` and `timeout_s` describe an ad-hoc step and need an `adapter` to run it with",
             ));
         }
         return Ok(None);
     };
-    let action = if adapter == "script" {
+    if !contract::adapter_names().contains(&adapter) {
+        return Err(Problem::invalid(
+            "adapter",
+            format!(
+                "unknown adapter {adapter:?}; known: {}",
+                contract::adapter_names().join(", ")
+            ),
+        ));
+    }
+    let action = if adapter == contract::SCRIPT_SHORTHAND {
         "script.exec"
     } else {
         adapter
     };
-    if workflow::adapters::find(action).is_none() {
-        let known: Vec<&str> = workflow::adapters::ADAPTERS
-            .iter()
-            .map(|a| a.action)
-            .collect();
-        return Err(Problem::invalid(
-            "adapter",
-            format!(
-                "unknown adapter {adapter:?}; known: script, {}",
-                known.join(", ")
-            ),
-        ));
-    }
     let mut params = body.params.clone().unwrap_or_default();
     if let Some(command_line) = body.script.as_deref() {
         if action != "script.exec" {
-            return Err(Problem::invalid(
+            return Err(Problem::unprocessable(
                 "script",
                 "`script` goes with adapter `script`",
             ));
         }
         let mut words = command_line.split_whitespace();
-        let Some(script) = words.next() else {
-            return Err(Problem::invalid("script", "`script` is empty"));
-        };
+        let script = words.next().unwrap_or_default();
         params.insert("script".into(), json!(script));
         params.insert("args".into(), json!(words.collect::<Vec<_>>()));
     }
@@ -276,18 +299,12 @@ fn adhoc_step(body: &AdapterExec) -> Result<Option<Value>, Problem> {
     let errors = workflow::adapters::validate_params(action, Some(&params)).unwrap_or_default();
     if let Some(error) = errors.first() {
         let field = format!("params{}", error.pointer.replace('/', "."));
-        return Err(Problem::invalid(
+        return Err(Problem::unprocessable(
             field,
             format!("{action} params: {}", error.message),
         ));
     }
-    let timeout_s = body.timeout_s.unwrap_or(DEFAULT_ADHOC_TIMEOUT_S);
-    if !(10..=3600).contains(&timeout_s) {
-        return Err(Problem::invalid(
-            "timeout_s",
-            "timeout_s must be within 10..=3600",
-        ));
-    }
+    let timeout_s = body.timeout_s.unwrap_or(contract::ADHOC_TIMEOUT_DEFAULT_S);
     Ok(Some(json!({
         "id": ADHOC_STEP_ID,
         "action": action,

@@ -127,7 +127,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let key = value
         .to_str()
         .ok()
-        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|k| crate::contract::is_idempotency_key(k))
         .ok_or_else(|| {
             Problem::invalid(
                 "Idempotency-Key",
@@ -161,16 +161,30 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
 
 /// Tenant names: 1 to 64 of `A-Z a-z 0-9 - _ .`.
 pub fn validate_tenant(field: &str, tenant: &str) -> Result<(), Problem> {
-    let ok = (1..=64).contains(&tenant.len())
-        && tenant
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
+    if crate::contract::is_tenant(tenant) {
         Ok(())
     } else {
         Err(Problem::invalid(
             field,
             "tenant must be 1 to 64 of A-Z a-z 0-9 - _ .",
         ))
+    }
+}
+
+/// The `{id}` path segment as text, whatever it holds: a segment that is not UTF-8 once
+/// percent-decoded (`%FF`) is a problem naming `id`, like one that is not a UUID, instead of
+/// axum's plain-text rejection.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| PathId(id))
+            .map_err(|rejection| {
+                Problem::invalid("id", format!("the path's id: {}", rejection.body_text()))
+            })
     }
 }

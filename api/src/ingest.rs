@@ -2,23 +2,23 @@
 //! plans against. A batch is written in one transaction; re-sending a minute overwrites it.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use verifier::MetricPoint;
 
 use crate::auth::{Allowed, Ingest};
+use crate::contract::{self, BodyLimit, Malformed, MAX_METRIC_POINTS};
 use crate::extract::JsonBody;
 use crate::problem::Problem;
 use crate::AppState;
 
-/// Most points accepted in one request.
-const MAX_BATCH: usize = 10_000;
-
 /// A batch of points.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricBatch {
+    #[schema(schema_with = contract::metric_points_schema)]
     pub points: Vec<MetricPoint>,
 }
 
@@ -34,13 +34,13 @@ pub struct Ingested {
 /// e.g. `p95_ms`, `err_rate`), `bucket` (any instant in the minute), at least one of `avg`,
 /// `max`, `p95`, and optionally `count` and `labels`.
 #[utoipa::path(post, path = "/v1/metrics/1m", tag = "metrics",
-    request_body(content = Object, content_type = "application/json",
+    request_body(content = MetricBatch, content_type = "application/json",
         description = "`{\"points\": [...]}`",
         example = json!({"points": [{"tenant": "t-001", "resource": "checkout", "metric": "p95_ms",
                           "bucket": "2026-11-21T10:00:00Z", "p95": 180.0}]})),
     responses(
         (status = 200, description = "Written", body = Ingested),
-        (status = 400, description = "A point is invalid (the field names it)", body = Problem, content_type = "application/problem+json"),
+        Malformed, BodyLimit,
     ))]
 pub async fn ingest_metric_1m(
     State(app): State<AppState>,
@@ -51,10 +51,13 @@ pub async fn ingest_metric_1m(
     if points.is_empty() {
         return Err(Problem::invalid("points", "the batch is empty"));
     }
-    if points.len() > MAX_BATCH {
+    if points.len() > MAX_METRIC_POINTS {
         return Err(Problem::invalid(
             "points",
-            format!("{} points; at most {MAX_BATCH} per request", points.len()),
+            format!(
+                "{} points; at most {MAX_METRIC_POINTS} per request",
+                points.len()
+            ),
         ));
     }
     for (index, point) in points.iter().enumerate() {
@@ -63,10 +66,14 @@ pub async fn ingest_metric_1m(
         })?;
         if let Some(own) = caller.principal.tenant.as_deref() {
             if point.tenant != own {
-                return Err(Problem::invalid(
-                    format!("points[{index}].tenant"),
-                    format!("this key may only write metrics of tenant {own}"),
-                ));
+                let mut problem = Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "Forbidden",
+                    format!("this key may only write metrics of tenant {own:?}"),
+                );
+                problem.field = Some(format!("points[{index}].tenant"));
+                return Err(problem);
             }
         }
     }

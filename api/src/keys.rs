@@ -1,6 +1,6 @@
 //! `/v1/keys`: API keys, for admins. A key's secret is shown once, in the answer that creates it.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,19 +10,21 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::{Administer, Allowed};
-use crate::extract::{self, JsonBody};
+use crate::contract::{self, BodyLimit, Malformed};
+use crate::extract::{self, JsonBody, PathId};
 use crate::problem::Problem;
 use crate::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
-    #[schema(example = "ci-pipeline")]
+    #[schema(schema_with = contract::key_name_schema)]
     pub name: String,
+    #[schema(schema_with = contract::roles_schema)]
     pub roles: Vec<Role>,
-    /// Confine the key to one tenant's cases.
+    #[schema(schema_with = contract::key_tenant_schema)]
     pub tenant: Option<String>,
-    /// RFC 3339; the key is refused from then on.
+    /// RFC 3339; the key is refused from then on. A time already past is refused (422).
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -42,7 +44,8 @@ pub struct KeyList {
     request_body(content = CreateKey, content_type = "application/json"),
     responses(
         (status = 201, description = "The key and, once only, its secret", body = CreatedKey),
-        (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`expires_at` is already past", body = Problem, content_type = "application/problem+json"),
+        Malformed, BodyLimit,
     ))]
 pub async fn create_key(
     State(app): State<AppState>,
@@ -50,10 +53,7 @@ pub async fn create_key(
     body: JsonBody<CreateKey>,
 ) -> Result<Response, Problem> {
     let body = body.value;
-    let name = body.name.trim().to_string();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(Problem::invalid("name", "name must be 1 to 100 characters"));
-    }
+    let name = contract::text("name", &body.name, contract::KEY_NAME_MAX_CHARS)?;
     if body.roles.is_empty() {
         return Err(Problem::invalid("roles", "a key needs at least one role"));
     }
@@ -61,7 +61,10 @@ pub async fn create_key(
         extract::validate_tenant("tenant", tenant)?;
     }
     if body.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(Problem::invalid("expires_at", "expires_at is in the past"));
+        return Err(Problem::unprocessable(
+            "expires_at",
+            "expires_at is in the past",
+        ));
     }
     let (api_key, key) = app
         .orchestrator
@@ -93,11 +96,12 @@ pub async fn list_keys(
     responses(
         (status = 200, description = "The key, revoked: refused from the next request on", body = ApiKey),
         (status = 404, description = "No such key", body = Problem, content_type = "application/problem+json"),
+        Malformed,
     ))]
 pub async fn revoke_key(
     State(app): State<AppState>,
     _caller: Allowed<Administer>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<ApiKey>, Problem> {
     let key = app
         .orchestrator

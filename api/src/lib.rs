@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod cases;
 pub mod commands;
+pub mod contract;
 pub mod extract;
 pub mod http_metrics;
 pub mod ingest;

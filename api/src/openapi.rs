@@ -26,7 +26,7 @@ use crate::{cases, commands, ingest, keys, problem, system};
         system::change_plan_schema, system::adapters, system::templates, system::livez, system::readyz, system::metrics,
         keys::create_key, keys::list_keys, keys::revoke_key,
     ),
-    modifiers(&Security),
+    modifiers(&SeedAliases, &Security),
     security(("bearer" = []), ("api_key" = [])),
     components(schemas(problem::Problem)),
     tags(
@@ -40,6 +40,66 @@ use crate::{cases, commands, ingest, keys, problem, system};
     )
 )]
 pub struct ApiDoc;
+
+/// The seed's paths and the `/v1` routes whose handlers they share. An alias is documented with
+/// its own success answers only (`/case/create` answers another body); its parameters, request
+/// body and every other answer are copied from its route, so the two cannot drift apart.
+pub const SEED_ALIASES: &[(&str, &str)] = &[
+    ("/case/create", "/v1/cases"),
+    ("/case/{id}", "/v1/cases/{id}"),
+    ("/case/{id}/timeline", "/v1/cases/{id}/timeline"),
+    ("/case/{id}/transition", "/v1/cases/{id}/transition"),
+    ("/plan/generate", "/v1/plan/generate"),
+    ("/gate/eval", "/v1/gate/eval"),
+    ("/adapter/exec", "/v1/adapter/exec"),
+    ("/verify/run", "/v1/verify/run"),
+];
+
+struct SeedAliases;
+
+impl Modify for SeedAliases {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (alias, route) in SEED_ALIASES {
+            let route = openapi.paths.paths.get(*route).cloned().unwrap_or_else(|| {
+                panic!("seed alias {alias}: its route {route} is not documented")
+            });
+            let item = openapi
+                .paths
+                .paths
+                .get_mut(*alias)
+                .unwrap_or_else(|| panic!("seed alias {alias} is not documented"));
+            let pairs = [
+                (&mut item.get, &route.get),
+                (&mut item.post, &route.post),
+                (&mut item.patch, &route.patch),
+                (&mut item.put, &route.put),
+                (&mut item.delete, &route.delete),
+            ];
+            for (operation, original) in pairs {
+                let (Some(operation), Some(original)) = (operation, original) else {
+                    continue;
+                };
+                operation.parameters = original.parameters.clone();
+                operation.request_body = original.request_body.clone();
+                let own_success = operation
+                    .responses
+                    .responses
+                    .keys()
+                    .any(|status| status.starts_with('2'));
+                for (status, response) in &original.responses.responses {
+                    if own_success && status.starts_with('2') {
+                        continue;
+                    }
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.clone())
+                        .or_insert_with(|| response.clone());
+                }
+            }
+        }
+    }
+}
 
 /// The API-key schemes, and the 401/403/429 answers of every operation that needs a key.
 struct Security;
@@ -110,4 +170,35 @@ pub fn document_json() -> String {
         .to_pretty_json()
         .expect("the OpenAPI document serializes")
         + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_seed_alias_is_documented_with_its_routes_parameters_and_errors() {
+        let document = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (alias, route) in SEED_ALIASES {
+            let (alias_item, route_item) = (&document["paths"][alias], &document["paths"][route]);
+            let methods = |item: &serde_json::Value| -> Vec<String> {
+                item.as_object().unwrap().keys().cloned().collect()
+            };
+            for method in methods(alias_item) {
+                let (a, r) = (&alias_item[&method], &route_item[&method]);
+                assert!(r.is_object(), "{method} {alias}: {route} has no {method}");
+                assert_eq!(a["parameters"], r["parameters"], "{method} {alias}");
+                assert_eq!(a["requestBody"], r["requestBody"], "{method} {alias}");
+                let statuses = |op: &serde_json::Value| -> Vec<String> {
+                    op["responses"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .cloned()
+                        .collect()
+                };
+                assert_eq!(statuses(a), statuses(r), "{method} {alias}");
+            }
+        }
+    }
 }

@@ -72,6 +72,19 @@ impl Problem {
         problem
     }
 
+    /// 422 for input that matches the API's schema but whose content is refused (a combination
+    /// of fields that makes no sense, a date in the past), naming the field.
+    pub fn unprocessable(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        let mut problem = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable-request",
+            "Unprocessable request",
+            detail,
+        );
+        problem.field = Some(field.into());
+        problem
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
     }

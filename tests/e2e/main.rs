@@ -9,6 +9,7 @@ mod helpers;
 mod access;
 mod concurrency;
 mod consumer;
+mod contract;
 mod crash;
 mod distributed;
 mod docs;

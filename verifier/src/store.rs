@@ -116,8 +116,9 @@ pub struct MetricPoint {
     pub max: Option<f64>,
     #[serde(default)]
     pub p95: Option<f64>,
-    /// How many samples the minute aggregates.
-    #[serde(default)]
+    /// How many samples the minute aggregates (`12.0` is taken as 12, as JSON Schema's
+    /// `integer` is).
+    #[serde(default, deserialize_with = "workflow::integer::option")]
     pub count: Option<i64>,
     /// A JSON object.
     #[serde(default = "empty_object")]

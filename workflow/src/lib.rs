@@ -7,6 +7,7 @@
 pub mod adapters;
 mod diagram;
 mod guards;
+pub mod integer;
 mod machine;
 pub mod messages;
 pub mod plan;
