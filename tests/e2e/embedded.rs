@@ -513,8 +513,9 @@ async fn a_command_that_keeps_dying_with_its_process_is_dead_lettered(app: TestA
         let tracked = tracked.clone();
         async move { tracked.run(stopped).await }
     });
-    eventually("the command dead-lettered", 5, async || {
+    eventually("the command dead-lettered and finished", 5, async || {
         store.dead_letters().await.unwrap().len() == 1
+            && store.in_progress("executor").await.unwrap().is_empty()
     })
     .await;
     let _ = stop.send(true);
