@@ -23,4 +23,6 @@ pub use relay::{Relay, RelayError, RelaySettings};
 pub use service::{
     Bootstrap, Error, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
 };
-pub use store::{connect, connect_with, Backend, SqlPool, SqliteDurability, Store, StoreError};
+pub use store::{
+    connect, connect_with, Backend, CommitFailure, SqlPool, SqliteDurability, Store, StoreError,
+};
