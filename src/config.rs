@@ -132,6 +132,9 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
     pub data_dir: PathBuf,
     pub pool_size: u32,
+    /// How long a request waits for a database connection (reconnecting included) before it
+    /// is answered 503 store-unavailable; shorter than `server.request_timeout_s`.
+    pub pool_timeout_s: f64,
     /// SQLite only: `full` (every commit flushed) or `normal` (flushed at checkpoints).
     pub sqlite_synchronous: orchestrator::SqliteDurability,
 }
@@ -297,6 +300,7 @@ impl Default for DatabaseConfig {
             url: None,
             data_dir: PathBuf::from("./data"),
             pool_size: 16,
+            pool_timeout_s: orchestrator::PoolSettings::DEFAULT_ACQUIRE_TIMEOUT.as_secs_f64(),
             sqlite_synchronous: orchestrator::SqliteDurability::Full,
         }
     }
@@ -477,6 +481,11 @@ impl Config {
         set(&mut self.bus.max_deliver, "OPSCASE_MAX_DELIVER", &env)?;
         set(&mut self.database.data_dir, "OPSCASE_DATA_DIR", &env)?;
         set(&mut self.database.pool_size, "OPSCASE_POOL_SIZE", &env)?;
+        set(
+            &mut self.database.pool_timeout_s,
+            "OPSCASE_POOL_TIMEOUT_S",
+            &env,
+        )?;
         if let Some(mode) = env("OPSCASE_SQLITE_SYNCHRONOUS").filter(|m| !m.is_empty()) {
             self.database.sqlite_synchronous = match mode.to_ascii_lowercase().as_str() {
                 "full" => orchestrator::SqliteDurability::Full,
@@ -576,6 +585,15 @@ impl Config {
         if !(self.server.request_timeout_s > 0.0 && self.server.request_timeout_s.is_finite()) {
             return Err(ConfigError(
                 "server.request_timeout_s (OPSCASE_REQUEST_TIMEOUT_S) must be a positive number of seconds".into(),
+            ));
+        }
+        if !(self.database.pool_timeout_s > 0.0
+            && self.database.pool_timeout_s < self.server.request_timeout_s)
+        {
+            return Err(ConfigError(
+                "database.pool_timeout_s (OPSCASE_POOL_TIMEOUT_S) must be a positive number of \
+                 seconds shorter than server.request_timeout_s (OPSCASE_REQUEST_TIMEOUT_S)"
+                    .into(),
             ));
         }
         if self.server.body_limit_bytes < 1024 {
@@ -811,6 +829,31 @@ mod tests {
             error.to_string().contains("OPSCASE_DATABASE_URL"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_pool_timeout_comes_from_env_and_errors_name_it() {
+        let config = Config::load(
+            None,
+            env_of(&[("OPSCASE_POOL_TIMEOUT_S", "3")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.database.pool_timeout_s, 3.0);
+        let defaults = Config::load(None, env_of(&[]), &Overrides::default()).unwrap();
+        assert_eq!(defaults.database.pool_timeout_s, 5.0);
+        for pairs in [
+            &[("OPSCASE_POOL_TIMEOUT_S", "-1")],
+            &[("OPSCASE_POOL_TIMEOUT_S", "30")],
+        ] {
+            let error = Config::load(None, env_of(pairs), &Overrides::default()).unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains("database.pool_timeout_s (OPSCASE_POOL_TIMEOUT_S)"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

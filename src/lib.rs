@@ -390,8 +390,11 @@ pub async fn open_orchestrator(config: &Config) -> anyhow::Result<Orchestrator> 
     let url = config.database_url();
     let store = orchestrator::connect_with(
         &url,
-        config.database.pool_size,
-        config.database.sqlite_synchronous,
+        orchestrator::PoolSettings {
+            size: config.database.pool_size,
+            acquire_timeout: Duration::from_secs_f64(config.database.pool_timeout_s),
+            sqlite_durability: config.database.sqlite_synchronous,
+        },
     )
     .await
     .with_context(|| format!("cannot open the database ({})", redact_url(&url)))?;

@@ -24,5 +24,6 @@ pub use service::{
     Bootstrap, Error, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
 };
 pub use store::{
-    connect, connect_with, Backend, CommitFailure, SqlPool, SqliteDurability, Store, StoreError,
+    connect, connect_with, Backend, CommitFailure, PoolSettings, SqlPool, SqliteDurability, Store,
+    StoreError,
 };

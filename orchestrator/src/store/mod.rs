@@ -8,6 +8,7 @@ mod sqlite;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -337,7 +338,7 @@ pub trait OutboxClaim: Send {
 
 /// Open the store a URL names: `postgres://...`, or `sqlite://path` for a file.
 pub async fn connect(url: &str, pool_size: u32) -> StoreResult<Arc<dyn Store>> {
-    connect_with(url, pool_size, SqliteDurability::Full).await
+    connect_with(url, PoolSettings::new(pool_size)).await
 }
 
 /// When an embedded (SQLite) commit is durable.
@@ -353,17 +354,37 @@ pub enum SqliteDurability {
     Normal,
 }
 
-pub async fn connect_with(
-    url: &str,
-    pool_size: u32,
-    durability: SqliteDurability,
-) -> StoreResult<Arc<dyn Store>> {
+/// How a store connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Connections in the pool (on SQLite the readers; there is one writer).
+    pub size: u32,
+    /// How long a caller waits for a connection, including (re)connecting to a database that
+    /// refuses, before giving up with `PoolTimedOut`: an unavailable store. Shorter than the
+    /// request timeout, so an outage is reported as one instead of as a slow request.
+    pub acquire_timeout: Duration,
+    pub sqlite_durability: SqliteDurability,
+}
+
+impl PoolSettings {
+    pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    pub fn new(size: u32) -> Self {
+        Self {
+            size,
+            acquire_timeout: Self::DEFAULT_ACQUIRE_TIMEOUT,
+            sqlite_durability: SqliteDurability::Full,
+        }
+    }
+}
+
+pub async fn connect_with(url: &str, settings: PoolSettings) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url, pool_size).await?))
+        Ok(Arc::new(PostgresStore::connect(url, settings).await?))
     } else {
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
         Ok(Arc::new(
-            SqliteStore::open(Path::new(path), pool_size, durability).await?,
+            SqliteStore::open(Path::new(path), settings).await?,
         ))
     }
 }

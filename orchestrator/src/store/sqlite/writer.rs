@@ -434,10 +434,10 @@ mod tests {
 
     use super::super::SqliteStore;
     use crate::model::{Automation, Case, NewTimelineEntry, Outcome, Severity};
-    use crate::store::{IdempotencyRecord, SqliteDurability, Store, StoreError, IDEMPOTENCY_KEY};
+    use crate::store::{IdempotencyRecord, PoolSettings, Store, StoreError, IDEMPOTENCY_KEY};
 
     async fn open_store(dir: &tempfile::TempDir) -> SqliteStore {
-        let store = SqliteStore::open(&dir.path().join("db.sqlite"), 2, SqliteDurability::Full)
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"), PoolSettings::new(2))
             .await
             .unwrap();
         store.migrate().await.unwrap();
