@@ -140,17 +140,14 @@ pub async fn authenticate(
     };
     if let Err(retry_after) = app.rate_limiter.admit(principal.key_id) {
         let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-        let mut response = Problem::new(
+        return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate-limited",
             "Too many requests",
             format!("this key is over its rate limit; retry in {seconds}s"),
         )
+        .retry_after(seconds)
         .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        return response;
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
@@ -236,17 +233,14 @@ pub async fn limit_in_flight(
     next: Next,
 ) -> Response {
     let Ok(_slot) = slots.try_acquire() else {
-        let mut response = Problem::new(
+        return Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             "Server busy",
             "too many requests are in flight (server.max_in_flight); retry shortly",
         )
+        .retry_after(1)
         .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
     };
     next.run(request).await
 }

@@ -41,7 +41,8 @@ use crate::{cases, commands, ingest, keys, problem, system};
 )]
 pub struct ApiDoc;
 
-/// The API-key schemes, and the 401/403/429 answers of every operation that needs a key.
+/// The API-key schemes, and the 401/403/429/503 answers of every operation that needs a key
+/// (each reads its key from the store and counts against `max_in_flight`).
 struct Security;
 
 impl Modify for Security {
@@ -94,6 +95,10 @@ impl Modify for Security {
                 responses.insert(
                     "429".into(),
                     problem("The key is over its rate limit (see Retry-After)").into(),
+                );
+                responses.insert(
+                    "503".into(),
+                    problem("The store is unavailable (`store-unavailable`) or too many requests are in flight (`overloaded`); retry after Retry-After").into(),
                 );
             }
         }

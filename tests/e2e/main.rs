@@ -17,6 +17,7 @@ mod incident;
 mod monitoring;
 mod nats;
 mod otlp;
+mod outage;
 mod readiness;
 mod relay;
 mod restart;
