@@ -115,6 +115,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
     pub request_timeout_s: f64,
+    /// A request's body must have arrived this long after its head, else 408 and its slot
+    /// (`max_in_flight`) is freed; shorter than `request_timeout_s`.
+    pub body_read_timeout_s: f64,
     pub require_precondition: bool,
     pub max_in_flight: usize,
     /// Browser origins allowed to call the API; empty means CORS stays off.
@@ -285,6 +288,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
             request_timeout_s: 30.0,
+            body_read_timeout_s: 10.0,
             require_precondition: false,
             max_in_flight: 1024,
             cors_allowed_origins: Vec::new(),
@@ -409,6 +413,11 @@ impl Config {
         set(
             &mut self.server.request_timeout_s,
             "OPSCASE_REQUEST_TIMEOUT_S",
+            &env,
+        )?;
+        set(
+            &mut self.server.body_read_timeout_s,
+            "OPSCASE_BODY_READ_TIMEOUT_S",
             &env,
         )?;
         set(
@@ -587,14 +596,22 @@ impl Config {
                 "server.request_timeout_s (OPSCASE_REQUEST_TIMEOUT_S) must be a positive number of seconds".into(),
             ));
         }
-        if !(self.database.pool_timeout_s > 0.0
-            && self.database.pool_timeout_s < self.server.request_timeout_s)
-        {
-            return Err(ConfigError(
-                "database.pool_timeout_s (OPSCASE_POOL_TIMEOUT_S) must be a positive number of \
-                 seconds shorter than server.request_timeout_s (OPSCASE_REQUEST_TIMEOUT_S)"
-                    .into(),
-            ));
+        for (seconds, setting) in [
+            (
+                self.server.body_read_timeout_s,
+                "server.body_read_timeout_s (OPSCASE_BODY_READ_TIMEOUT_S)",
+            ),
+            (
+                self.database.pool_timeout_s,
+                "database.pool_timeout_s (OPSCASE_POOL_TIMEOUT_S)",
+            ),
+        ] {
+            if !(seconds > 0.0 && seconds < self.server.request_timeout_s) {
+                return Err(ConfigError(format!(
+                    "{setting} must be a positive number of seconds shorter than \
+                     server.request_timeout_s (OPSCASE_REQUEST_TIMEOUT_S)"
+                )));
+            }
         }
         if self.server.body_limit_bytes < 1024 {
             return Err(ConfigError(
@@ -832,27 +849,43 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_timeout_comes_from_env_and_errors_name_it() {
+    fn body_read_and_pool_timeouts_come_from_env_and_errors_name_them() {
         let config = Config::load(
             None,
-            env_of(&[("OPSCASE_POOL_TIMEOUT_S", "3")]),
+            env_of(&[
+                ("OPSCASE_BODY_READ_TIMEOUT_S", "2.5"),
+                ("OPSCASE_POOL_TIMEOUT_S", "3"),
+            ]),
             &Overrides::default(),
         )
         .unwrap();
+        assert_eq!(config.server.body_read_timeout_s, 2.5);
         assert_eq!(config.database.pool_timeout_s, 3.0);
         let defaults = Config::load(None, env_of(&[]), &Overrides::default()).unwrap();
+        assert_eq!(defaults.server.body_read_timeout_s, 10.0);
         assert_eq!(defaults.database.pool_timeout_s, 5.0);
-        for pairs in [
-            &[("OPSCASE_POOL_TIMEOUT_S", "-1")],
-            &[("OPSCASE_POOL_TIMEOUT_S", "30")],
+
+        for (pairs, named) in [
+            (
+                &[("OPSCASE_BODY_READ_TIMEOUT_S", "0")][..],
+                "server.body_read_timeout_s (OPSCASE_BODY_READ_TIMEOUT_S)",
+            ),
+            (
+                &[("OPSCASE_BODY_READ_TIMEOUT_S", "30")][..],
+                "server.body_read_timeout_s (OPSCASE_BODY_READ_TIMEOUT_S)",
+            ),
+            (
+                &[("OPSCASE_POOL_TIMEOUT_S", "-1")][..],
+                "database.pool_timeout_s (OPSCASE_POOL_TIMEOUT_S)",
+            ),
+            (
+                &[("OPSCASE_BODY_READ_TIMEOUT_S", "soon")][..],
+                "OPSCASE_BODY_READ_TIMEOUT_S=\"soon\"",
+            ),
         ] {
+            let pairs: &'static [(&'static str, &'static str)] = pairs;
             let error = Config::load(None, env_of(pairs), &Overrides::default()).unwrap_err();
-            assert!(
-                error
-                    .to_string()
-                    .contains("database.pool_timeout_s (OPSCASE_POOL_TIMEOUT_S)"),
-                "{error}"
-            );
+            assert!(error.to_string().contains(named), "{error}");
         }
     }
 

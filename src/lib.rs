@@ -75,6 +75,7 @@ impl Application {
             settings: ApiSettings {
                 body_limit_bytes: config.server.body_limit_bytes,
                 request_timeout: Duration::from_secs_f64(config.server.request_timeout_s),
+                body_read_timeout: Duration::from_secs_f64(config.server.body_read_timeout_s),
                 require_precondition: config.server.require_precondition,
                 max_in_flight: config.server.max_in_flight,
                 rate_limit_per_second: config.auth.rate_limit_per_second,

@@ -226,7 +226,8 @@ impl RateLimiter {
     }
 }
 
-/// Refuse (503) rather than queue once `max_in_flight` requests are being handled.
+/// Refuse (503) rather than queue once `max_in_flight` requests are being handled. Health
+/// routes are outside this limit (see `app`): a probe must not fail because the server is busy.
 pub async fn limit_in_flight(
     State(slots): State<Arc<Semaphore>>,
     request: Request,

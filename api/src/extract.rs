@@ -7,8 +7,45 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::time::{Duration, Instant};
 
 use crate::problem::Problem;
+
+/// By when a request's body must have arrived: `server.body_read_timeout_s` after its head.
+/// Set on every request (as an extension) when it enters the service; a body still arriving
+/// then is abandoned with 408, so a client that sends a head and trickles the body cannot
+/// keep a `max_in_flight` slot for the whole request timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    pub at: Instant,
+    pub timeout: Duration,
+}
+
+impl BodyDeadline {
+    pub fn after(timeout: Duration) -> Self {
+        Self {
+            at: Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    fn missed(&self) -> Problem {
+        let mut problem = Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body timeout",
+            format!(
+                "the request body did not arrive within {}s (server.body_read_timeout_s); \
+                 nothing was done, and the connection is closed",
+                self.timeout.as_secs_f64()
+            ),
+        );
+        problem.field = Some("body".into());
+        // The rest of the body may still come: the connection cannot carry another request.
+        problem.close_connection = true;
+        problem
+    }
+}
 
 /// A JSON body, whatever the `Content-Type` says: `curl -d '{...}'` sends
 /// `application/x-www-form-urlencoded`, and the seed's demo relies on that working.
@@ -22,9 +59,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(body_problem)?;
+        let deadline = request.extensions().get::<BodyDeadline>().copied();
+        let read = Bytes::from_request(request, state);
+        let bytes = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.at, read)
+                .await
+                .map_err(|_| deadline.missed())?,
+            None => read.await,
+        }
+        .map_err(body_problem)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(Problem::invalid(
                 "body",

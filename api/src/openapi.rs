@@ -41,8 +41,9 @@ use crate::{cases, commands, ingest, keys, problem, system};
 )]
 pub struct ApiDoc;
 
-/// The API-key schemes, and the 401/403/429/503 answers of every operation that needs a key
-/// (each reads its key from the store and counts against `max_in_flight`).
+/// The API-key schemes; the 401/403/429/503 answers of every operation that needs a key (each
+/// reads its key from the store and counts against `max_in_flight`), and the 408 of every
+/// operation that reads a body.
 struct Security;
 
 impl Modify for Security {
@@ -76,6 +77,12 @@ impl Modify for Security {
                 &mut item.delete,
             ];
             for operation in operations.into_iter().flatten() {
+                if operation.request_body.is_some() {
+                    operation.responses.responses.insert(
+                        "408".into(),
+                        problem("The body did not arrive within server.body_read_timeout_s (`body-timeout`); the connection is closed").into(),
+                    );
+                }
                 let open = operation
                     .security
                     .as_ref()

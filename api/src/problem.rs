@@ -43,6 +43,10 @@ pub struct Problem {
     /// Seconds after which the same request may succeed: sent as `Retry-After`.
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// The connection cannot carry another request (a body was left unread):
+    /// `Connection: close`.
+    #[serde(skip)]
+    pub close_connection: bool,
 }
 
 /// What a client is told to wait before retrying while the store is unavailable.
@@ -64,6 +68,7 @@ impl Problem {
             rule: None,
             request_id: request_id::current(),
             retry_after: None,
+            close_connection: false,
         }
     }
 
@@ -252,6 +257,9 @@ impl IntoResponse for Problem {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close_connection {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -21,6 +21,7 @@ mod outage;
 mod readiness;
 mod relay;
 mod restart;
+mod slow_clients;
 mod store;
 mod tls;
 mod transitions;
