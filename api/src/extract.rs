@@ -50,6 +50,9 @@ impl BodyDeadline {
 /// A JSON body, whatever the `Content-Type` says: `curl -d '{...}'` sends
 /// `application/x-www-form-urlencoded`, and the seed's demo relies on that working.
 /// Keeps the raw JSON value too, for the idempotency fingerprint.
+///
+/// Every JSON body is read here, so here is where what no store can keep is refused: a NUL
+/// character (`\u0000`) in any string or key (PostgreSQL's text and jsonb cannot hold it).
 pub struct JsonBody<T> {
     pub value: T,
     pub raw: Value,
@@ -88,11 +91,70 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         if !raw.is_object() {
             return Err(Problem::invalid("body", "the body must be a JSON object"));
         }
+        refuse_nul(&raw)?;
         let value = serde_path_to_error::deserialize(&raw).map_err(|e| {
             let field = field_of(&e.path().to_string(), &e.inner().to_string(), "body");
             Problem::invalid(field.clone(), format!("{field}: {}", e.inner()))
         })?;
         Ok(JsonBody { value, raw })
+    }
+}
+
+/// A NUL character in a string or key of `value` is a 400 naming where it is, as serde names
+/// paths (`labels.service`, `meta.x[2]`; a key shows its NUL as `\u0000`).
+fn refuse_nul(value: &Value) -> Result<(), Problem> {
+    let mut path = Vec::new();
+    let Some(in_key) = find_nul(value, &mut path) else {
+        return Ok(());
+    };
+    let mut field = String::new();
+    for step in &path {
+        match step {
+            Step::Index(index) => field.push_str(&format!("[{index}]")),
+            Step::Key(key) => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(&key.replace('\0', "\\u0000"));
+            }
+        }
+    }
+    let what = if in_key { "the key" } else { "the value" };
+    Err(Problem::invalid(
+        field.clone(),
+        format!("{field}: {what} contains a NUL character (\\u0000), which cannot be stored"),
+    ))
+}
+
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Leaves in `path` where the first NUL is; returns whether it is in a key (`None`: no NUL).
+fn find_nul<'a>(value: &'a Value, path: &mut Vec<Step<'a>>) -> Option<bool> {
+    match value {
+        Value::String(text) => text.contains('\0').then_some(false),
+        Value::Array(items) => items.iter().enumerate().find_map(|(index, item)| {
+            path.push(Step::Index(index));
+            let found = find_nul(item, path);
+            if found.is_none() {
+                path.pop();
+            }
+            found
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            path.push(Step::Key(key));
+            if key.contains('\0') {
+                return Some(true);
+            }
+            let found = find_nul(item, path);
+            if found.is_none() {
+                path.pop();
+            }
+            found
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
     }
 }
 
@@ -142,6 +204,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
+        if let Some((name, _)) = form_urlencoded::parse(query.as_bytes())
+            .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            let field = name.replace('\0', "\\u0000");
+            return Err(Problem::invalid(
+                field.clone(),
+                format!("query parameter {field} contains a NUL character (%00), which cannot be stored"),
+            ));
+        }
         let deserializer =
             serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
