@@ -5,6 +5,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use orchestrator::IfMatch;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::time::{Duration, Instant};
@@ -251,26 +252,63 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(key.to_string()))
 }
 
-/// `If-Match: "<version>"` (also `W/"<version>"`); `*` matches any version.
-pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
-    let Some(value) = headers.get("if-match") else {
+/// `If-Match`: `*` (any version: no precondition), or a list of entity tags. If-Match
+/// compares strongly (RFC 9110 §13.1.1): a weak tag (`W/"3"`) never matches, so a list of only
+/// weak tags fails whatever the case's version. Strong tags must be versions of this API
+/// (`"3"`, as the ETag gives them).
+pub fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, Problem> {
+    let mut values = Vec::new();
+    for value in headers.get_all("if-match") {
+        values.push(
+            value
+                .to_str()
+                .map_err(|_| Problem::invalid("If-Match", "If-Match must be visible ASCII"))?,
+        );
+    }
+    if values.is_empty() {
         return Ok(None);
-    };
-    let text = value.to_str().unwrap_or_default().trim();
+    }
+    // Several If-Match lines are one list (RFC 9110 §5.3).
+    let text = values.join(", ");
+    let text = text.trim();
     if text == "*" {
         return Ok(None);
     }
-    text.trim_start_matches("W/")
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .and_then(|t| t.parse::<i64>().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            Problem::invalid(
-                "If-Match",
-                format!("If-Match {text:?} is not an ETag of this API, like \"3\""),
-            )
-        })
+    let malformed = || {
+        Problem::invalid(
+            "If-Match",
+            format!("If-Match {text:?} is not * or a list of ETags of this API, like \"3\""),
+        )
+    };
+    let mut versions = Vec::new();
+    for (weak, tag) in entity_tags(text).ok_or_else(malformed)? {
+        if !weak {
+            versions.push(tag.parse::<i64>().map_err(|_| malformed())?);
+        }
+    }
+    Ok(Some(IfMatch(versions)))
+}
+
+/// `#entity-tag` (RFC 9110 §8.8.3): each tag as (weak, opaque text); `None` when malformed
+/// or empty.
+fn entity_tags(text: &str) -> Option<Vec<(bool, &str)>> {
+    let mut tags = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            break;
+        }
+        let weak = rest.starts_with("W/");
+        let quoted = rest.strip_prefix("W/").unwrap_or(rest).strip_prefix('"')?;
+        let end = quoted.find('"')?;
+        tags.push((weak, &quoted[..end]));
+        rest = quoted[end + 1..].trim_start_matches([' ', '\t']);
+        if !(rest.is_empty() || rest.starts_with(',')) {
+            return None;
+        }
+    }
+    (!tags.is_empty()).then_some(tags)
 }
 
 /// Tenant names: 1 to 64 of `A-Z a-z 0-9 - _ .`.

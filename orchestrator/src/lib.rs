@@ -21,7 +21,7 @@ pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use metrics::{ConflictReason, Metrics};
 pub use relay::{Relay, RelayError, RelaySettings};
 pub use service::{
-    Bootstrap, Error, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
+    Bootstrap, Error, IfMatch, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
 };
 pub use store::{
     connect, connect_with, Backend, CommitFailure, PoolSettings, SqlPool, SqliteDurability, Store,
