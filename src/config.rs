@@ -149,6 +149,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
     pub request_timeout_s: f64,
+    /// A request's body must have arrived this long after its head, else 408 and its slot
+    /// (`max_in_flight`) is freed; shorter than `request_timeout_s`.
+    pub body_read_timeout_s: f64,
     pub require_precondition: bool,
     pub max_in_flight: usize,
     /// Browser origins allowed to call the API; empty means CORS stays off.
@@ -166,6 +169,9 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
     pub data_dir: PathBuf,
     pub pool_size: u32,
+    /// How long a request waits for a database connection (reconnecting included) before it
+    /// is answered 503 store-unavailable; shorter than `server.request_timeout_s`.
+    pub pool_timeout_s: f64,
     /// SQLite only: `full` (every commit flushed) or `normal` (flushed at checkpoints).
     pub sqlite_synchronous: orchestrator::SqliteDurability,
 }
@@ -316,6 +322,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
             request_timeout_s: 30.0,
+            body_read_timeout_s: 10.0,
             require_precondition: false,
             max_in_flight: 1024,
             cors_allowed_origins: Vec::new(),
@@ -331,6 +338,7 @@ impl Default for DatabaseConfig {
             url: None,
             data_dir: PathBuf::from("./data"),
             pool_size: 16,
+            pool_timeout_s: orchestrator::PoolSettings::DEFAULT_ACQUIRE_TIMEOUT.as_secs_f64(),
             sqlite_synchronous: orchestrator::SqliteDurability::Full,
         }
     }
@@ -442,6 +450,11 @@ impl Config {
             &env,
         )?;
         set(
+            &mut self.server.body_read_timeout_s,
+            "OPSCASE_BODY_READ_TIMEOUT_S",
+            &env,
+        )?;
+        set(
             &mut self.server.require_precondition,
             "OPSCASE_REQUIRE_PRECONDITION",
             &env,
@@ -511,6 +524,11 @@ impl Config {
         set(&mut self.bus.max_deliver, "OPSCASE_MAX_DELIVER", &env)?;
         set(&mut self.database.data_dir, "OPSCASE_DATA_DIR", &env)?;
         set(&mut self.database.pool_size, "OPSCASE_POOL_SIZE", &env)?;
+        set(
+            &mut self.database.pool_timeout_s,
+            "OPSCASE_POOL_TIMEOUT_S",
+            &env,
+        )?;
         if let Some(mode) = env("OPSCASE_SQLITE_SYNCHRONOUS").filter(|m| !m.is_empty()) {
             self.database.sqlite_synchronous = match mode.to_ascii_lowercase().as_str() {
                 "full" => orchestrator::SqliteDurability::Full,
@@ -622,6 +640,23 @@ impl Config {
             return Err(ConfigError(
                 "server.request_timeout_s (OPSCASE_REQUEST_TIMEOUT_S) must be a positive number of seconds".into(),
             ));
+        }
+        for (seconds, setting) in [
+            (
+                self.server.body_read_timeout_s,
+                "server.body_read_timeout_s (OPSCASE_BODY_READ_TIMEOUT_S)",
+            ),
+            (
+                self.database.pool_timeout_s,
+                "database.pool_timeout_s (OPSCASE_POOL_TIMEOUT_S)",
+            ),
+        ] {
+            if !(seconds > 0.0 && seconds < self.server.request_timeout_s) {
+                return Err(ConfigError(format!(
+                    "{setting} must be a positive number of seconds shorter than \
+                     server.request_timeout_s (OPSCASE_REQUEST_TIMEOUT_S)"
+                )));
+            }
         }
         if self.server.body_limit_bytes < 1024 {
             return Err(ConfigError(
@@ -863,6 +898,47 @@ mod tests {
             error.to_string().contains("OPSCASE_DATABASE_URL"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn body_read_and_pool_timeouts_come_from_env_and_errors_name_them() {
+        let config = Config::load(
+            None,
+            env_of(&[
+                ("OPSCASE_BODY_READ_TIMEOUT_S", "2.5"),
+                ("OPSCASE_POOL_TIMEOUT_S", "3"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.server.body_read_timeout_s, 2.5);
+        assert_eq!(config.database.pool_timeout_s, 3.0);
+        let defaults = Config::load(None, env_of(&[]), &Overrides::default()).unwrap();
+        assert_eq!(defaults.server.body_read_timeout_s, 10.0);
+        assert_eq!(defaults.database.pool_timeout_s, 5.0);
+
+        for (pairs, named) in [
+            (
+                &[("OPSCASE_BODY_READ_TIMEOUT_S", "0")][..],
+                "server.body_read_timeout_s (OPSCASE_BODY_READ_TIMEOUT_S)",
+            ),
+            (
+                &[("OPSCASE_BODY_READ_TIMEOUT_S", "30")][..],
+                "server.body_read_timeout_s (OPSCASE_BODY_READ_TIMEOUT_S)",
+            ),
+            (
+                &[("OPSCASE_POOL_TIMEOUT_S", "-1")][..],
+                "database.pool_timeout_s (OPSCASE_POOL_TIMEOUT_S)",
+            ),
+            (
+                &[("OPSCASE_BODY_READ_TIMEOUT_S", "soon")][..],
+                "OPSCASE_BODY_READ_TIMEOUT_S=\"soon\"",
+            ),
+        ] {
+            let pairs: &'static [(&'static str, &'static str)] = pairs;
+            let error = Config::load(None, env_of(pairs), &Overrides::default()).unwrap_err();
+            assert!(error.to_string().contains(named), "{error}");
+        }
     }
 
     #[test]

@@ -75,6 +75,7 @@ impl Application {
             settings: ApiSettings {
                 body_limit_bytes: config.server.body_limit_bytes,
                 request_timeout: Duration::from_secs_f64(config.server.request_timeout_s),
+                body_read_timeout: Duration::from_secs_f64(config.server.body_read_timeout_s),
                 require_precondition: config.server.require_precondition,
                 max_in_flight: config.server.max_in_flight,
                 rate_limit_per_second: config.auth.rate_limit_per_second,
@@ -418,8 +419,11 @@ pub async fn open_orchestrator(config: &Config) -> anyhow::Result<Orchestrator> 
     let url = config.database_url();
     let store = orchestrator::connect_with(
         &url,
-        config.database.pool_size,
-        config.database.sqlite_synchronous,
+        orchestrator::PoolSettings {
+            size: config.database.pool_size,
+            acquire_timeout: Duration::from_secs_f64(config.database.pool_timeout_s),
+            sqlite_durability: config.database.sqlite_synchronous,
+        },
     )
     .await
     .with_context(|| format!("cannot open the database ({})", redact_url(&url)))?;

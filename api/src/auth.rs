@@ -147,17 +147,14 @@ pub async fn authenticate(
     };
     if let Err(retry_after) = app.rate_limiter.admit(principal.key_id) {
         let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-        let mut response = Problem::new(
+        return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate-limited",
             "Too many requests",
             format!("this key is over its rate limit; retry in {seconds}s"),
         )
+        .retry_after(seconds)
         .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        return response;
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
@@ -236,24 +233,22 @@ impl RateLimiter {
     }
 }
 
-/// Refuse (503) rather than queue once `max_in_flight` requests are being handled.
+/// Refuse (503) rather than queue once `max_in_flight` requests are being handled. Health
+/// routes are outside this limit (see `app`): a probe must not fail because the server is busy.
 pub async fn limit_in_flight(
     State(slots): State<Arc<Semaphore>>,
     request: Request,
     next: Next,
 ) -> Response {
     let Ok(_slot) = slots.try_acquire() else {
-        let mut response = Problem::new(
+        return Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",
             "Server busy",
             "too many requests are in flight (server.max_in_flight); retry shortly",
         )
+        .retry_after(1)
         .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
     };
     next.run(request).await
 }

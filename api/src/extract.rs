@@ -5,14 +5,55 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
+use orchestrator::IfMatch;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::time::{Duration, Instant};
 
 use crate::problem::Problem;
+
+/// By when a request's body must have arrived: `server.body_read_timeout_s` after its head.
+/// Set on every request (as an extension) when it enters the service; a body still arriving
+/// then is abandoned with 408, so a client that sends a head and trickles the body cannot
+/// keep a `max_in_flight` slot for the whole request timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    pub at: Instant,
+    pub timeout: Duration,
+}
+
+impl BodyDeadline {
+    pub fn after(timeout: Duration) -> Self {
+        Self {
+            at: Instant::now() + timeout,
+            timeout,
+        }
+    }
+
+    fn missed(&self) -> Problem {
+        let mut problem = Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body timeout",
+            format!(
+                "the request body did not arrive within {}s (server.body_read_timeout_s); \
+                 nothing was done, and the connection is closed",
+                self.timeout.as_secs_f64()
+            ),
+        );
+        problem.field = Some("body".into());
+        // The rest of the body may still come: the connection cannot carry another request.
+        problem.close_connection = true;
+        problem
+    }
+}
 
 /// A JSON body, whatever the `Content-Type` says: `curl -d '{...}'` sends
 /// `application/x-www-form-urlencoded`, and the seed's demo relies on that working.
 /// Keeps the raw JSON value too, for the idempotency fingerprint.
+///
+/// Every JSON body is read here, so here is where what no store can keep is refused: a NUL
+/// character (`\u0000`) in any string or key (PostgreSQL's text and jsonb cannot hold it).
 pub struct JsonBody<T> {
     pub value: T,
     pub raw: Value,
@@ -22,9 +63,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(body_problem)?;
+        let deadline = request.extensions().get::<BodyDeadline>().copied();
+        let read = Bytes::from_request(request, state);
+        let bytes = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.at, read)
+                .await
+                .map_err(|_| deadline.missed())?,
+            None => read.await,
+        }
+        .map_err(body_problem)?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(Problem::invalid(
                 "body",
@@ -45,11 +92,70 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         if !raw.is_object() {
             return Err(Problem::invalid("body", "the body must be a JSON object"));
         }
+        refuse_nul(&raw)?;
         let value = serde_path_to_error::deserialize(&raw).map_err(|e| {
             let field = field_of(&e.path().to_string(), &e.inner().to_string(), "body");
             Problem::invalid(field.clone(), format!("{field}: {}", e.inner()))
         })?;
         Ok(JsonBody { value, raw })
+    }
+}
+
+/// A NUL character in a string or key of `value` is a 400 naming where it is, as serde names
+/// paths (`labels.service`, `meta.x[2]`; a key shows its NUL as `\u0000`).
+fn refuse_nul(value: &Value) -> Result<(), Problem> {
+    let mut path = Vec::new();
+    let Some(in_key) = find_nul(value, &mut path) else {
+        return Ok(());
+    };
+    let mut field = String::new();
+    for step in &path {
+        match step {
+            Step::Index(index) => field.push_str(&format!("[{index}]")),
+            Step::Key(key) => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(&key.replace('\0', "\\u0000"));
+            }
+        }
+    }
+    let what = if in_key { "the key" } else { "the value" };
+    Err(Problem::invalid(
+        field.clone(),
+        format!("{field}: {what} contains a NUL character (\\u0000), which cannot be stored"),
+    ))
+}
+
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Leaves in `path` where the first NUL is; returns whether it is in a key (`None`: no NUL).
+fn find_nul<'a>(value: &'a Value, path: &mut Vec<Step<'a>>) -> Option<bool> {
+    match value {
+        Value::String(text) => text.contains('\0').then_some(false),
+        Value::Array(items) => items.iter().enumerate().find_map(|(index, item)| {
+            path.push(Step::Index(index));
+            let found = find_nul(item, path);
+            if found.is_none() {
+                path.pop();
+            }
+            found
+        }),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            path.push(Step::Key(key));
+            if key.contains('\0') {
+                return Some(true);
+            }
+            let found = find_nul(item, path);
+            if found.is_none() {
+                path.pop();
+            }
+            found
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
     }
 }
 
@@ -99,6 +205,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
+        if let Some((name, _)) = form_urlencoded::parse(query.as_bytes())
+            .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            let field = name.replace('\0', "\\u0000");
+            return Err(Problem::invalid(
+                field.clone(),
+                format!("query parameter {field} contains a NUL character (%00), which cannot be stored"),
+            ));
+        }
         let deserializer =
             serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
@@ -137,26 +252,63 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(key.to_string()))
 }
 
-/// `If-Match: "<version>"` (also `W/"<version>"`); `*` matches any version.
-pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
-    let Some(value) = headers.get("if-match") else {
+/// `If-Match`: `*` (any version: no precondition), or a list of entity tags. If-Match
+/// compares strongly (RFC 9110 §13.1.1): a weak tag (`W/"3"`) never matches, so a list of only
+/// weak tags fails whatever the case's version. Strong tags must be versions of this API
+/// (`"3"`, as the ETag gives them).
+pub fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, Problem> {
+    let mut values = Vec::new();
+    for value in headers.get_all("if-match") {
+        values.push(
+            value
+                .to_str()
+                .map_err(|_| Problem::invalid("If-Match", "If-Match must be visible ASCII"))?,
+        );
+    }
+    if values.is_empty() {
         return Ok(None);
-    };
-    let text = value.to_str().unwrap_or_default().trim();
+    }
+    // Several If-Match lines are one list (RFC 9110 §5.3).
+    let text = values.join(", ");
+    let text = text.trim();
     if text == "*" {
         return Ok(None);
     }
-    text.trim_start_matches("W/")
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .and_then(|t| t.parse::<i64>().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            Problem::invalid(
-                "If-Match",
-                format!("If-Match {text:?} is not an ETag of this API, like \"3\""),
-            )
-        })
+    let malformed = || {
+        Problem::invalid(
+            "If-Match",
+            format!("If-Match {text:?} is not * or a list of ETags of this API, like \"3\""),
+        )
+    };
+    let mut versions = Vec::new();
+    for (weak, tag) in entity_tags(text).ok_or_else(malformed)? {
+        if !weak {
+            versions.push(tag.parse::<i64>().map_err(|_| malformed())?);
+        }
+    }
+    Ok(Some(IfMatch(versions)))
+}
+
+/// `#entity-tag` (RFC 9110 §8.8.3): each tag as (weak, opaque text); `None` when malformed
+/// or empty.
+fn entity_tags(text: &str) -> Option<Vec<(bool, &str)>> {
+    let mut tags = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            break;
+        }
+        let weak = rest.starts_with("W/");
+        let quoted = rest.strip_prefix("W/").unwrap_or(rest).strip_prefix('"')?;
+        let end = quoted.find('"')?;
+        tags.push((weak, &quoted[..end]));
+        rest = quoted[end + 1..].trim_start_matches([' ', '\t']);
+        if !(rest.is_empty() || rest.starts_with(',')) {
+            return None;
+        }
+    }
+    (!tags.is_empty()).then_some(tags)
 }
 
 /// Tenant names: 1 to 64 of `A-Z a-z 0-9 - _ .`.

@@ -4,9 +4,10 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use orchestrator::StoreError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use verifier::MetricPoint;
+use verifier::{Metric1mError, MetricPoint};
 
 use crate::auth::{Allowed, Ingest};
 use crate::contract::{self, BodyLimit, Malformed, MAX_METRIC_POINTS};
@@ -78,9 +79,16 @@ pub async fn ingest_metric_1m(
         }
     }
     let store = app.metric_store.as_ref().ok_or_else(Problem::internal)?;
-    let written = store.insert_batch(&points).await.map_err(|error| {
-        tracing::error!(%error, "metric_1m ingest failed");
-        Problem::internal()
-    })?;
+    let written = store
+        .insert_batch(&points)
+        .await
+        .map_err(|error| match error {
+            // The same store as the cases': an outage is a 503 here too.
+            Metric1mError::Database(error) => Problem::from(StoreError::from(error)),
+            Metric1mError::Invalid { .. } => {
+                tracing::error!(%error, "metric_1m ingest refused points validated before");
+                Problem::internal()
+            }
+        })?;
     Ok(Json(Ingested { written }))
 }

@@ -42,6 +42,8 @@ use crate::problem::Problem;
 pub struct ApiSettings {
     pub body_limit_bytes: usize,
     pub request_timeout: Duration,
+    /// A body not read completely this long after its request arrived is answered 408.
+    pub body_read_timeout: Duration,
     /// Answer 428 to a transition with neither If-Match nor expected_version.
     pub require_precondition: bool,
     /// Requests handled at once before new ones are refused with 503.
@@ -62,6 +64,7 @@ impl Default for ApiSettings {
         Self {
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(10),
             require_precondition: false,
             max_in_flight: 1024,
             rate_limit_per_second: 200.0,
@@ -173,13 +176,24 @@ pub fn app(state: AppState) -> Router {
             auth::authenticate,
         ));
     let open = Router::new()
-        .route("/livez", get(system::livez))
-        .route("/readyz", get(system::readyz))
         .merge(open_metrics)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()));
-    let mut router = Router::new()
+    // Work is refused (503) beyond `max_in_flight` requests at once.
+    let work = Router::new()
         .merge(protected)
         .merge(open)
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+            auth::limit_in_flight,
+        ));
+    // Health is not work: a probe refused while the server is busy (or while slow clients
+    // hold every slot) would get a healthy server restarted or taken out of service.
+    let health = Router::new()
+        .route("/livez", get(system::livez))
+        .route("/readyz", get(system::readyz));
+    let mut router = Router::new()
+        .merge(work)
+        .merge(health)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -193,10 +207,6 @@ pub fn app(state: AppState) -> Router {
     }
     router
         .layer(middleware::from_fn_with_state(settings.clone(), timeout))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
-            auth::limit_in_flight,
-        ))
         .layer(middleware::from_fn(request_id::middleware))
 }
 
@@ -230,11 +240,16 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
+/// The request timeout, and the deadline for the request's body (see [`extract::BodyDeadline`]),
+/// both counted from when the request arrives.
 async fn timeout(
     State(settings): State<Arc<ApiSettings>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    request
+        .extensions_mut()
+        .insert(extract::BodyDeadline::after(settings.body_read_timeout));
     match tokio::time::timeout(settings.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => Problem::new(

@@ -101,7 +101,9 @@ impl Modify for SeedAliases {
     }
 }
 
-/// The API-key schemes, and the 401/403/429 answers of every operation that needs a key.
+/// The API-key schemes; the 401/403/429/503 answers of every operation that needs a key (each
+/// reads its key from the store and counts against `max_in_flight`), and the 408 of every
+/// operation that reads a body.
 struct Security;
 
 impl Modify for Security {
@@ -135,6 +137,12 @@ impl Modify for Security {
                 &mut item.delete,
             ];
             for operation in operations.into_iter().flatten() {
+                if operation.request_body.is_some() {
+                    operation.responses.responses.insert(
+                        "408".into(),
+                        problem("The body did not arrive within server.body_read_timeout_s (`body-timeout`); the connection is closed").into(),
+                    );
+                }
                 let open = operation
                     .security
                     .as_ref()
@@ -154,6 +162,10 @@ impl Modify for Security {
                 responses.insert(
                     "429".into(),
                     problem("The key is over its rate limit (see Retry-After)").into(),
+                );
+                responses.insert(
+                    "503".into(),
+                    problem("The store is unavailable (`store-unavailable`) or too many requests are in flight (`overloaded`); retry after Retry-After").into(),
                 );
             }
         }

@@ -40,7 +40,17 @@ pub struct Problem {
     pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Seconds after which the same request may succeed: sent as `Retry-After`.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+    /// The connection cannot carry another request (a body was left unread):
+    /// `Connection: close`.
+    #[serde(skip)]
+    pub close_connection: bool,
 }
+
+/// What a client is told to wait before retrying while the store is unavailable.
+pub const STORE_RETRY_AFTER_S: u64 = 5;
 
 impl Problem {
     pub fn new(status: StatusCode, slug: &str, title: &str, detail: impl Into<String>) -> Self {
@@ -57,7 +67,15 @@ impl Problem {
             guard_failures: None,
             rule: None,
             request_id: request_id::current(),
+            retry_after: None,
+            close_connection: false,
         }
+    }
+
+    /// Retry after `seconds` (at least 1): the `Retry-After` header.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     /// 400 for input that cannot be used, naming the field.
@@ -206,7 +224,7 @@ impl From<&Error> for Problem {
             Error::InvalidKey(message) => Problem::invalid("key", message.clone()),
             // Only bus consumers meet this; over HTTP it would be a bug.
             Error::BadMessage(_) => Problem::internal(),
-            Error::Store(store) => store_problem(store),
+            Error::Store(store) => Problem::from(store),
         }
     }
 }
@@ -217,17 +235,30 @@ impl From<Error> for Problem {
     }
 }
 
-fn store_problem(error: &StoreError) -> Problem {
-    tracing::error!(error = %error, "store error");
-    if error.is_unavailable() {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database-unavailable",
-            "Database unavailable",
-            "the database cannot be reached; nothing was changed, retry later",
-        )
-    } else {
-        Problem::internal()
+/// A store that cannot be used just now is a 503 the client may retry; any other store error
+/// is a bug, logged and answered 500 without its text.
+impl From<&StoreError> for Problem {
+    fn from(error: &StoreError) -> Self {
+        if error.is_unavailable() {
+            tracing::warn!(error = %error, "store unavailable");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "Store unavailable",
+                "the database cannot be used just now; retry later, with the same \
+                 Idempotency-Key so that a request is never applied twice",
+            )
+            .retry_after(STORE_RETRY_AFTER_S)
+        } else {
+            tracing::error!(error = %error, "store error");
+            Problem::internal()
+        }
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(error: StoreError) -> Self {
+        Problem::from(&error)
     }
 }
 
@@ -235,9 +266,38 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status_code();
         let mut response = (status, axum::Json(&self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close_connection {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_store_is_a_retryable_503_and_other_store_errors_a_500() {
+        let outage = Error::Store(StoreError::CommitFailed(orchestrator::CommitFailure {
+            reason: "disk I/O error".into(),
+            unavailable: true,
+        }));
+        let problem = Problem::from(&outage);
+        assert_eq!(problem.kind, "urn:opscase:problem:store-unavailable");
+        let response = problem.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+
+        let bug = Problem::from(&Error::Store(StoreError::Corrupt("x".into())));
+        assert_eq!(bug.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(bug.kind, "urn:opscase:problem:internal");
+        assert_eq!(bug.retry_after, None);
     }
 }

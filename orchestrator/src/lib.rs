@@ -22,8 +22,10 @@ pub use idempotency::{IdempotencyClaim, StoredResponse};
 pub use metrics::{ConflictReason, Metrics};
 pub use relay::{Relay, RelayError, RelaySettings};
 pub use service::{
-    Bootstrap, Error, Note, Orchestrator, Reply, RequestContext, Settings, TransitionRequest,
+    Bootstrap, Error, IfMatch, Note, Orchestrator, Reply, RequestContext, Settings,
+    TransitionRequest,
 };
 pub use store::{
-    connect, connect_with, Backend, SqlPool, SqliteDurability, Store, StoreError, Tx, TxConnection,
+    connect, connect_with, Backend, CommitFailure, PoolSettings, SqlPool, SqliteDurability, Store,
+    StoreError, Tx, TxConnection,
 };

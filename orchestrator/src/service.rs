@@ -38,8 +38,8 @@ pub enum Error {
     KeyNotFound(Uuid),
     #[error("{0}")]
     InvalidKey(String),
-    #[error("If-Match names version {expected} but the case is at version {}", .case.version)]
-    PreconditionFailed { case: Box<Case>, expected: i64 },
+    #[error("If-Match names {expected} but the case is at version {}", .case.version)]
+    PreconditionFailed { case: Box<Case>, expected: IfMatch },
     #[error("expected_version is {expected} but the case is at version {}", .case.version)]
     VersionMismatch { case: Box<Case>, expected: i64 },
     #[error("{} is not allowed in {}", .illegal.event, .illegal.from)]
@@ -167,6 +167,35 @@ pub struct Note {
     pub meta: Map<String, Value>,
 }
 
+/// An `If-Match` precondition (`*` is none at all): the case versions its strong entity tags
+/// name. If-Match compares strongly (RFC 9110 §13.1.1), so a weak tag names no version and a
+/// list of only weak tags never matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IfMatch(pub Vec<i64>);
+
+impl IfMatch {
+    pub fn version(version: i64) -> Self {
+        Self(vec![version])
+    }
+
+    pub fn matches(&self, version: i64) -> bool {
+        self.0.contains(&version)
+    }
+}
+
+impl std::fmt::Display for IfMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [] => f.write_str("no version by a strong entity tag (weak tags never match If-Match)"),
+            [one] => write!(f, "version {one}"),
+            many => {
+                let listed: Vec<String> = many.iter().map(i64::to_string).collect();
+                write!(f, "versions {}", listed.join(", "))
+            }
+        }
+    }
+}
+
 /// A request to apply one event to one case.
 #[derive(Debug, Clone)]
 pub struct TransitionRequest {
@@ -179,7 +208,7 @@ pub struct TransitionRequest {
     pub approval: Option<ApprovalInput>,
     pub results: Vec<StepResult>,
     /// From `If-Match`: stale → 412.
-    pub if_match: Option<i64>,
+    pub if_match: Option<IfMatch>,
     /// From the body: stale → 409.
     pub expected_version: Option<i64>,
     /// For gate decisions made by policy: the policy revision and the inputs it saw.
@@ -532,10 +561,14 @@ impl Orchestrator {
         {
             return Err(Error::NotFound(request.case_id));
         }
-        if let Some(expected) = request.if_match.filter(|v| *v != case.version) {
+        if let Some(expected) = request
+            .if_match
+            .as_ref()
+            .filter(|m| !m.matches(case.version))
+        {
             return Err(Error::PreconditionFailed {
+                expected: expected.clone(),
                 case: Box::new(case),
-                expected,
             });
         }
         if let Some(expected) = request.expected_version.filter(|v| *v != case.version) {

@@ -422,3 +422,112 @@ async fn http_metrics_count_by_route_template_never_by_id(app: TestApp) {
     });
     assert_eq!(uuid_label, None, "a label value is a UUID");
 }
+
+on_both_backends!(a_nul_character_is_400_naming_the_field_and_nothing_is_written);
+async fn a_nul_character_is_400_naming_the_field_and_nothing_is_written(app: TestApp) {
+    let case = app.open_case("t-001").await;
+    let (_, keys) = app.get_json("/v1/keys").await;
+    let keys_before = keys["items"].as_array().unwrap().len();
+    let refused = |response: reqwest::Response, field: &'static str| async move {
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{field}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["field"], field, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("NUL"),
+            "{problem}"
+        );
+    };
+
+    for (body, field) in [
+        (json!({"title": "p95\u{0}spike"}), "title"),
+        (
+            json!({"title": "x", "labels": {"service": "check\u{0}out"}}),
+            "labels.service",
+        ),
+        (
+            json!({"title": "x", "labels": {"serv\u{0}ice": "checkout"}}),
+            "labels.serv\\u0000ice",
+        ),
+        (
+            json!({"title": "x", "evidence": [{"lines": ["ok", "bad\u{0}"]}]}),
+            "evidence[0].lines[1]",
+        ),
+        (json!({"title": "x", "actor": "\u{0}"}), "actor"),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/cases"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        refused(response, field).await;
+    }
+    for (body, field) in [
+        (json!({"event": "cancel", "reason": "dup\u{0}"}), "reason"),
+        (
+            json!({"event": "start_analysis", "meta": {"x": [1, "ok", "\u{0}"]}}),
+            "meta.x[2]",
+        ),
+        (
+            json!({"event": "start_analysis", "meta": {"k\u{0}": 1}}),
+            "meta.k\\u0000",
+        ),
+        (
+            json!({"event": "start_analysis", "correlation_id": "c\u{0}"}),
+            "correlation_id",
+        ),
+    ] {
+        refused(app.transition(case, body).await, field).await;
+    }
+    let key = app
+        .client
+        .post(app.url("/v1/keys"))
+        .json(&json!({"name": "ci\u{0}", "roles": ["viewer"]}))
+        .send()
+        .await
+        .unwrap();
+    refused(key, "name").await;
+    let metrics = app
+        .client
+        .post(app.url("/v1/metrics/1m"))
+        .json(
+            &json!({"points": [{"tenant": "t-001", "resource": "checkout",
+            "metric": "p95_ms", "bucket": "2026-11-21T10:00:00Z", "p95": 180.0,
+            "labels": {"pod": "a\u{0}"}}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    refused(metrics, "points[0].labels.pod").await;
+    for (query, field) in [("tenant=t%00x", "tenant"), ("label=service=a%00", "label")] {
+        let response = app
+            .client
+            .get(app.url(&format!("/v1/cases?{query}")))
+            .send()
+            .await
+            .unwrap();
+        refused(response, field).await;
+    }
+
+    let (_, cases) = app.get_json("/v1/cases").await;
+    assert_eq!(cases["items"].as_array().unwrap().len(), 1, "{cases}");
+    assert_eq!(app.case(case).await["version"], 1);
+    assert_eq!(app.timeline(case).await.len(), 1);
+    let (_, keys) = app.get_json("/v1/keys").await;
+    assert_eq!(keys["items"].as_array().unwrap().len(), keys_before);
+    let count = "SELECT count(*) FROM metric_1m";
+    let points: i64 = match app.orchestrator.store().pool() {
+        orchestrator::SqlPool::Sqlite(pool) => {
+            sqlx::query_scalar(count).fetch_one(&pool).await.unwrap()
+        }
+        orchestrator::SqlPool::Postgres(pool) => {
+            sqlx::query_scalar(count).fetch_one(&pool).await.unwrap()
+        }
+    };
+    assert_eq!(points, 0);
+}

@@ -209,6 +209,45 @@ async fn failure_events_park_the_case_and_resume_replans(app: TestApp) {
     assert_eq!(app.metric("cases_open{status=\"PARKED\"}").await, 2.0);
 }
 
+on_both_backends!(if_match_compares_strongly_so_weak_tags_never_match);
+async fn if_match_compares_strongly_so_weak_tags_never_match(app: TestApp) {
+    let case = app.open_case("t-001").await;
+    let patch = |key: &'static str, if_match: &'static str, body: Value| {
+        app.client
+            .patch(app.url(&format!("/v1/cases/{case}/transition")))
+            .header("Idempotency-Key", key)
+            .header("If-Match", if_match)
+            .json(&body)
+            .send()
+    };
+    let start = json!({"event": "start_analysis"});
+    for (key, if_match) in [("k-weak", "W/\"1\""), ("k-weak-list", "W/\"1\", W/\"2\"")] {
+        let response = patch(key, if_match, start.clone()).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::PRECONDITION_FAILED,
+            "{if_match}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:opscase:problem:precondition-failed");
+        assert_eq!(problem["current_version"], 1);
+    }
+    assert_eq!(app.case(case).await["version"], 1, "nothing was applied");
+    assert_eq!(app.timeline(case).await.len(), 1);
+
+    // A strong tag in a list still matches, whatever weak tags come with it; so does `*`.
+    let listed = patch("k-listed", "W/\"1\", \"7\", \"1\"", start)
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(listed.headers()["etag"], "\"2\"");
+    let any = patch("k-any", "*", json!({"event": "analysis_done"}))
+        .await
+        .unwrap();
+    assert_eq!(any.status(), StatusCode::OK);
+    assert_eq!(app.case(case).await["version"], 3);
+}
+
 on_both_backends!(a_stale_if_match_is_412_and_a_stale_expected_version_409);
 async fn a_stale_if_match_is_412_and_a_stale_expected_version_409(app: TestApp) {
     let case = app.open_case("t-001").await;

@@ -8,6 +8,7 @@ mod sqlite;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -38,7 +39,25 @@ pub enum StoreError {
     Aborted,
     /// The transaction's COMMIT (on SQLite, its group's) failed: nothing it wrote was kept.
     #[error("commit failed: {0}")]
-    CommitFailed(String),
+    CommitFailed(CommitFailure),
+}
+
+/// Why a COMMIT failed, in a form every member of a commit group can be given.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct CommitFailure {
+    pub reason: String,
+    /// The database could not be used (see [`is_unavailable`]), rather than refusing the data.
+    pub unavailable: bool,
+}
+
+impl From<&sqlx::Error> for CommitFailure {
+    fn from(error: &sqlx::Error) -> Self {
+        Self {
+            reason: error.to_string(),
+            unavailable: is_unavailable(error),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -53,18 +72,62 @@ impl From<sqlx::Error> for StoreError {
 }
 
 impl StoreError {
-    /// The database could not be reached (as opposed to refusing or failing a statement).
+    /// The database could not be used just now (unreachable, shutting down, out of
+    /// connections, locked), as opposed to refusing or failing a statement: the same request
+    /// may succeed later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Database(
-                sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-            )
-        )
+        match self {
+            StoreError::Database(error) => is_unavailable(error),
+            StoreError::CommitFailed(failure) => failure.unavailable,
+            StoreError::UniqueViolation(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Migration(_)
+            | StoreError::Aborted => false,
+        }
     }
+}
+
+/// Whether `error` means the database could not be used just now rather than that a statement
+/// is wrong: no connection within the pool's timeout, a closed pool, a broken connection, the
+/// server refusing or ending sessions, or the database locked by someone else.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                postgres_unavailable(pg.code(), pg.severity())
+            } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                db.code()
+                    .and_then(|code| code.parse().ok())
+                    .is_some_and(sqlite_unavailable)
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
+}
+
+/// PostgreSQL: connection exceptions (class 08), the server shutting down or starting up
+/// (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now), too many
+/// connections (53300), and any FATAL or PANIC error: the server ended the session (a refused
+/// connection such as "database is not currently accepting connections" is FATAL too), so
+/// the statement did not run.
+fn postgres_unavailable(code: &str, severity: sqlx::postgres::PgSeverity) -> bool {
+    use sqlx::postgres::PgSeverity;
+    code.starts_with("08")
+        || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+        || matches!(severity, PgSeverity::Fatal | PgSeverity::Panic)
+}
+
+/// SQLite (primary result codes of the extended code): SQLITE_BUSY (5) and SQLITE_LOCKED (6),
+/// another connection held the lock past the busy timeout; SQLITE_IOERR (10), the file could
+/// not be read or written; SQLITE_CANTOPEN (14), the file could not be opened.
+fn sqlite_unavailable(extended_code: i32) -> bool {
+    matches!(extended_code & 0xff, 5 | 6 | 10 | 14)
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -361,7 +424,7 @@ pub trait OutboxClaim: Send {
 
 /// Open the store a URL names: `postgres://...`, or `sqlite://path` for a file.
 pub async fn connect(url: &str, pool_size: u32) -> StoreResult<Arc<dyn Store>> {
-    connect_with(url, pool_size, SqliteDurability::Full).await
+    connect_with(url, PoolSettings::new(pool_size)).await
 }
 
 /// When an embedded (SQLite) commit is durable.
@@ -377,17 +440,37 @@ pub enum SqliteDurability {
     Normal,
 }
 
-pub async fn connect_with(
-    url: &str,
-    pool_size: u32,
-    durability: SqliteDurability,
-) -> StoreResult<Arc<dyn Store>> {
+/// How a store connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Connections in the pool (on SQLite the readers; there is one writer).
+    pub size: u32,
+    /// How long a caller waits for a connection, including (re)connecting to a database that
+    /// refuses, before giving up with `PoolTimedOut`: an unavailable store. Shorter than the
+    /// request timeout, so an outage is reported as one instead of as a slow request.
+    pub acquire_timeout: Duration,
+    pub sqlite_durability: SqliteDurability,
+}
+
+impl PoolSettings {
+    pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    pub fn new(size: u32) -> Self {
+        Self {
+            size,
+            acquire_timeout: Self::DEFAULT_ACQUIRE_TIMEOUT,
+            sqlite_durability: SqliteDurability::Full,
+        }
+    }
+}
+
+pub async fn connect_with(url: &str, settings: PoolSettings) -> StoreResult<Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url, pool_size).await?))
+        Ok(Arc::new(PostgresStore::connect(url, settings).await?))
     } else {
         let path = url.strip_prefix("sqlite://").unwrap_or(url);
         Ok(Arc::new(
-            SqliteStore::open(Path::new(path), pool_size, durability).await?,
+            SqliteStore::open(Path::new(path), settings).await?,
         ))
     }
 }
@@ -400,4 +483,93 @@ pub(crate) fn parse_status(text: &str) -> StoreResult<workflow::Status> {
 pub(crate) fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
     serde_json::from_value(Value::String(text.to_string()))
         .map_err(|_| StoreError::Corrupt(format!("unexpected value {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+    use std::time::Duration;
+
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, Executor};
+
+    use super::*;
+
+    #[test]
+    fn pool_and_connection_failures_are_unavailable() {
+        for error in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        ] {
+            assert!(StoreError::from(error).is_unavailable());
+        }
+        assert!(!StoreError::from(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!StoreError::Corrupt("x".into()).is_unavailable());
+        assert!(!StoreError::Aborted.is_unavailable());
+    }
+
+    #[test]
+    fn postgres_codes_of_an_unusable_server_are_unavailable() {
+        use sqlx::postgres::PgSeverity::{Error, Fatal};
+        for code in ["08006", "08001", "57P01", "57P02", "57P03", "53300"] {
+            assert!(postgres_unavailable(code, Error), "{code}");
+        }
+        // "database is not currently accepting connections" is 55000, but FATAL.
+        assert!(postgres_unavailable("55000", Fatal));
+        for code in [
+            "23505", "22021", "22P05", "42P01", "40001", "55000", "53100",
+        ] {
+            assert!(!postgres_unavailable(code, Error), "{code}");
+        }
+    }
+
+    /// A real SQLITE_BUSY: another connection holds the write lock and ours does not wait.
+    #[tokio::test]
+    async fn a_database_locked_by_another_connection_is_unavailable_and_bad_sql_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(dir.path().join("db.sqlite"))
+            .create_if_missing(true);
+        let mut holder = options.connect().await.unwrap();
+        holder
+            .execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+            .await
+            .unwrap();
+        holder.execute("BEGIN EXCLUSIVE").await.unwrap();
+        let mut other = options
+            .clone()
+            .busy_timeout(Duration::ZERO)
+            .connect()
+            .await
+            .unwrap();
+        let busy = other
+            .execute("INSERT INTO t (id) VALUES (1)")
+            .await
+            .unwrap_err();
+        assert!(StoreError::from(busy).is_unavailable());
+        assert!(
+            CommitFailure::from(
+                &other
+                    .execute("INSERT INTO t (id) VALUES (2)")
+                    .await
+                    .unwrap_err()
+            )
+            .unavailable
+        );
+
+        holder.execute("COMMIT").await.unwrap();
+        other
+            .execute("INSERT INTO t (id) VALUES (1)")
+            .await
+            .unwrap();
+        let duplicate = other
+            .execute("INSERT INTO t (id) VALUES (1)")
+            .await
+            .unwrap_err();
+        assert!(!StoreError::from(duplicate).is_unavailable());
+        let bad = other.execute("SELECT nope FROM t").await.unwrap_err();
+        assert!(!StoreError::from(bad).is_unavailable());
+    }
 }

@@ -4,7 +4,6 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -16,8 +15,8 @@ use uuid::Uuid;
 
 use super::sqlite::missing_migrations;
 use super::{
-    parse_enum, parse_status, Backend, IdempotencyRecord, KeyOrCase, LockedCase, Store, StoreError,
-    StoreResult, Tx,
+    parse_enum, parse_status, Backend, IdempotencyRecord, KeyOrCase, LockedCase, PoolSettings,
+    Store, StoreError, StoreResult, Tx,
 };
 use super::{Activity, OutboxClaim, OutboxRow, SentCommand, TimelineMark};
 use crate::access::ApiKey;
@@ -45,11 +44,11 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    pub async fn connect(url: &str, pool_size: u32) -> StoreResult<Self> {
+    pub async fn connect(url: &str, settings: PoolSettings) -> StoreResult<Self> {
         let options = PgConnectOptions::from_str(url)?.application_name("opscase");
         let pool = PgPoolOptions::new()
-            .max_connections(pool_size.max(1))
-            .acquire_timeout(Duration::from_secs(30))
+            .max_connections(settings.size.max(1))
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await?;
         Ok(Self { pool })

@@ -18,8 +18,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    parse_enum, parse_status, Backend, IdempotencyRecord, KeyOrCase, LockedCase, Store, StoreError,
-    StoreResult, Tx,
+    parse_enum, parse_status, Backend, IdempotencyRecord, KeyOrCase, LockedCase, PoolSettings,
+    Store, StoreError, StoreResult, Tx,
 };
 use super::{Activity, OutboxClaim, OutboxRow, SentCommand, TimelineMark};
 use crate::access::ApiKey;
@@ -49,11 +49,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Open (creating if needed) the database file at `path`.
-    pub async fn open(
-        path: &Path,
-        read_pool_size: u32,
-        durability: super::SqliteDurability,
-    ) -> StoreResult<Self> {
+    pub async fn open(path: &Path, settings: PoolSettings) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         }
@@ -61,7 +57,7 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match durability {
+            .synchronous(match settings.sqlite_durability {
                 super::SqliteDurability::Full => SqliteSynchronous::Full,
                 super::SqliteDurability::Normal => SqliteSynchronous::Normal,
             })
@@ -69,13 +65,14 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(settings.acquire_timeout)
             // Every write transaction acquires it: a ping each time would be a round trip.
             .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         let readers = SqlitePoolOptions::new()
-            .max_connections(read_pool_size.max(1))
+            .max_connections(settings.size.max(1))
+            .acquire_timeout(settings.acquire_timeout)
             .connect_with(options)
             .await?;
         Ok(Self {

@@ -29,7 +29,7 @@ use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqliteRow};
 use sqlx::{Arguments, Either, Executor, Sqlite, SqlitePool};
 use tokio::sync::{oneshot, Mutex, Notify, OwnedMutexGuard};
 
-use crate::store::{StoreError, StoreResult};
+use crate::store::{CommitFailure, StoreError, StoreResult};
 
 /// The writer connection's gatekeeper (one per store).
 pub(super) struct Writer {
@@ -72,7 +72,7 @@ struct Group {
     /// A member left without committing and may have left its savepoint open.
     dangling: bool,
     /// Members that released their savepoint, waiting for the group's COMMIT.
-    waiting: Vec<oneshot::Sender<Result<(), String>>>,
+    waiting: Vec<oneshot::Sender<Result<(), CommitFailure>>>,
 }
 
 impl Writer {
@@ -157,7 +157,7 @@ impl Group {
         if self.waiting.is_empty() {
             let _ = conn.execute("ROLLBACK").await;
         } else if let Err(error) = conn.execute("COMMIT").await {
-            self.abandon(error.to_string()).await;
+            self.abandon(CommitFailure::from(&error)).await;
             return;
         } else {
             stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +179,7 @@ impl Group {
     }
 
     /// The group's COMMIT failed: make sure nothing of it stays, and fail every member.
-    async fn abandon(&mut self, error: String) {
+    async fn abandon(&mut self, error: CommitFailure) {
         if let Some(conn) = self.conn.as_deref_mut() {
             // Fails harmlessly when SQLite already rolled the transaction back.
             let _ = conn.execute("ROLLBACK").await;
@@ -189,7 +189,7 @@ impl Group {
     }
 
     /// The group's transaction is over: tell its members and give the connection back.
-    fn finish(&mut self, outcome: Result<(), String>) {
+    fn finish(&mut self, outcome: Result<(), CommitFailure>) {
         self.conn = None;
         for member in self.waiting.drain(..) {
             let _ = member.send(outcome.clone());
@@ -380,9 +380,10 @@ impl SqliteTx {
         match committed.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(StoreError::CommitFailed(error)),
-            Err(_) => Err(StoreError::CommitFailed(
-                "the writer closed before the group committed".into(),
-            )),
+            Err(_) => Err(StoreError::CommitFailed(CommitFailure {
+                reason: "the writer closed before the group committed".into(),
+                unavailable: true,
+            })),
         }
     }
 }
@@ -434,7 +435,7 @@ async fn execute(conn: &mut SqliteConnection, batch: Batch) -> StoreResult<Execu
                     Some(Kind::Unique(constraint)) if is_unique_violation(&error) => {
                         StoreError::UniqueViolation((*constraint).to_string())
                     }
-                    Some(Kind::Commit) => StoreError::CommitFailed(error.to_string()),
+                    Some(Kind::Commit) => StoreError::CommitFailed(CommitFailure::from(&error)),
                     _ => error.into(),
                 })
             }
@@ -455,10 +456,10 @@ mod tests {
 
     use super::super::SqliteStore;
     use crate::model::{Automation, Case, NewTimelineEntry, Outcome, Severity};
-    use crate::store::{IdempotencyRecord, SqliteDurability, Store, StoreError, IDEMPOTENCY_KEY};
+    use crate::store::{IdempotencyRecord, PoolSettings, Store, StoreError, IDEMPOTENCY_KEY};
 
     async fn open_store(dir: &tempfile::TempDir) -> SqliteStore {
-        let store = SqliteStore::open(&dir.path().join("db.sqlite"), 2, SqliteDurability::Full)
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"), PoolSettings::new(2))
             .await
             .unwrap();
         store.migrate().await.unwrap();
