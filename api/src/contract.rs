@@ -62,7 +62,7 @@ pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
 pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]+$";
 /// `If-Match`: `*`, or a version as the ETag sends it (`"3"`, also `W/"3"`). Mirrors
 /// [`crate::extract::if_match`]; a test compares the two.
-pub const IF_MATCH_PATTERN: &str = r#"^(\*|(W/)*"[+-]?[0-9]{1,18}")$"#;
+pub const IF_MATCH_PATTERN: &str = r#"^[ \t]*(\*|[ \t,]*(W/"[^"]*"|"[+-]?[0-9]{1,18}")([ \t]*,[ \t,]*(W/"[^"]*"|"[+-]?[0-9]{1,18}"))*[ \t,]*)[ \t]*$"#;
 /// `metric` of a metric point: a name a threshold can refer to.
 pub const METRIC_NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
 
@@ -472,7 +472,11 @@ impl IntoParams for TransitionHeaders {
             header(
                 "If-Match",
                 false,
-                pattern_schema(IF_MATCH_PATTERN, false, "`*` or `\"<version>\"`"),
+                pattern_schema(
+                    IF_MATCH_PATTERN,
+                    false,
+                    "`*`, or a list of entity tags like `\"<version>\"` (weak tags never match)",
+                ),
                 "\"<version>\" from the ETag; stale → 412",
             ),
             header(
@@ -644,6 +648,11 @@ mod tests {
             "w/\"3\"",
             "**",
             "\"999999999999999999\"",
+            "W/\"1\", \"3\"",
+            "\"1\",",
+            "W/\"\"",
+            "W/\"x\" \"3\"",
+            "\"1\", , W/\"abc\"",
         ] {
             let mut headers = axum::http::HeaderMap::new();
             headers.insert("if-match", sample.parse().unwrap());

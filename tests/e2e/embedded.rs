@@ -321,6 +321,10 @@ async fn the_sqlite_durability_setting_reaches_the_database() {
 // ---------------------------------------------------------------------------------------------
 // Long-running consumers: a command stays in `bus_in_progress` until its handler finished it.
 
+/// The consumer of these tests: not the service's own `executor`, whose start-up takeover
+/// would otherwise take the tests' commands.
+const CONSUMER: &str = "test-executor";
+
 /// Waits for `release` before it answers; counts its calls and answers with `outcomes` in turn
 /// (the last one repeats).
 struct Slow {
@@ -367,7 +371,7 @@ fn in_progress(app: &TestApp, handler: Arc<Slow>, sole_consumer: bool) -> InProg
     let mut settings = InProgressSettings::new(3, sole_consumer);
     settings.retry_delays = vec![std::time::Duration::ZERO];
     InProgress::new(
-        "executor",
+        CONSUMER,
         handler,
         app.orchestrator.store().clone(),
         app.orchestrator.metrics().clone(),
@@ -396,24 +400,21 @@ async fn a_long_command_is_in_progress_until_its_handler_finished(app: TestApp) 
         "a repeat while it runs is not started twice"
     );
     eventually("the handler to start", 5, async || slow.calls() == 1).await;
-    let pending = store.in_progress("executor").await.unwrap();
+    let pending = store.in_progress(CONSUMER).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].message_id, command.id);
     assert_eq!(pending[0].deliveries, 1);
-    assert!(!store.inbox_contains("executor", command.id).await.unwrap());
+    assert!(!store.inbox_contains(CONSUMER, command.id).await.unwrap());
 
     slow.release.notify_one(); // a retry: delivered again, in this process
     eventually("the second delivery", 5, async || slow.calls() == 2).await;
-    assert_eq!(
-        store.in_progress("executor").await.unwrap()[0].deliveries,
-        2
-    );
+    assert_eq!(store.in_progress(CONSUMER).await.unwrap()[0].deliveries, 2);
     slow.release.notify_one();
     eventually("the command finished", 5, async || {
-        store.in_progress("executor").await.unwrap().is_empty()
+        store.in_progress(CONSUMER).await.unwrap().is_empty()
     })
     .await;
-    assert!(store.inbox_contains("executor", command.id).await.unwrap());
+    assert!(store.inbox_contains(CONSUMER, command.id).await.unwrap());
     assert_eq!(slow.calls(), 2);
     assert!(store.dead_letters().await.unwrap().is_empty());
 }
@@ -426,7 +427,7 @@ async fn a_command_left_in_progress_is_taken_over_at_start_or_when_its_lease_ran
     // What a process that died left behind: one lease still running, one run out.
     store
         .deliver_in_progress(
-            "executor",
+            CONSUMER,
             &left,
             "gone",
             now - chrono::Duration::seconds(1),
@@ -436,7 +437,7 @@ async fn a_command_left_in_progress_is_taken_over_at_start_or_when_its_lease_ran
         .unwrap();
     store
         .deliver_in_progress(
-            "executor",
+            CONSUMER,
             &leased,
             "gone",
             now + chrono::Duration::hours(1),
@@ -459,13 +460,13 @@ async fn a_command_left_in_progress_is_taken_over_at_start_or_when_its_lease_ran
     .await;
     slow.release.notify_one();
     eventually("it finished", 5, async || {
-        store.in_progress("executor").await.unwrap().len() == 1
+        store.in_progress(CONSUMER).await.unwrap().len() == 1
     })
     .await;
     let _ = stop.send(true);
     run.await.unwrap();
-    assert!(store.inbox_contains("executor", left.id).await.unwrap());
-    let still = store.in_progress("executor").await.unwrap();
+    assert!(store.inbox_contains(CONSUMER, left.id).await.unwrap());
+    let still = store.in_progress(CONSUMER).await.unwrap();
     assert_eq!(still[0].message_id, leased.id, "a live lease is left alone");
 
     // The sole consumer (SQLite): everything a previous process left is delivered at once.
@@ -482,13 +483,13 @@ async fn a_command_left_in_progress_is_taken_over_at_start_or_when_its_lease_ran
     .await;
     slow.release.notify_one();
     eventually("it finished", 5, async || {
-        store.in_progress("executor").await.unwrap().is_empty()
+        store.in_progress(CONSUMER).await.unwrap().is_empty()
     })
     .await;
     let _ = stop.send(true);
     run.await.unwrap();
     assert_eq!(
-        app.metric("bus_redelivery_total{consumer=\"executor\"}")
+        app.metric("bus_redelivery_total{consumer=\"test-executor\"}")
             .await,
         2.0
     );
@@ -502,7 +503,7 @@ async fn a_command_that_keeps_dying_with_its_process_is_dead_lettered(app: TestA
     // Delivered max_deliver (3) times already, each time by a process that died.
     for _ in 0..3 {
         store
-            .deliver_in_progress("executor", &command, "gone", now, now)
+            .deliver_in_progress(CONSUMER, &command, "gone", now, now)
             .await
             .unwrap();
     }
@@ -515,7 +516,7 @@ async fn a_command_that_keeps_dying_with_its_process_is_dead_lettered(app: TestA
     });
     eventually("the command dead-lettered and finished", 5, async || {
         store.dead_letters().await.unwrap().len() == 1
-            && store.in_progress("executor").await.unwrap().is_empty()
+            && store.in_progress(CONSUMER).await.unwrap().is_empty()
     })
     .await;
     let _ = stop.send(true);
@@ -524,9 +525,9 @@ async fn a_command_that_keeps_dying_with_its_process_is_dead_lettered(app: TestA
     assert_eq!(letter.message_id, command.id);
     assert!(letter.reason.contains("4 times"), "{}", letter.reason);
     assert_eq!(slow.calls(), 0, "not run a fourth time");
-    assert!(store.in_progress("executor").await.unwrap().is_empty());
+    assert!(store.in_progress(CONSUMER).await.unwrap().is_empty());
     assert_eq!(
-        app.metric("bus_dead_letter_total{consumer=\"executor\"}")
+        app.metric("bus_dead_letter_total{consumer=\"test-executor\"}")
             .await,
         1.0
     );
