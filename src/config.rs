@@ -27,6 +27,7 @@ pub struct Config {
     pub executor: ExecutorConfig,
     pub verifier: VerifierConfig,
     pub watchdog: WatchdogConfig,
+    pub sensor: SensorConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +47,102 @@ impl Default for WorkersConfig {
             in_process: true,
             command_wait_s: 20,
         }
+    }
+}
+
+/// The sensor: signal intake, routes, evidence links and log stores.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorConfig {
+    /// Alerts one payload may hold; a larger one is refused (400) whole.
+    pub max_alerts_per_payload: usize,
+    /// `[[sensor.routes]]`, first match wins; the built-in default route after them.
+    pub routes: Vec<sensor::RouteConfig>,
+    /// `[sensor.links]`: Grafana, Prometheus and OpenObserve base URLs for evidence links.
+    pub links: sensor::LinkSettings,
+    /// `[sensor.loki]`: where evidence lines are read and step output is pushed.
+    pub loki: sensor::logs::LokiConfig,
+    /// `[sensor.openobserve]`.
+    pub openobserve: OpenObserveSettings,
+}
+
+impl Default for SensorConfig {
+    fn default() -> Self {
+        Self {
+            max_alerts_per_payload: sensor::Limits::default().max_alerts,
+            routes: Vec::new(),
+            links: sensor::LinkSettings::default(),
+            loki: sensor::logs::LokiConfig::default(),
+            openobserve: OpenObserveSettings::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenObserveSettings {
+    pub url: Option<String>,
+    pub org: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub timeout_s: Option<u64>,
+}
+
+impl SensorConfig {
+    /// The settings the sensor runs with (the routes were checked when the file loaded).
+    pub fn settings(&self) -> sensor::SensorSettings {
+        sensor::SensorSettings {
+            routes: sensor::Routes::new(&self.routes).expect("routes were checked at load"),
+            limits: sensor::Limits {
+                max_alerts: self.max_alerts_per_payload,
+                ..sensor::Limits::default()
+            },
+            links: self.links.clone(),
+        }
+    }
+
+    pub fn openobserve(&self) -> sensor::logs::OpenObserveConfig {
+        let o2 = &self.openobserve;
+        sensor::logs::OpenObserveConfig {
+            url: o2.url.clone(),
+            org: o2.org.clone(),
+            user: o2.user.clone(),
+            password: o2.password.as_ref().map(|p| p.expose().to_string()),
+            timeout_s: o2.timeout_s,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        sensor::Routes::new(&self.routes).map_err(ConfigError)?;
+        if !(1..=10_000).contains(&self.max_alerts_per_payload) {
+            return Err(ConfigError(
+                "sensor.max_alerts_per_payload must be 1 to 10000".into(),
+            ));
+        }
+        let urls = [
+            ("sensor.links.grafana_url", &self.links.grafana_url),
+            ("sensor.links.prometheus_url", &self.links.prometheus_url),
+            ("sensor.links.openobserve_url", &self.links.openobserve_url),
+            ("sensor.loki.url (OPSCASE_LOKI_URL)", &self.loki.url),
+            (
+                "sensor.loki.push_url (OPSCASE_LOKI_PUSH_URL)",
+                &self.loki.push_url,
+            ),
+            (
+                "sensor.openobserve.url (OPSCASE_OPENOBSERVE_URL)",
+                &self.openobserve.url,
+            ),
+        ];
+        for (key, url) in urls {
+            if let Some(url) = url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError(format!(
+                        "{key} must be an http:// or https:// URL"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -560,6 +657,23 @@ impl Config {
             "OPSCASE_COMMAND_WAIT_S",
             &env,
         )?;
+        for (variable, slot) in [
+            ("OPSCASE_LOKI_URL", &mut self.sensor.loki.url),
+            ("OPSCASE_LOKI_PUSH_URL", &mut self.sensor.loki.push_url),
+            ("OPSCASE_OPENOBSERVE_URL", &mut self.sensor.openobserve.url),
+            (
+                "OPSCASE_OPENOBSERVE_USER",
+                &mut self.sensor.openobserve.user,
+            ),
+            ("OPSCASE_GRAFANA_URL", &mut self.sensor.links.grafana_url),
+        ] {
+            if let Some(value) = env(variable).filter(|v| !v.is_empty()) {
+                *slot = Some(value);
+            }
+        }
+        if let Some(password) = env("OPSCASE_OPENOBSERVE_PASSWORD").filter(|p| !p.is_empty()) {
+            self.sensor.openobserve.password = Some(Secret(password));
+        }
         set(&mut self.watchdog.enabled, "OPSCASE_WATCHDOG_ENABLED", &env)?;
         set(
             &mut self.watchdog.stall_after_s,
@@ -698,6 +812,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.sensor.validate()?;
         if self.watchdog.stall_after_s == 0 || self.watchdog.interval_s == 0 {
             return Err(ConfigError(
                 "watchdog.stall_after_s (OPSCASE_WATCHDOG_STALL_AFTER_S) and watchdog.interval_s \

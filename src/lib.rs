@@ -44,6 +44,9 @@ pub struct Application {
     max_deliver: i64,
     /// Everything else the workers need (adapters, policy file, sources).
     config: Config,
+    /// Signals in and evidence of cases.
+    sensor: Arc<sensor::Sensor>,
+    log_stores: Arc<sensor::logs::LogStores>,
 }
 
 impl Application {
@@ -63,6 +66,10 @@ impl Application {
             Some(url) => Some(Arc::new(connect_bus(url, config).await?)),
             None => None,
         };
+        let sensor = Arc::new(sensor::Sensor::new(
+            orchestrator.clone(),
+            config.sensor.settings(),
+        ));
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| {
@@ -89,6 +96,8 @@ impl Application {
             relay_settings: config.bus.relay_settings(),
             relay_in_process: config.bus.relay_in_process,
             max_deliver: config.bus.max_deliver,
+            sensor,
+            log_stores: Arc::new(log_stores(config)),
             config: config.clone(),
         })
     }
@@ -253,7 +262,8 @@ impl Application {
         });
         let state = AppState::new(self.orchestrator.clone(), self.settings, Some(transport))
             .with_policy(Arc::new(workers::policy_source(&self.config)?))
-            .with_metric_store(Arc::new(workers::metric_store(&self.orchestrator)));
+            .with_metric_store(Arc::new(workers::metric_store(&self.orchestrator)))
+            .with_sensor(self.sensor.clone(), self.log_stores.clone());
         let router = api::app(state);
         match self.tls {
             None => {
@@ -405,6 +415,16 @@ async fn accept_tls(
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
         }
     }
+}
+
+/// The log stores of `[sensor.loki]` and `[sensor.openobserve]`, masking with the redactor.
+pub fn log_stores(config: &Config) -> sensor::logs::LogStores {
+    let redactor = config.redactor();
+    sensor::logs::LogStores::new(
+        config.sensor.loki.clone(),
+        config.sensor.openobserve(),
+        Arc::new(move |text: &str| redactor.text(text)),
+    )
 }
 
 /// Connect to NATS and make sure the streams exist; fails fast, naming the setting.

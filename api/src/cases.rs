@@ -87,6 +87,7 @@ pub struct ListCasesQuery {
     pub label: Option<String>,
     /// What opened the case: `api`, or a signal source (`alertmanager`, `grafana`, `events`,
     /// `analyst`).
+    #[param(pattern = "^[a-z0-9_-]{1,32}$")]
     pub source: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
@@ -266,6 +267,7 @@ pub async fn list_cases(
             && source
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b));
+        // Kept in step with the documented pattern of `source`.
         if !known {
             return Err(Problem::invalid(
                 "source",

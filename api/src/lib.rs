@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cases;
 pub mod commands;
 pub mod contract;
+pub mod evidence;
 pub mod extract;
 pub mod http_metrics;
 pub mod ingest;
@@ -16,6 +17,7 @@ pub mod openapi;
 mod policy;
 pub mod problem;
 pub mod request_id;
+pub mod signals;
 pub mod system;
 
 use std::sync::Arc;
@@ -32,7 +34,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use orchestrator::Orchestrator;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::RateLimiter;
@@ -87,6 +88,10 @@ pub struct AppState {
     pub policy: Arc<gatekeeper::PolicySource>,
     /// Where `POST /v1/metrics/1m` writes (the verifier reads the same table).
     pub metric_store: Option<Arc<verifier::Metric1mStore>>,
+    /// Signals in, evidence of cases (the sensor).
+    pub sensor: Option<Arc<sensor::Sensor>>,
+    /// Where evidence's log lines are read from.
+    pub log_stores: Arc<sensor::logs::LogStores>,
 }
 
 impl AppState {
@@ -106,7 +111,20 @@ impl AppState {
             bus,
             policy: Arc::new(gatekeeper::PolicySource::builtin()),
             metric_store: None,
+            sensor: None,
+            log_stores: Arc::new(sensor::logs::LogStores::default()),
         }
+    }
+
+    /// Take signals and evidence with `sensor`, reading log lines from `log_stores`.
+    pub fn with_sensor(
+        mut self,
+        sensor: Arc<sensor::Sensor>,
+        log_stores: Arc<sensor::logs::LogStores>,
+    ) -> Self {
+        self.sensor = Some(sensor);
+        self.log_stores = log_stores;
+        self
     }
 
     pub fn with_metric_store(mut self, store: Arc<verifier::Metric1mStore>) -> Self {
@@ -138,6 +156,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/schemas/change-plan", get(system::change_plan_schema))
         .route("/v1/adapters", get(system::adapters))
         .route("/v1/metrics/1m", post(ingest::ingest_metric_1m))
+        .route("/v1/signals/alertmanager", post(signals::alertmanager))
+        .route("/v1/signals/grafana", post(signals::grafana))
+        .route("/v1/signals/events", post(signals::events))
+        .route(
+            "/v1/cases/{id}/evidence",
+            post(evidence::add_evidence).get(evidence::list_evidence),
+        )
+        .route("/v1/evidence/{id}/lines", get(evidence::evidence_lines))
         .route("/v1/templates", get(system::templates))
         .route("/v1/plan/generate", post(commands::plan_generate))
         .route("/v1/gate/eval", post(commands::gate_eval))
@@ -175,9 +201,9 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
-    let open = Router::new()
-        .merge(open_metrics)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()));
+    let open = Router::new().merge(open_metrics).merge(
+        SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi::document()),
+    );
     // Work is refused (503) beyond `max_in_flight` requests at once.
     let work = Router::new()
         .merge(protected)

@@ -4,7 +4,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{cases, commands, ingest, keys, problem, system};
+use crate::{cases, commands, evidence, ingest, keys, problem, signals, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,8 @@ use crate::{cases, commands, ingest, keys, problem, system};
         commands::plan_generate_alias, commands::gate_eval_alias, commands::adapter_exec_alias,
         commands::verify_run_alias,
         ingest::ingest_metric_1m,
+        signals::alertmanager, signals::grafana, signals::events,
+        evidence::add_evidence, evidence::list_evidence, evidence::evidence_lines,
         system::change_plan_schema, system::adapters, system::templates, system::livez, system::readyz, system::metrics,
         keys::create_key, keys::list_keys, keys::revoke_key,
     ),
@@ -33,6 +35,8 @@ use crate::{cases, commands, ingest, keys, problem, system};
         (name = "cases", description = "Incident cases and their state machine"),
         (name = "commands", description = "Ask a worker to act; the answer moves the case"),
         (name = "metrics", description = "1-minute aggregates the verifier checks against"),
+        (name = "signals", description = "Alerts and events in: each opens a case or joins its group's open case"),
+        (name = "evidence", description = "What justifies a case: log, metric and trace locators, references, links"),
         (name = "seed aliases", description = "The paths of the source design's curl demo"),
         (name = "contracts", description = "Schemas artifacts must satisfy"),
         (name = "system", description = "Health and metrics"),
@@ -176,12 +180,17 @@ fn is_empty_requirement(requirement: &utoipa::openapi::security::SecurityRequire
     serde_json::to_value(requirement).is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()))
 }
 
+/// The document the service serves: utoipa's, with the hand-written payload schemas.
+pub fn document() -> serde_json::Value {
+    let mut document =
+        serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    signals::add_payload_schemas(&mut document);
+    document
+}
+
 /// The document as committed in `openapi/openapi.json`.
 pub fn document_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
-        + "\n"
+    serde_json::to_string_pretty(&document()).expect("the OpenAPI document serializes") + "\n"
 }
 
 #[cfg(test)]

@@ -49,8 +49,12 @@ impl NewEvidence {
         if title.is_empty() || title.chars().count() > 200 {
             return Err(IntakeError::new("title", "must be 1 to 200 characters"));
         }
-        if self.note.as_ref().is_some_and(|note| note.len() > 4096) {
-            return Err(IntakeError::new("note", "is longer than 4096 bytes"));
+        if self
+            .note
+            .as_ref()
+            .is_some_and(|note| note.chars().count() > 4096)
+        {
+            return Err(IntakeError::new("note", "is longer than 4096 characters"));
         }
         if self.locator.is_none() && self.reference.is_none() && self.url.is_none() {
             return Err(IntakeError::new(
@@ -62,15 +66,20 @@ impl NewEvidence {
             return Err(IntakeError::new("ref", "give a locator or a ref, not both"));
         }
         if let Some(url) = &self.url {
-            if url.len() > 4096 || !(url.starts_with("http://") || url.starts_with("https://")) {
+            let web = url.starts_with("http://") || url.starts_with("https://");
+            if url.chars().count() > 4096 || !web {
                 return Err(IntakeError::new(
                     "url",
-                    "must be an http:// or https:// URL of at most 4096 bytes",
+                    "must be an http:// or https:// URL of at most 4096 characters",
                 ));
             }
         }
-        if let Some(locator) = &self.locator {
+        let mut locator = self.locator;
+        if let Some(locator) = &mut locator {
             check_locator(locator)?;
+            if locator.attributes.is_null() {
+                locator.attributes = Value::Object(Default::default());
+            }
         }
         if let Some(reference) = &self.reference {
             check_reference(reference)?;
@@ -81,7 +90,7 @@ impl NewEvidence {
             kind: self.kind,
             title,
             note: self.note,
-            locator: self.locator,
+            locator,
             reference: self.reference,
             url: self.url,
             href: None,
@@ -104,8 +113,11 @@ fn check_locator(locator: &Locator) -> Result<(), IntakeError> {
             ),
         )
     })?;
-    if locator.query.trim().is_empty() || locator.query.len() > 4096 {
-        return Err(IntakeError::new("locator.query", "must be 1 to 4096 bytes"));
+    if locator.query.trim().is_empty() || locator.query.chars().count() > 4096 {
+        return Err(IntakeError::new(
+            "locator.query",
+            "must be 1 to 4096 characters, not all whitespace",
+        ));
     }
     if let (Some(from), Some(to)) = (locator.from, locator.to) {
         if from > to {
@@ -119,20 +131,50 @@ fn check_locator(locator: &Locator) -> Result<(), IntakeError> {
         ));
     }
     for (field, value) in [("dataset", &locator.dataset), ("org", &locator.org)] {
-        if value.as_ref().is_some_and(|v| v.len() > 256) {
+        if value.as_ref().is_some_and(|v| v.chars().count() > 256) {
             return Err(IntakeError::new(
                 format!("locator.{field}"),
-                "is longer than 256 bytes",
+                "is longer than 256 characters",
             ));
         }
     }
-    if !(locator.attributes.is_null() || locator.attributes.is_object()) {
-        return Err(IntakeError::new("locator.attributes", "must be an object"));
+    match &locator.attributes {
+        Value::Null => {}
+        Value::Object(attributes) => {
+            if attributes.len() > 32 {
+                return Err(IntakeError::new(
+                    "locator.attributes",
+                    "has more than 32 entries",
+                ));
+            }
+            for (name, value) in attributes {
+                if !is_key_value(value) {
+                    return Err(IntakeError::new(
+                        format!("locator.attributes.{name}"),
+                        "must be a string (at most 256 characters), an integer (at most 2^53 \
+                         in magnitude) or a boolean",
+                    ));
+                }
+            }
+        }
+        _ => return Err(IntakeError::new("locator.attributes", "must be an object")),
     }
     Ok(())
 }
 
 fn check_reference(reference: &Value) -> Result<(), IntakeError> {
+    let fields = reference
+        .as_object()
+        .ok_or_else(|| IntakeError::new("ref", "must be an object"))?;
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !["table", "keys"].contains(&k.as_str()))
+    {
+        return Err(IntakeError::new(
+            format!("ref.{unknown}"),
+            "is not a field of ref (table, keys)",
+        ));
+    }
     let table = reference
         .get("table")
         .and_then(Value::as_str)
@@ -150,14 +192,30 @@ fn check_reference(reference: &Value) -> Result<(), IntakeError> {
         .filter(|keys| !keys.is_empty() && keys.len() <= 8)
         .ok_or_else(|| IntakeError::new("ref.keys", "must be an object of 1 to 8 keys"))?;
     for (name, value) in keys {
-        if value.is_object() || value.is_array() || value.to_string().len() > 256 {
+        if !is_key_value(value) {
             return Err(IntakeError::new(
                 format!("ref.keys.{name}"),
-                "must be a string, number or boolean of at most 256 bytes",
+                "must be a string (at most 256 characters), an integer (at most 2^53 in \
+                 magnitude) or a boolean",
             ));
         }
     }
     Ok(())
+}
+
+/// The largest integer every JSON reader (and PostgreSQL's jsonb) round-trips exactly.
+pub const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// A key of a row: a short string, a safe integer, or a boolean.
+fn is_key_value(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.chars().count() <= 256,
+        Value::Bool(_) => true,
+        Value::Number(number) => number
+            .as_f64()
+            .is_some_and(|n| n.fract() == 0.0 && n.abs() <= MAX_SAFE_INTEGER),
+        _ => false,
+    }
 }
 
 /// The same content on the same case is the same evidence.

@@ -50,8 +50,11 @@ pub struct SignalOutcome {
     pub status: String,
     /// `opened`, `joined`, `resolved`, `cancelled`, `acknowledged`, `recorded` or `duplicate`.
     pub outcome: String,
+    /// The case it went to (absent when there was none: `recorded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub case_id: Option<Uuid>,
-    /// The envelope written (none for a duplicate).
+    /// The envelope written (absent for a duplicate).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub envelope_id: Option<Uuid>,
 }
 
@@ -178,6 +181,23 @@ impl Sensor {
     ) -> Result<SignalOutcome, IngestError> {
         let route = self.settings.routes.route(signal);
         let source = signal.source.as_str();
+        // A resolution that names no tenant (PagerDuty's carries only the dedup_key) goes to
+        // the tenant its alert fired in, when the key is not confined to one.
+        let looked_up;
+        let tenant = match signal.status {
+            Status::Resolved | Status::Acknowledged
+                if signal.tenant_label().is_none() && caller.tenant.is_none() =>
+            {
+                looked_up = store::tenant_of_alert(
+                    &mut tx.connection().await?,
+                    source,
+                    &signal.fingerprint,
+                )
+                .await?;
+                looked_up.as_deref().unwrap_or(tenant)
+            }
+            _ => tenant,
+        };
         // A resolution goes to the group its alert fired in, even if it carries no labels.
         let seen = store::last_state(
             &mut tx.connection().await?,
@@ -353,6 +373,10 @@ impl Sensor {
                 &alert_evidence(signal, &envelope, case_id, &actor, now),
             )
             .await?;
+            for link in &signal.links {
+                store::insert_evidence(&mut conn, &link_evidence(link, case_id, &actor, now))
+                    .await?;
+            }
         }
         if outcome == "opened" {
             group.case_id = case_id;
@@ -525,6 +549,31 @@ fn alert_evidence(
     evidence
 }
 
+/// A link the sender attached (Grafana's dashboard, PagerDuty's `links`).
+fn link_evidence(
+    link: &crate::signal::Link,
+    case_id: Uuid,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Evidence {
+    let mut evidence = Evidence {
+        id: Uuid::now_v7(),
+        case_id,
+        kind: "url".into(),
+        title: link.text.chars().take(200).collect(),
+        note: None,
+        locator: None,
+        reference: None,
+        url: Some(link.href.clone()),
+        href: None,
+        created_by: actor.to_string(),
+        created_at: now,
+        content_hash: String::new(),
+    };
+    evidence.content_hash = crate::evidence::content_hash(&evidence);
+    evidence
+}
+
 fn plain_request(
     case_id: Uuid,
     event: Event,
@@ -567,4 +616,92 @@ pub fn describe(labels: &BTreeMap<String, String>) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+impl Sensor {
+    /// Add evidence to a case the caller may see, unless the same content is there already:
+    /// the evidence (with its link) and whether it is new. A new one is a timeline row too, in
+    /// the same transaction.
+    pub async fn add_evidence(
+        &self,
+        case_id: Uuid,
+        new: crate::evidence::NewEvidence,
+        context: &RequestContext,
+    ) -> Result<(Evidence, bool), IngestError> {
+        // 404 for a case the key's tenant may not see, before anything is written.
+        self.orchestrator.get_case(case_id, context).await?;
+        let now = Utc::now();
+        let who = context
+            .principal
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| "opscase".into());
+        let evidence = new.into_evidence(case_id, &who, now)?;
+        let mut tx = self.orchestrator.store().begin().await?;
+        let case = tx
+            .lock_case(case_id)
+            .await?
+            .ok_or(orchestrator::Error::NotFound(case_id))?
+            .case;
+        let (mut kept, created) =
+            store::insert_evidence(&mut tx.connection().await?, &evidence).await?;
+        if created {
+            let mut meta = Map::new();
+            meta.insert("evidence_id".into(), json!(kept.id));
+            meta.insert("kind".into(), json!(kept.kind));
+            self.orchestrator
+                .note_in(
+                    tx.as_mut(),
+                    &case,
+                    Note {
+                        event: "evidence".into(),
+                        actor: who.clone(),
+                        reason: Some(format!("{} evidence: {}", kept.kind, kept.title)),
+                        meta,
+                    },
+                    context,
+                    now,
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        kept.href = self.settings.links.href(&kept);
+        Ok((kept, created))
+    }
+
+    /// A case's evidence, each with its link.
+    pub async fn evidence_of(
+        &self,
+        case_id: Uuid,
+        context: &RequestContext,
+    ) -> Result<Vec<Evidence>, IngestError> {
+        self.orchestrator.get_case(case_id, context).await?;
+        let mut items = self.store().evidence(case_id).await?;
+        for item in &mut items {
+            item.href = self.settings.links.href(item);
+        }
+        Ok(items)
+    }
+
+    /// One piece of evidence, if its case is one the caller may see.
+    pub async fn evidence_by_id(
+        &self,
+        id: Uuid,
+        context: &RequestContext,
+    ) -> Result<Option<Evidence>, IngestError> {
+        let Some(mut evidence) = self.store().evidence_by_id(id).await? else {
+            return Ok(None);
+        };
+        match self.orchestrator.get_case(evidence.case_id, context).await {
+            Ok(_) => {}
+            Err(orchestrator::Error::NotFound(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        }
+        evidence.href = self.settings.links.href(&evidence);
+        Ok(Some(evidence))
+    }
+
+    pub fn store(&self) -> crate::store::SensorStore {
+        crate::store::SensorStore::new(self.orchestrator.store().pool())
+    }
 }

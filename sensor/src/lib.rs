@@ -15,6 +15,7 @@ pub mod correlate;
 pub mod evidence;
 pub mod ingest;
 pub mod intake;
+pub mod logs;
 pub mod metrics;
 pub mod route;
 pub mod signal;

@@ -143,13 +143,33 @@ pub struct Envelope {
 /// The most of a raw alert an envelope keeps.
 pub const RAW_CAP: usize = 16 * 1024;
 
-/// `raw`, or a note of its size when it is over [`RAW_CAP`] as JSON.
+/// `raw`, or a note of its size when it is over [`RAW_CAP`] as JSON. Numbers that are not
+/// integers or plain-sized floats are kept as their text: PostgreSQL's jsonb would give back
+/// digits no JSON reader takes (a float near f64's limit comes back out of range).
 pub fn capped_raw(raw: &Value) -> Value {
     let size = raw.to_string().len();
     if size <= RAW_CAP {
-        raw.clone()
+        let mut kept = raw.clone();
+        tame_numbers(&mut kept);
+        kept
     } else {
         serde_json::json!({"truncated": true, "bytes": size})
+    }
+}
+
+fn tame_numbers(value: &mut Value) {
+    match value {
+        Value::Number(number) => {
+            let plain = number.is_i64()
+                || number.is_u64()
+                || number.as_f64().is_some_and(|n| n.abs() < 1e15);
+            if !plain {
+                *value = Value::String(number.to_string());
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(tame_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(tame_numbers),
+        _ => {}
     }
 }
 
@@ -237,6 +257,24 @@ pub async fn last_state(
     )))
 }
 
+/// The tenant of the alert's latest envelope in any tenant (for a resolution that names none).
+pub async fn tenant_of_alert(
+    conn: &mut TxConnection<'_>,
+    source: &str,
+    fingerprint: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = on_tx!(
+        conn,
+        "SELECT tenant FROM event_envelope WHERE source = ? AND fingerprint = ? \
+         ORDER BY id DESC LIMIT 1",
+        fetch_optional,
+        |q| q.bind(source).bind(fingerprint)
+    );
+    one_row!(row, |r| Ok::<_, StoreError>(
+        r.try_get::<String, _>("tenant")?
+    ))
+}
+
 pub async fn insert_envelope(
     conn: &mut TxConnection<'_>,
     envelope: &Envelope,
@@ -310,6 +348,7 @@ macro_rules! envelope_from {
 
 /// A log, metric or trace query: the seed's `oo_locator`.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Locator {
     /// `loki`, `openobserve` or `prometheus`.
     pub system: String,
@@ -470,7 +509,8 @@ macro_rules! evidence_from {
                 attributes: $r
                     .try_get::<Option<Json<Value>>, _>("attributes")?
                     .map(|j| j.0)
-                    .unwrap_or(Value::Null),
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| Value::Object(Default::default())),
             }),
         };
         Ok::<_, StoreError>(Evidence {
@@ -560,6 +600,15 @@ mod tests {
             numbered("SELECT 1 WHERE a = ? AND b IN (?, ?)"),
             "SELECT 1 WHERE a = $1 AND b IN ($2, $3)"
         );
+    }
+
+    #[test]
+    fn numbers_jsonb_cannot_give_back_are_kept_as_text() {
+        let raw = serde_json::json!({"a": 1.7976931348623157e308, "b": [7, -3, 0.5], "c": 1e20});
+        let kept = capped_raw(&raw);
+        assert_eq!(kept["a"], "1.7976931348623157e+308");
+        assert_eq!(kept["b"], serde_json::json!([7, -3, 0.5]));
+        assert_eq!(kept["c"], "1e+20");
     }
 
     #[test]

@@ -74,6 +74,15 @@ fn valid_body(operation: &Operation, case: Uuid) -> Value {
         ("POST", "/v1/metrics/1m") => json!({"points": [{
             "tenant": "t-001", "resource": "checkout", "metric": "p95_ms",
             "bucket": "2026-11-21T10:00:00Z", "p95": 180.0}]}),
+        ("POST", "/v1/signals/alertmanager" | "/v1/signals/grafana") => json!({
+            "receiver": "opscase", "status": "firing", "groupKey": "{}:{}",
+            "alerts": [{"status": "firing", "labels": {"alertname": "ContractProbe"},
+                        "startsAt": "2026-12-02T10:00:00Z"}]}),
+        ("POST", "/v1/signals/events") => json!({
+            "event_action": "trigger",
+            "payload": {"summary": "contract probe", "source": "probe", "severity": "info"}}),
+        ("POST", "/v1/cases/{id}/evidence") => json!({
+            "kind": "url", "title": "contract probe", "url": "https://example.com/probe"}),
         ("POST", _) => json!({"case_id": case}),
         (method, path) => panic!("no valid body known for {method} {path}"),
     }

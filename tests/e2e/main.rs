@@ -23,6 +23,7 @@ mod outage;
 mod readiness;
 mod relay;
 mod restart;
+mod signals;
 mod slow_clients;
 mod store;
 mod tls;

@@ -25,6 +25,19 @@ pub fn grafana(body: &Value, limits: &Limits) -> Result<Vec<Signal>, IntakeError
 
 fn read(body: &Value, limits: &Limits, source: Source) -> Result<Vec<Signal>, IntakeError> {
     let top = object(body, "")?;
+    optional_string(top, "", "version")?;
+    if let Some(truncated) = top.get("truncatedAlerts").filter(|v| !v.is_null()) {
+        // JSON Schema's integers include 279.0.
+        let integral = truncated
+            .as_f64()
+            .is_some_and(|n| n >= 0.0 && n.fract() == 0.0);
+        if !integral {
+            return Err(IntakeError::new(
+                "truncatedAlerts",
+                "must be an integer of at least 0",
+            ));
+        }
+    }
     string(required(top, "", "receiver")?, "receiver")?;
     group_status(required(top, "", "status")?, "status")?;
     string(required(top, "", "groupKey")?, "groupKey")?;
@@ -134,10 +147,10 @@ fn read_alert(
         .filter(|text| !text.is_empty());
     let fingerprint = match optional_string(map, path, "fingerprint")? {
         Some(given) if !given.is_empty() => {
-            if given.len() > 128 {
+            if given.chars().count() > 128 {
                 return Err(IntakeError::new(
                     join(path, "fingerprint"),
-                    "is longer than 128 bytes",
+                    "is longer than 128 characters",
                 ));
             }
             given.to_string()
@@ -170,7 +183,7 @@ fn read_alert(
             }
         }
         if let Some(text) = optional_string(map, path, "valueString")? {
-            if text.len() > limits.max_annotation_value {
+            if text.chars().count() > limits.max_annotation_value {
                 return Err(IntakeError::new(join(path, "valueString"), "is too long"));
             }
             if !text.is_empty() {

@@ -35,6 +35,8 @@ const SEVERITIES: [&str; 4] = ["critical", "error", "warning", "info"];
 /// PagerDuty's limit on `dedup_key`.
 const MAX_DEDUP_KEY: usize = 255;
 const MAX_LINKS: usize = 20;
+/// Characters of `payload.summary` (PagerDuty's limit) and of its other text fields.
+pub const MAX_PAYLOAD_TEXT: usize = 1024;
 
 /// Read one event. `new_key` makes the `dedup_key` of a trigger that has none.
 pub fn events(
@@ -56,16 +58,19 @@ pub fn events(
     };
     let given_key = optional_string(top, "", "dedup_key")?;
     if let Some(key) = given_key {
-        if key.is_empty() || key.len() > MAX_DEDUP_KEY {
+        if key.is_empty() || key.chars().count() > MAX_DEDUP_KEY {
             return Err(IntakeError::new(
                 "dedup_key",
-                format!("must be 1 to {MAX_DEDUP_KEY} bytes"),
+                format!("must be 1 to {MAX_DEDUP_KEY} characters"),
             ));
         }
     }
     if let Some(routing_key) = optional_string(top, "", "routing_key")? {
-        if routing_key.len() > 128 {
-            return Err(IntakeError::new("routing_key", "is longer than 128 bytes"));
+        if routing_key.chars().count() > 128 {
+            return Err(IntakeError::new(
+                "routing_key",
+                "is longer than 128 characters",
+            ));
         }
     }
     let dedup_key = match (given_key, action) {
@@ -106,9 +111,10 @@ pub fn events(
                     optional_string(payload, "payload", name)?
                 };
                 match value {
-                    Some(text) if text.len() > limits.max_label_value.max(1024) => Err(
-                        IntakeError::new(format!("payload.{name}"), "is longer than 1024 bytes"),
-                    ),
+                    Some(text) if text.chars().count() > MAX_PAYLOAD_TEXT => Err(IntakeError::new(
+                        format!("payload.{name}"),
+                        format!("is longer than {MAX_PAYLOAD_TEXT} characters"),
+                    )),
                     Some(text) => Ok(Some(text.to_string())),
                     None => Ok(None),
                 }
@@ -149,16 +155,31 @@ pub fn events(
                 labels.insert("severity".into(), severity.clone());
             }
             if let Some(details) = payload.get("custom_details").filter(|d| !d.is_null()) {
-                if let Some(tenant) = details.get("tenant").and_then(Value::as_str) {
-                    labels.insert("tenant".into(), tenant.to_string());
+                if !details.is_object() {
+                    return Err(IntakeError::new(
+                        "payload.custom_details",
+                        "must be an object",
+                    ));
+                }
+                match details.get("tenant") {
+                    None | Some(Value::Null) => {}
+                    Some(Value::String(tenant)) => {
+                        labels.insert("tenant".into(), tenant.clone());
+                    }
+                    Some(_) => {
+                        return Err(IntakeError::new(
+                            "payload.custom_details.tenant",
+                            "must be a string (a tenant name)",
+                        ))
+                    }
                 }
                 let text = details.to_string();
-                if text.len() > limits.max_annotation_value {
+                if text.chars().count() > limits.max_annotation_value {
                     return Err(IntakeError::new(
                         "payload.custom_details",
                         format!(
-                            "is {} bytes as JSON; at most {}",
-                            text.len(),
+                            "is {} characters as JSON; at most {}",
+                            text.chars().count(),
                             limits.max_annotation_value
                         ),
                     ));
@@ -221,11 +242,22 @@ fn read_links(value: Option<&Value>) -> Result<Vec<Link>, IntakeError> {
             let map = object(item, &path)?;
             let href = string(required(map, &path, "href")?, &format!("{path}.href"))?;
             let href = url(href, &format!("{path}.href"))?;
-            let text = optional_string(map, &path, "text")?
-                .unwrap_or(&href)
-                .chars()
-                .take(256)
-                .collect();
+            if href.is_empty() {
+                return Err(IntakeError::new(
+                    format!("{path}.href"),
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            let text = match optional_string(map, &path, "text")? {
+                Some(text) if text.chars().count() > 256 => {
+                    return Err(IntakeError::new(
+                        format!("{path}.text"),
+                        "is longer than 256 characters",
+                    ))
+                }
+                Some(text) => text.to_string(),
+                None => href.chars().take(256).collect(),
+            };
             Ok(Link { href, text })
         })
         .collect()

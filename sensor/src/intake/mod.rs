@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 pub use alertmanager::{alertmanager, grafana};
-pub use events::{events, EventAction, ParsedEvent};
+pub use events::{events, EventAction, ParsedEvent, MAX_PAYLOAD_TEXT};
 
 /// What a payload may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +21,9 @@ pub struct Limits {
     pub max_alerts: usize,
     /// Labels (and, separately, annotations) of one alert.
     pub max_labels: usize,
-    /// Bytes of one label value.
+    /// Characters of one label value.
     pub max_label_value: usize,
-    /// Bytes of one annotation value (and of a PagerDuty `summary`).
+    /// Characters of one annotation value.
     pub max_annotation_value: usize,
 }
 
@@ -130,16 +130,17 @@ pub(crate) fn string_map(
     let mut out = BTreeMap::new();
     for (name, value) in map {
         let entry = join(field, name);
-        if name.is_empty() || name.len() > 128 {
+        if name.is_empty() || name.chars().count() > 128 {
             return Err(IntakeError::new(entry, "names are 1 to 128 bytes"));
         }
         let text = value
             .as_str()
             .ok_or_else(|| IntakeError::new(&entry, "must be a string"))?;
-        if text.len() > max_value {
+        let chars = text.chars().count();
+        if chars > max_value {
             return Err(IntakeError::new(
                 entry,
-                format!("is {} bytes; at most {max_value}", text.len()),
+                format!("is {chars} characters; at most {max_value}"),
             ));
         }
         out.insert(name.clone(), text.to_string());
@@ -163,8 +164,8 @@ pub(crate) fn optional_string_map(
 
 /// An http(s) URL, or an error naming the field.
 pub(crate) fn url(text: &str, field: &str) -> Result<String, IntakeError> {
-    if text.len() > 4096 {
-        return Err(IntakeError::new(field, "is longer than 4096 bytes"));
+    if text.chars().count() > 4096 {
+        return Err(IntakeError::new(field, "is longer than 4096 characters"));
     }
     if text.is_empty() || text.starts_with("http://") || text.starts_with("https://") {
         Ok(text.to_string())

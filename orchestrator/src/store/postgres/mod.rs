@@ -78,6 +78,7 @@ impl Store for PostgresStore {
         Ok(Box::new(PostgresTx {
             tx: self.pool.begin().await?,
             deferred: Deferred::default(),
+            timeline_deferred: false,
         }))
     }
 
@@ -582,12 +583,17 @@ struct PostgresTx {
     tx: Transaction<'static, Postgres>,
     /// Writes not yet sent (see [`Deferred`]): they go with the next read or the commit.
     deferred: Deferred,
+    /// A timeline row is among the deferred writes. PostgreSQL runs the CTEs of one statement
+    /// in no set order, so the ids of two timeline rows of one statement could come out in the
+    /// wrong order: a second row waits for the next statement.
+    timeline_deferred: bool,
 }
 
 impl PostgresTx {
     /// The connection, with every deferred write sent: for a read, which must see them.
     async fn flushed(&mut self) -> StoreResult<&mut sqlx::PgConnection> {
         self.deferred.flush(&mut self.tx).await?;
+        self.timeline_deferred = false;
         Ok(&mut *self.tx)
     }
 }
@@ -734,7 +740,11 @@ impl Tx for PostgresTx {
     }
 
     async fn record_timeline(&mut self, entry: &NewTimelineEntry) -> StoreResult<()> {
+        if self.timeline_deferred {
+            self.flushed().await?;
+        }
         bind_timeline(self.deferred.push(INSERT_TIMELINE_SQL), entry);
+        self.timeline_deferred = true;
         Ok(())
     }
 
