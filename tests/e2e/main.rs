@@ -7,6 +7,7 @@
 mod helpers;
 
 mod access;
+mod alertmanager;
 mod concurrency;
 mod consumer;
 mod contract;
