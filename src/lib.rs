@@ -108,17 +108,26 @@ impl Application {
             return Vec::new();
         };
         let handler: Arc<dyn bus::Handler> = Arc::new(EventHandler::new(self.orchestrator.clone()));
+        let outputs: Arc<dyn bus::Handler> =
+            Arc::new(sensor::outputs::StepOutputs::new(self.sensor.clone()));
         let metrics = self.orchestrator.metrics().clone();
         let on_dead_letter: Arc<dyn Fn(&str) + Send + Sync> =
             Arc::new(move |consumer| metrics.dead_letter(consumer));
+        let step_outputs = bus::ConsumerSettings::new(
+            sensor::outputs::CONSUMER,
+            bus::STREAM_EVENTS,
+            sensor::outputs::STEP_RESULT,
+        );
         event_consumers()
             .into_iter()
-            .map(|mut settings| {
+            .map(|settings| (settings, handler.clone()))
+            .chain([(step_outputs, outputs)])
+            .map(|(mut settings, handler)| {
                 settings.max_deliver = self.max_deliver;
                 let run = bus::run_consumer(
                     transport.clone(),
                     settings,
-                    handler.clone(),
+                    handler,
                     on_dead_letter.clone(),
                     stopped.clone(),
                 );
@@ -192,7 +201,14 @@ impl Application {
         let transport: Arc<dyn Transport> = match &self.nats {
             Some(nats) => nats.clone(),
             None => {
-                let mut subscriptions = vec![embedded_subscription(self.orchestrator.clone())];
+                let mut subscriptions = vec![
+                    embedded_subscription(self.orchestrator.clone()),
+                    Subscription {
+                        consumer: sensor::outputs::CONSUMER.into(),
+                        topics: vec![sensor::outputs::STEP_RESULT.into()],
+                        handler: Arc::new(sensor::outputs::StepOutputs::new(self.sensor.clone())),
+                    },
+                ];
                 for handler in &worker_handlers {
                     let (consumer, topics) = (handler.role(), handler.topics());
                     let handler: Arc<dyn bus::Handler> = if handler.long_running() {

@@ -71,11 +71,15 @@ pub fn build(
                 defaults: config.planner.defaults.clone(),
             }),
             Role::Gatekeeper => Arc::new(gatekeeper::Gatekeeper::new(policy_source(config)?)),
-            Role::Executor => Arc::new(executor::Executor::new(
-                runner(config)?,
-                claims.clone(),
-                "opscase/executor",
-            )),
+            Role::Executor => {
+                let mut executor =
+                    executor::Executor::new(runner(config)?, claims.clone(), "opscase/executor");
+                if config.sensor.loki.push_url.is_some() {
+                    executor = executor
+                        .with_output_store(Arc::new(LokiOutputs(crate::log_stores(config))));
+                }
+                Arc::new(executor)
+            }
             Role::Verifier => Arc::new(verifier_worker(config, orchestrator)),
             Role::All => unreachable!("expanded above"),
         });
@@ -161,6 +165,51 @@ fn verifier_worker(config: &Config, orchestrator: &Orchestrator) -> VerifierWork
         verifier = verifier.with_source("prometheus", Arc::new(PrometheusSource::new(url.clone())));
     }
     VerifierWorker::new(verifier)
+}
+
+/// Step output pushed to Loki (`[sensor.loki] push_url`), one stream per attempt labelled
+/// `job="opscase", case_id, step, attempt, phase`, one line per output line.
+struct LokiOutputs(sensor::logs::LogStores);
+
+#[async_trait]
+impl executor::OutputStore for LokiOutputs {
+    async fn store(
+        &self,
+        case_id: &str,
+        attempt: &workflow::messages::StepAttempt,
+    ) -> Option<Value> {
+        let output = attempt.output.as_deref()?;
+        let labels: std::collections::BTreeMap<String, String> = [
+            ("job", "opscase".to_string()),
+            ("case_id", case_id.to_string()),
+            ("step", attempt.step.clone()),
+            ("attempt", attempt.attempt.to_string()),
+            ("phase", attempt.phase.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        // One nanosecond apart, so Loki keeps the lines in their order.
+        let start = chrono::Utc::now();
+        let lines: Vec<(chrono::DateTime<chrono::Utc>, String)> = output
+            .lines()
+            .enumerate()
+            .map(|(i, line)| {
+                (
+                    start + chrono::Duration::nanoseconds(i as i64),
+                    line.to_string(),
+                )
+            })
+            .collect();
+        match self.0.push_to_loki(&labels, &lines).await? {
+            Ok(locator) => serde_json::to_value(locator).ok(),
+            Err(error) => {
+                // The step result still carries its capped inline output.
+                tracing::warn!(case_id, step = %attempt.step, %error, "pushing step output to Loki failed");
+                None
+            }
+        }
+    }
 }
 
 /// The planner, with the configured template inputs filled in below the case's labels.

@@ -8,4 +8,4 @@ pub mod worker;
 
 pub use adapter::{Adapter, Adapters, StepContext, StepError, StepOutput};
 pub use runner::{AttemptSink, Job, Phase, Redact, RunSummary, Runner};
-pub use worker::Executor;
+pub use worker::{Executor, OutputStore};

@@ -343,6 +343,7 @@ impl Runner {
                 output: output.map(|text| self.scrub(&text)),
                 error: error.clone(),
                 dry_run: false,
+                output_ref: None,
             })
             .await;
             if error.is_none() {
@@ -410,6 +411,7 @@ impl Runner {
             output: (!failed).then(|| text.clone()),
             error: failed.then(|| text.clone()),
             dry_run: true,
+            output_ref: None,
         })
         .await;
         Outcome {
@@ -476,6 +478,7 @@ impl Runner {
             output: None,
             error: Some(error.clone()),
             dry_run,
+            output_ref: None,
         })
         .await;
         Outcome {

@@ -27,6 +27,7 @@ pub struct Executor {
     claims: Arc<dyn Claims>,
     source: String,
     holder: String,
+    outputs: Option<Arc<dyn OutputStore>>,
 }
 
 impl Executor {
@@ -40,7 +41,14 @@ impl Executor {
             claims,
             source,
             holder,
+            outputs: None,
         }
+    }
+
+    /// Ship each attempt's output to `outputs` and point the step result at it.
+    pub fn with_output_store(mut self, outputs: Arc<dyn OutputStore>) -> Self {
+        self.outputs = Some(outputs);
+        self
     }
 
     /// Who the claims name as their holder.
@@ -129,16 +137,27 @@ fn parse(command: &Envelope) -> Result<Request, WorkerError> {
     })
 }
 
+/// Where step output is shipped (a log store such as Loki), so the step result can point at
+/// it: the locator of what was stored, or `None` when it was not.
+#[async_trait]
+pub trait OutputStore: Send + Sync {
+    async fn store(&self, case_id: &str, attempt: &StepAttempt) -> Option<Value>;
+}
+
 /// Publishes each attempt as `evt.exec.step_result.v1`, id part `<phase>/<step>/<attempt>`.
 struct PublishAttempts<'a> {
     command: &'a Envelope,
     out: &'a dyn Publisher,
     source: &'a str,
+    outputs: Option<&'a dyn OutputStore>,
 }
 
 #[async_trait]
 impl AttemptSink for PublishAttempts<'_> {
-    async fn attempt(&self, attempt: StepAttempt) {
+    async fn attempt(&self, mut attempt: StepAttempt) {
+        if let (Some(outputs), Some(_)) = (self.outputs, &attempt.output) {
+            attempt.output_ref = outputs.store(&self.command.subject, &attempt).await;
+        }
         let part = format!("{}/{}/{}", attempt.phase, attempt.step, attempt.attempt);
         let data = serde_json::to_value(&attempt).expect("a step attempt serializes");
         let envelope = answer(self.command, self.source, topic::STEP_RESULT, &part, data);
@@ -266,6 +285,7 @@ impl Worker for Executor {
             command,
             out,
             source: &self.source,
+            outputs: self.outputs.as_deref(),
         };
         let mut finals = Vec::new();
         if request.exec.dry_run {

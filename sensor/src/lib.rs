@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod intake;
 pub mod logs;
 pub mod metrics;
+pub mod outputs;
 pub mod route;
 pub mod signal;
 pub mod store;

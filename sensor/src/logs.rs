@@ -326,10 +326,17 @@ impl LogStores {
                 .max()
                 .unwrap_or_else(Utc::now);
             let mut locator = Locator::new(LogSystem::Loki, format!("{{{}}}", selector.join(", ")));
-            locator.from = Some(first);
-            // Loki's end is exclusive: one nanosecond past the last line.
-            locator.to = Some(last + chrono::Duration::nanoseconds(1));
-            locator.attributes = json!({"labels": labels});
+            // Whole microseconds, as databases keep times: from at or before the first line,
+            // to past the last (Loki's end is exclusive).
+            let micros = |at: DateTime<Utc>| {
+                Utc.timestamp_micros(at.timestamp_micros())
+                    .single()
+                    .unwrap_or(at)
+            };
+            locator.from = Some(micros(first));
+            locator.to = Some(micros(last) + chrono::Duration::microseconds(1));
+            // The stream's labels, as the locator's attributes (flat strings, as evidence takes).
+            locator.attributes = json!(labels);
             locator
         }))
     }

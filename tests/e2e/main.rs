@@ -17,6 +17,7 @@ mod docs;
 mod embedded;
 mod http;
 mod incident;
+mod logstores;
 mod monitoring;
 mod nats;
 mod otlp;

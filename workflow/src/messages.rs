@@ -148,6 +148,10 @@ pub struct StepAttempt {
     pub error: Option<String>,
     #[serde(default)]
     pub dry_run: bool,
+    /// Where the whole output was stored (a log locator: `system`, `query`, `from`, `to`),
+    /// when the executor ships step output to a log store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_ref: Option<serde_json::Value>,
 }
 
 /// `evt.exec.done.v1` / `evt.exec.failed.v1`.
