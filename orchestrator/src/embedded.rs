@@ -314,6 +314,7 @@ impl InProgress {
         metrics: Metrics,
         settings: InProgressSettings,
     ) -> Self {
+        metrics.redeliveries_of(consumer);
         Self {
             shared: Arc::new(InProgressShared {
                 consumer: consumer.to_string(),

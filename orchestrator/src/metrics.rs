@@ -330,6 +330,11 @@ impl Metrics {
         self.dead_letters.with_label_values(&[consumer]).inc();
     }
 
+    /// Start `bus_redelivery_total{consumer}` at zero, so it is there before the first one.
+    pub fn redeliveries_of(&self, consumer: &str) {
+        self.redeliveries.with_label_values(&[consumer]);
+    }
+
     pub fn redelivery(&self, consumer: &str) {
         self.redeliveries.with_label_values(&[consumer]).inc();
     }

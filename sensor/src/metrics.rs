@@ -65,6 +65,7 @@ impl SensorMetrics {
             }
             duplicates.with_label_values(&[source.as_str()]);
             opened.with_label_values(&[source.as_str()]);
+            ingest.with_label_values(&[source.as_str()]);
         }
         Self {
             received,
