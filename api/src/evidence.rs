@@ -198,7 +198,7 @@ fn sensor_of(app: &AppState) -> Result<&sensor::Sensor, Problem> {
 
 fn problem_of(error: IngestError) -> Problem {
     match error {
-        IngestError::Invalid(error) => Problem::invalid(error.field, error.message),
+        IngestError::Invalid(error) => Problem::invalid(error.field.clone(), error.to_string()),
         IngestError::Forbidden { field, message } => {
             let mut problem =
                 Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", message);

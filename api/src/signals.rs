@@ -192,7 +192,7 @@ async fn ingest(
         .ingest(source, signals, fields, &caller)
         .await
         .map_err(|error| match error {
-            IngestError::Invalid(error) => Problem::invalid(error.field, error.message),
+            IngestError::Invalid(error) => Problem::invalid(error.field.clone(), error.to_string()),
             IngestError::Forbidden { field, message } => {
                 let mut problem =
                     Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", message);
@@ -212,7 +212,7 @@ fn sensor_of(app: &AppState) -> Result<&sensor::Sensor, Problem> {
 
 fn refused(sensor: &sensor::Sensor, source: Source, error: IntakeError) -> Problem {
     sensor.metrics().received(source, "invalid");
-    Problem::invalid(error.field, error.message)
+    Problem::invalid(error.field.clone(), error.to_string())
 }
 
 // ---- The documented shapes of the payloads ----------------------------------------------------
