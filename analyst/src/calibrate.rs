@@ -54,6 +54,18 @@ impl Default for Calibrator {
 }
 
 impl Calibrator {
+    /// A calibrator that starts with a prior: one pseudo-deviation at the cap, fading like
+    /// any other record. A new series has not shown its tails yet; while the prior weighs
+    /// half a deviation or more (`memory` × ln 2 records), nothing is extrapolated past it, and
+    /// it keeps adding one to every count above a deviation until it fades. Without it, the
+    /// first deviations that happen to exceed a short history would be called the rarest
+    /// (a cold start's burst of alarms).
+    pub fn with_prior() -> Self {
+        let mut c = Self::default();
+        c.record(CAP, 1.0);
+        c
+    }
+
     /// The effective number of deviations remembered.
     pub fn total(&self) -> f64 {
         self.total
@@ -147,6 +159,23 @@ mod tests {
         assert!((c.p_value(0.0) - 1.0).abs() < 1e-9);
         let d = c.deviation_at(1e-4);
         assert!((c.p_value(d) - 1e-4).abs() < 1e-6, "{d}");
+    }
+
+    #[test]
+    fn the_prior_keeps_a_young_series_from_calling_its_first_extremes_the_rarest() {
+        let (mut young, mut bare) = (Calibrator::with_prior(), Calibrator::default());
+        for i in 0..200 {
+            young.record((i % 4) as f64, 0.999);
+            bare.record((i % 4) as f64, 0.999);
+        }
+        // Past everything seen: extrapolated without the prior, 2 in n with it.
+        assert!(bare.p_value(40.0) < 0.1 / bare.total());
+        assert!(young.p_value(40.0) > 1.5 / (young.total() + 1.0));
+        // The prior fades with the memory.
+        for _ in 0..5_000 {
+            young.record(1.0, 0.999);
+        }
+        assert!(young.p_value(40.0) < 0.1 / young.total());
     }
 
     #[test]

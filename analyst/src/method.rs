@@ -352,9 +352,9 @@ impl EnsembleState {
             ewma: EwmaState::default(),
             day: SeasonalState::default(),
             week: SeasonalState::default(),
-            calibrators: Default::default(),
+            calibrators: std::array::from_fn(|_| Calibrator::with_prior()),
             fit: [None; 4],
-            model: Calibrator::default(),
+            model: Calibrator::with_prior(),
             recent: VecDeque::new(),
             collective: Calibrator::default(),
         }
