@@ -1,5 +1,6 @@
 //! The `opscase` service: configuration and the application that ties the crates together.
 
+pub mod analyst_cli;
 pub mod config;
 pub mod logging;
 pub mod telemetry;

@@ -65,10 +65,33 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// The Analyst's detectors, offline.
+    Analyst {
+        #[command(subcommand)]
+        action: AnalystAction,
+    },
     /// Print the OpenAPI document (the committed copy is openapi/openapi.json).
     Openapi,
     /// Print the Mermaid state diagram generated from the transition table.
     StateDiagram,
+}
+
+#[derive(Subcommand)]
+enum AnalystAction {
+    /// Score a CSV of `timestamp,value` rows: writes `timestamp,value,anomaly_score`, one row
+    /// per input row, each score from the rows before it only (the NAB interface).
+    Score {
+        /// default (the default), threshold, robust_z, ewma or seasonal.
+        #[arg(long)]
+        detector: Option<String>,
+        /// A detector parameter, as in a rule's `detector` table; repeat for several.
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        #[arg(long, value_name = "IN.csv")]
+        input: PathBuf,
+        #[arg(long, value_name = "OUT.csv")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +127,21 @@ fn main() -> ExitCode {
             print!("{}", workflow::mermaid_state_diagram());
             ExitCode::SUCCESS
         }
+        Command::Analyst {
+            action:
+                AnalystAction::Score {
+                    detector,
+                    params,
+                    input,
+                    output,
+                },
+        } => match opscase::analyst_cli::score(detector.as_deref(), &params, &input, &output) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("opscase analyst score: {error:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve {
             listen,
             data_dir,
