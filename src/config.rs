@@ -28,6 +28,7 @@ pub struct Config {
     pub verifier: VerifierConfig,
     pub watchdog: WatchdogConfig,
     pub sensor: SensorConfig,
+    pub analyst: AnalystSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +48,57 @@ impl Default for WorkersConfig {
             in_process: true,
             command_wait_s: 20,
         }
+    }
+}
+
+/// The analyst's live path: rules over `metric_1m` (`[[analyst.rules]]`) and when it runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalystSection {
+    pub rules: Vec<analyst::Rule>,
+    /// Only a bucket this many seconds old or younger can open or join a case.
+    pub max_age_s: u64,
+    /// Seconds between sweeps for late or missing data.
+    pub sweep_interval_s: u64,
+    /// Days of history read when a rule first sees a series.
+    pub warmup_days: u64,
+}
+
+impl Default for AnalystSection {
+    fn default() -> Self {
+        let live = analyst::live::LiveSettings::default();
+        Self {
+            rules: Vec::new(),
+            max_age_s: live.max_age.as_secs(),
+            sweep_interval_s: live.sweep_interval.as_secs(),
+            warmup_days: live.warmup.as_secs() / 86_400,
+        }
+    }
+}
+
+impl AnalystSection {
+    pub fn live_settings(&self) -> analyst::live::LiveSettings {
+        analyst::live::LiveSettings {
+            max_age: std::time::Duration::from_secs(self.max_age_s),
+            sweep_interval: std::time::Duration::from_secs(self.sweep_interval_s),
+            warmup: std::time::Duration::from_secs(self.warmup_days * 86_400),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        analyst::AnalystConfig {
+            rules: self.rules.clone(),
+        }
+        .validate("analyst")
+        .map_err(|error| ConfigError(error.to_string()))?;
+        if self.max_age_s == 0 || self.sweep_interval_s == 0 || self.warmup_days == 0 {
+            return Err(ConfigError(
+                "analyst.max_age_s, analyst.sweep_interval_s and analyst.warmup_days must be at \
+                 least 1"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -813,6 +865,7 @@ impl Config {
             ));
         }
         self.sensor.validate()?;
+        self.analyst.validate()?;
         if self.watchdog.stall_after_s == 0 || self.watchdog.interval_s == 0 {
             return Err(ConfigError(
                 "watchdog.stall_after_s (OPSCASE_WATCHDOG_STALL_AFTER_S) and watchdog.interval_s \

@@ -47,6 +47,8 @@ pub struct Application {
     config: Config,
     /// Signals in and evidence of cases.
     sensor: Arc<sensor::Sensor>,
+    /// The analyst's rules over metric_1m.
+    analyst: Arc<analyst::live::Watcher>,
     log_stores: Arc<sensor::logs::LogStores>,
 }
 
@@ -71,6 +73,16 @@ impl Application {
             orchestrator.clone(),
             config.sensor.settings(),
         ));
+        let analyst = Arc::new(
+            analyst::live::Watcher::new(
+                &config.analyst.rules,
+                config.analyst.live_settings(),
+                orchestrator.store().pool(),
+                sensor.clone(),
+                &orchestrator.metrics().registry,
+            )
+            .context("analyst.rules")?,
+        );
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| {
@@ -98,6 +110,7 @@ impl Application {
             relay_in_process: config.bus.relay_in_process,
             max_deliver: config.bus.max_deliver,
             sensor,
+            analyst,
             log_stores: Arc::new(log_stores(config)),
             config: config.clone(),
         })
@@ -267,6 +280,7 @@ impl Application {
                 relay_stopped.clone(),
             ))
         });
+        let analyst = tokio::spawn(self.analyst.clone().run(relay_stopped.clone()));
         let relay = self.relay_in_process.then(|| {
             let relay = Relay::new(
                 self.orchestrator.store().clone(),
@@ -280,7 +294,8 @@ impl Application {
         let state = AppState::new(self.orchestrator.clone(), self.settings, Some(transport))
             .with_policy(Arc::new(workers::policy_source(&self.config)?))
             .with_metric_store(Arc::new(workers::metric_store(&self.orchestrator)))
-            .with_sensor(self.sensor.clone(), self.log_stores.clone());
+            .with_sensor(self.sensor.clone(), self.log_stores.clone())
+            .with_analyst(self.analyst.clone());
         let router = api::app(state);
         match self.tls {
             None => {
@@ -307,6 +322,7 @@ impl Application {
         if let Some(watchdog) = watchdog {
             let _ = watchdog.await;
         }
+        let _ = analyst.await;
         for run in in_progress_runs {
             let _ = run.await;
         }

@@ -1,4 +1,4 @@
-//! The Analyst's detection half, as pure code (no async, no I/O): streaming, unsupervised
+//! The Analyst. Its detection half is pure code (no async, no I/O): streaming, unsupervised
 //! detectors over metric series, the alarm logic against flapping, the rules that say which
 //! series to watch, the findings an alarm produces, and the offline scorer of
 //! `opscase analyst score`.
@@ -43,6 +43,8 @@ pub mod alarm;
 pub mod calibrate;
 pub mod components;
 pub mod finding;
+pub mod live;
+pub mod meters;
 pub mod method;
 pub mod offline;
 pub mod rule;

@@ -90,5 +90,12 @@ pub async fn ingest_metric_1m(
                 Problem::internal()
             }
         })?;
+    if let Some(analyst) = &app.analyst {
+        analyst.poke(
+            points
+                .iter()
+                .map(|p| (p.tenant.clone(), p.resource.clone(), p.metric.clone())),
+        );
+    }
     Ok(Json(Ingested { written }))
 }

@@ -92,6 +92,8 @@ pub struct AppState {
     pub sensor: Option<Arc<sensor::Sensor>>,
     /// Where evidence's log lines are read from.
     pub log_stores: Arc<sensor::logs::LogStores>,
+    /// The analyst's live path, poked with the series each metric ingest writes.
+    pub analyst: Option<Arc<analyst::live::Watcher>>,
 }
 
 impl AppState {
@@ -113,6 +115,7 @@ impl AppState {
             metric_store: None,
             sensor: None,
             log_stores: Arc::new(sensor::logs::LogStores::default()),
+            analyst: None,
         }
     }
 
@@ -124,6 +127,12 @@ impl AppState {
     ) -> Self {
         self.sensor = Some(sensor);
         self.log_stores = log_stores;
+        self
+    }
+
+    /// Judge ingested buckets with the analyst's rules as they arrive.
+    pub fn with_analyst(mut self, analyst: Arc<analyst::live::Watcher>) -> Self {
+        self.analyst = Some(analyst);
         self
     }
 

@@ -108,6 +108,15 @@ impl Sensor {
         &self.orchestrator
     }
 
+    /// The route a signal takes: its own (an analyst rule's), else the first configured one
+    /// that matches, else the default.
+    fn route_of<'a>(&'a self, signal: &'a Signal) -> &'a Route {
+        signal
+            .route
+            .as_ref()
+            .unwrap_or_else(|| self.settings.routes.route(signal))
+    }
+
     /// Take in a payload's signals, all or nothing: one transaction, answered once committed.
     /// `fields` names each signal's place in the payload (`alerts[3]`) for errors.
     pub async fn ingest(
@@ -130,7 +139,7 @@ impl Sensor {
         let keys: Vec<String> = signals
             .iter()
             .zip(&tenants)
-            .map(|(signal, tenant)| self.settings.routes.route(signal).group_key(tenant, signal))
+            .map(|(signal, tenant)| self.route_of(signal).group_key(tenant, signal))
             .collect();
         order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
 
@@ -179,7 +188,7 @@ impl Sensor {
         now: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Result<SignalOutcome, IngestError> {
-        let route = self.settings.routes.route(signal);
+        let route = self.route_of(signal);
         let source = signal.source.as_str();
         // A resolution that names no tenant (PagerDuty's carries only the dedup_key) goes to
         // the tenant its alert fired in, when the key is not confined to one.
@@ -377,6 +386,13 @@ impl Sensor {
                 store::insert_evidence(&mut conn, &link_evidence(link, case_id, &actor, now))
                     .await?;
             }
+            for reference in &signal.references {
+                store::insert_evidence(
+                    &mut conn,
+                    &reference_evidence(reference, case_id, &actor, now),
+                )
+                .await?;
+            }
         }
         if outcome == "opened" {
             group.case_id = case_id;
@@ -540,6 +556,31 @@ fn alert_evidence(
         locator: None,
         reference: Some(json!({"table": "event_envelope", "keys": {"id": envelope.id}})),
         url: signal.generator_url.clone(),
+        href: None,
+        created_by: actor.to_string(),
+        created_at: now,
+        content_hash: String::new(),
+    };
+    evidence.content_hash = crate::evidence::content_hash(&evidence);
+    evidence
+}
+
+/// A row that backs the signal up (the analyst's metric window).
+fn reference_evidence(
+    reference: &crate::signal::Reference,
+    case_id: Uuid,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Evidence {
+    let mut evidence = Evidence {
+        id: Uuid::now_v7(),
+        case_id,
+        kind: reference.kind.clone(),
+        title: reference.title.chars().take(200).collect(),
+        note: None,
+        locator: None,
+        reference: Some(reference.reference.clone()),
+        url: None,
         href: None,
         created_by: actor.to_string(),
         created_at: now,

@@ -26,5 +26,5 @@ pub use evidence::{LinkSettings, NewEvidence};
 pub use ingest::{Caller, IngestError, Sensor, SensorSettings, SignalOutcome};
 pub use intake::{IntakeError, Limits};
 pub use route::{OnResolved, Route, RouteConfig, Routes};
-pub use signal::{Signal, Source, Status};
+pub use signal::{Reference, Signal, Source, Status};
 pub use store::{Envelope, Evidence, Locator, LogSystem, SensorStore};

@@ -71,6 +71,30 @@ pub struct Route {
     pub on_resolved: OnResolved,
 }
 
+/// Routes are equal when they say the same (regular expressions by their source).
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        let patterns = |route: &Route| -> Vec<(String, String)> {
+            route
+                .match_re
+                .iter()
+                .map(|(label, regex)| (label.clone(), regex.as_str().to_string()))
+                .collect()
+        };
+        self.name == other.name
+            && self.sources == other.sources
+            && self.matchers == other.matchers
+            && patterns(self) == patterns(other)
+            && self.group_by == other.group_by
+            && self.window == other.window
+            && self.severity == other.severity
+            && self.automation == other.automation
+            && self.template == other.template
+            && self.copy_labels == other.copy_labels
+            && self.on_resolved == other.on_resolved
+    }
+}
+
 /// The default route's name.
 pub const DEFAULT_ROUTE: &str = "default";
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(4 * 3600);
@@ -106,6 +130,15 @@ impl Route {
             template: None,
             copy_labels: default_copy_labels(),
             on_resolved: OnResolved::Note,
+        }
+    }
+
+    /// A route of the service's own making (an analyst rule's): the default route's grouping
+    /// and window under `name`.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            ..Self::default_route()
         }
     }
 
@@ -324,6 +357,8 @@ mod tests {
             ends_at: None,
             generator_url: None,
             links: Vec::new(),
+            references: Vec::new(),
+            route: None,
             raw: Value::Null,
         }
     }

@@ -100,8 +100,24 @@ pub struct Signal {
     pub ends_at: Option<DateTime<Utc>>,
     pub generator_url: Option<String>,
     pub links: Vec<Link>,
+    /// Rows opscase holds that back the signal up (the analyst's metric window), kept as
+    /// evidence of the case it goes to.
+    pub references: Vec<Reference>,
+    /// The route to take instead of the configured ones (the analyst's rule says it).
+    #[serde(skip)]
+    pub route: Option<crate::route::Route>,
     /// The alert as received, for the envelope (capped in size by the store).
     pub raw: Value,
+}
+
+/// A reference to a row opscase holds, and what it is evidence of.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reference {
+    /// An evidence kind: `metric`, `log`, ...
+    pub kind: String,
+    pub title: String,
+    /// `{"table": ..., "keys": {...}}`.
+    pub reference: Value,
 }
 
 impl Signal {

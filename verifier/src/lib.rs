@@ -59,7 +59,7 @@ pub use source::{
     PrometheusSource, MAX_PROMETHEUS_RESPONSE, METRIC_1M, PROMETHEUS,
 };
 pub use store::{
-    truncate_to_minute, Metric1mError, Metric1mStore, MetricPoint, Stat, MAX_METRIC_LEN,
+    truncate_to_minute, Metric1mError, Metric1mStore, MetricPoint, SeriesRow, Stat, MAX_METRIC_LEN,
     MAX_NAME_LEN,
 };
 pub use threshold::{Op, Threshold, ThresholdError};

@@ -221,6 +221,15 @@ enum Pool {
     Postgres(PgPool),
 }
 
+/// A series of `metric_1m` and the labels of its latest bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesRow {
+    pub tenant: String,
+    pub resource: String,
+    pub metric: String,
+    pub labels: Value,
+}
+
 /// Reads and writes `metric_1m` on either backend.
 #[derive(Clone)]
 pub struct Metric1mStore {
@@ -326,6 +335,43 @@ impl Metric1mStore {
             }
         }
         Ok(written)
+    }
+
+    /// Every series (tenant, resource, metric) with a bucket at or after `since`, with the
+    /// labels of its latest bucket: what the analyst's sweep looks at.
+    pub async fn recent_series(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<SeriesRow>, Metric1mError> {
+        let since = ceil_micros(since);
+        let rows: Vec<(String, String, String, Json<Value>)> = match &self.pool {
+            // SQLite takes the other columns from the row MAX() picked.
+            Pool::Sqlite(pool) => sqlx::query_as(
+                "SELECT tenant, resource, metric, labels FROM (SELECT tenant, resource, metric, \
+                     labels, MAX(bucket) FROM metric_1m WHERE bucket >= ? \
+                     GROUP BY tenant, resource, metric)",
+            )
+            .bind(since)
+            .fetch_all(pool)
+            .await?,
+            Pool::Postgres(pool) => sqlx::query_as(
+                "SELECT DISTINCT ON (tenant, resource, metric) tenant, resource, metric, labels \
+                     FROM metric_1m WHERE bucket >= $1 \
+                     ORDER BY tenant, resource, metric, bucket DESC",
+            )
+            .bind(since)
+            .fetch_all(pool)
+            .await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(tenant, resource, metric, labels)| SeriesRow {
+                tenant,
+                resource,
+                metric,
+                labels: labels.0,
+            })
+            .collect())
     }
 
     /// The `stat` values of one tenant's `resource`/`metric` in the buckets starting in

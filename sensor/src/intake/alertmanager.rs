@@ -215,6 +215,8 @@ fn read_alert(
         ends_at,
         generator_url,
         links,
+        references: Vec::new(),
+        route: None,
         raw: raw_alert(map),
     })
 }

@@ -215,6 +215,8 @@ pub fn events(
             ends_at: None,
             generator_url: None,
             links,
+            references: Vec::new(),
+            route: None,
             raw: json!(top),
         },
         dedup_key,
