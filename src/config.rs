@@ -297,6 +297,10 @@ pub struct VerifierConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
+    /// Request-body bytes that bodies over 64 KiB may hold at once while they are read and
+    /// parsed; more such bodies wait. Taken as `body_limit_bytes` when smaller, so that a body at
+    /// the limit can always be read.
+    pub body_buffer_bytes: usize,
     pub request_timeout_s: f64,
     /// A request's body must have arrived this long after its head, else 408 and its slot
     /// (`max_in_flight`) is freed; shorter than `request_timeout_s`.
@@ -470,6 +474,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
+            body_buffer_bytes: 8 * 1024 * 1024,
             request_timeout_s: 30.0,
             body_read_timeout_s: 10.0,
             require_precondition: false,
@@ -591,6 +596,11 @@ impl Config {
         set(
             &mut self.server.body_limit_bytes,
             "OPSCASE_BODY_LIMIT_BYTES",
+            &env,
+        )?;
+        set(
+            &mut self.server.body_buffer_bytes,
+            "OPSCASE_BODY_BUFFER_BYTES",
             &env,
         )?;
         set(

@@ -3,6 +3,7 @@
 pub mod analyst_cli;
 pub mod config;
 pub mod logging;
+pub mod serve;
 pub mod telemetry;
 pub mod workers;
 
@@ -94,6 +95,7 @@ impl Application {
             orchestrator,
             settings: ApiSettings {
                 body_limit_bytes: config.server.body_limit_bytes,
+                body_buffer_bytes: config.server.body_buffer_bytes,
                 request_timeout: Duration::from_secs_f64(config.server.request_timeout_s),
                 body_read_timeout: Duration::from_secs_f64(config.server.body_read_timeout_s),
                 require_precondition: config.server.require_precondition,
@@ -298,15 +300,9 @@ impl Application {
             .with_analyst(self.analyst.clone());
         let router = api::app(state);
         match self.tls {
-            None => {
-                axum::serve(self.listener, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
+            None => serve::serve(self.listener, router, shutdown).await,
             Some(tls) => {
-                axum::serve(TlsListener::new(self.listener, tls)?, router)
-                    .with_graceful_shutdown(shutdown)
-                    .await
+                serve::serve(TlsListener::new(self.listener, tls)?, router, shutdown).await
             }
         }
         .context("HTTP server failed")?;
@@ -372,7 +368,7 @@ pub fn worker_consumers(
 /// than holding a socket and a task for ever.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Yields connections whose TLS handshake is done, so HTTPS goes through `axum::serve` with
+/// Yields connections whose TLS handshake is done, so HTTPS goes through [`serve::serve`] with
 /// exactly the plain listener's graceful shutdown. Handshakes run in tasks of their own: one
 /// slow client must not hold up accepting the next.
 struct TlsListener {
@@ -394,7 +390,7 @@ impl TlsListener {
     }
 }
 
-/// `axum::serve` drops its listener when shutdown starts. Aborting the acceptor closes the
+/// [`serve::serve`] drops its listener when shutdown starts. Aborting the acceptor closes the
 /// port and abandons unfinished handshakes, as dropping a `TcpListener` does for plain HTTP.
 impl Drop for TlsListener {
     fn drop(&mut self) {

@@ -9,6 +9,34 @@ use opscase::{Application, Config, LogFormat, Overrides};
 use orchestrator::{NewApiKey, Role};
 use uuid::Uuid;
 
+/// jemalloc instead of the system allocator (glibc's malloc): glibc keeps what the service freed
+/// in per-thread arenas and rarely gives it back, so the RSS stayed at its peak after a burst
+/// (24 → 97 MiB after bad input, bench/results/memory-*.md). jemalloc hands it back (below);
+/// mimalloc, tried too, kept 157 MiB after the same burst and started at 42 MiB idle.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, compiled in (`_RJEM_MALLOC_CONF` in the environment adds to them):
+/// `dirty_decay_ms:0,muzzy_decay_ms:0` hand freed pages back to the OS as soon as they are
+/// freed (`MADV_DONTNEED`), rather than keeping them for reuse for a while (default 10 s) or
+/// marking them lazily reclaimable (`MADV_FREE`, which keeps counting in the RSS). Tried
+/// against a 1 s decay with jemalloc's background purging thread, same binary, same run: that
+/// one peaked at 312 MiB under bad input (this one 106) and stayed at 43 MiB 30 s later (this
+/// one 37); transitions/s were within the run-to-run noise (bench/results/memory-*.md).
+#[cfg(feature = "jemalloc")]
+#[export_name = "_rjem_malloc_conf"]
+static JEMALLOC_CONF: JemallocConf = JemallocConf(c"dirty_decay_ms:0,muzzy_decay_ms:0".as_ptr());
+
+/// The `const char *` jemalloc reads its compiled-in options from.
+#[cfg(feature = "jemalloc")]
+#[repr(transparent)]
+struct JemallocConf(*const std::ffi::c_char);
+
+// SAFETY: it points at a string literal, which is immutable and lives for the whole program.
+#[cfg(feature = "jemalloc")]
+unsafe impl Sync for JemallocConf {}
+
 #[derive(Parser)]
 #[command(name = "opscase", version, about = "AI-ops case orchestrator")]
 struct Cli {

@@ -1,13 +1,16 @@
 //! Extractors that turn bad input into problem+json naming what was wrong.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use orchestrator::IfMatch;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Duration, Instant};
 
 use crate::problem::Problem;
@@ -63,6 +66,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // Held while the body is read and parsed: the bytes, and the JSON tree built from them.
+        let _share = match request.extensions().get::<BodyBudget>() {
+            Some(budget) => budget.clone().reserve(request.headers()).await,
+            None => None,
+        };
         let deadline = request.extensions().get::<BodyDeadline>().copied();
         let read = Bytes::from_request(request, state);
         let bytes = match deadline {
@@ -78,7 +86,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "the request body is empty; send a JSON object",
             ));
         }
-        let raw: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        let not_json = |e: serde_json::Error| {
             Problem::invalid(
                 "body",
                 format!(
@@ -88,7 +96,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     e.column()
                 ),
             )
-        })?;
+        };
+        // A large body is first checked without building anything: a JSON tree takes many
+        // times the bytes it came from (30 times for an array of small objects), and a body
+        // that is broken near its end would otherwise be refused only after the whole tree
+        // was built. Small bodies skip this second pass.
+        if bytes.len() > SMALL_BODY_BYTES {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(not_json)?;
+        }
+        let raw: Value = serde_json::from_slice(&bytes).map_err(not_json)?;
         if !raw.is_object() {
             return Err(Problem::invalid("body", "the body must be a JSON object"));
         }
@@ -170,6 +186,57 @@ fn field_of(path: &str, message: &str, root: &str) -> String {
         (".", None) => root.to_string(),
         (path, Some(name)) => format!("{path}.{name}"),
         (path, None) => path.to_string(),
+    }
+}
+
+/// Bodies up to this size are read without asking [`BodyBudget`]: together they are bounded by
+/// `server.max_in_flight` × 64 KiB, and ordinary requests (a transition is ~100 bytes) never
+/// queue behind large ones.
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+
+/// Bounds the memory that request bodies take while they are read and parsed
+/// (`server.body_buffer_bytes`). A body larger than [`SMALL_BODY_BYTES`] first reserves its
+/// size (`Content-Length`, or the body limit when the length is not known up front) and waits
+/// while the reservations of other bodies would exceed the budget; the request timeout bounds
+/// the wait. Without it, every request in flight could hold a body near the limit plus a JSON
+/// tree several times its size (1,024 × 1 MiB × that, at the defaults).
+#[derive(Clone)]
+pub struct BodyBudget {
+    /// One permit per KiB.
+    permits: Arc<Semaphore>,
+    total_kib: u32,
+    limit_bytes: usize,
+}
+
+impl BodyBudget {
+    /// `bytes`: the budget; `limit_bytes`: the largest body a request may send.
+    pub fn new(bytes: usize, limit_bytes: usize) -> Self {
+        let total_kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Self {
+            permits: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+            limit_bytes,
+        }
+    }
+
+    /// Wait for this body's share; `None` for a small body, which needs none.
+    pub async fn reserve(self, headers: &HeaderMap) -> Option<OwnedSemaphorePermit> {
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse::<usize>().ok());
+        // Over the limit, the body is refused (413) after reading at most the limit.
+        let bytes = length.unwrap_or(self.limit_bytes).min(self.limit_bytes);
+        if bytes <= SMALL_BODY_BYTES {
+            return None;
+        }
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.total_kib);
+        // The semaphore is never closed.
+        self.permits.acquire_many_owned(kib).await.ok()
     }
 }
 
@@ -338,5 +405,52 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
             .map_err(|rejection| {
                 Problem::invalid("id", format!("the path's id: {}", rejection.body_text()))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn length(bytes: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, bytes.to_string().parse().unwrap());
+        headers
+    }
+
+    #[tokio::test]
+    async fn large_bodies_share_the_budget_and_small_ones_need_none() {
+        let budget = BodyBudget::new(2 * 1024 * 1024, 1024 * 1024);
+        assert!(budget.clone().reserve(&length(100)).await.is_none());
+        assert!(budget
+            .clone()
+            .reserve(&length(SMALL_BODY_BYTES))
+            .await
+            .is_none());
+        let first = budget.clone().reserve(&length(1024 * 1024)).await.unwrap();
+        // No length: counted as a body at the limit. Over the limit: as much as the limit.
+        let second = budget.clone().reserve(&HeaderMap::new()).await.unwrap();
+        let waiting = budget.clone();
+        let third = tokio::spawn(async move { waiting.reserve(&length(10 * 1024 * 1024)).await });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !third.is_finished(),
+            "the budget is spent: the third body waits"
+        );
+        assert!(budget.clone().reserve(&length(100)).await.is_none());
+        drop(first);
+        let third = third.await.unwrap().unwrap();
+        assert_eq!(third.num_permits(), 1024);
+        drop((second, third));
+        assert_eq!(budget.permits.available_permits(), 2048);
+    }
+
+    #[tokio::test]
+    async fn a_budget_below_the_limit_still_lets_one_body_through() {
+        let budget = BodyBudget::new(100 * 1024, 1024 * 1024);
+        let permit = budget.reserve(&length(1024 * 1024)).await.unwrap();
+        assert_eq!(permit.num_permits(), 100);
     }
 }

@@ -42,6 +42,9 @@ use crate::problem::Problem;
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub body_limit_bytes: usize,
+    /// Request-body bytes larger bodies may hold at once while they are read and parsed (see
+    /// [`extract::BodyBudget`]); at least `body_limit_bytes`.
+    pub body_buffer_bytes: usize,
     pub request_timeout: Duration,
     /// A body not read completely this long after its request arrived is answered 408.
     pub body_read_timeout: Duration,
@@ -64,6 +67,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             body_limit_bytes: 1024 * 1024,
+            body_buffer_bytes: 8 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(10),
             require_precondition: false,
@@ -233,6 +237,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(axum::Extension(extract::BodyBudget::new(
+            settings.body_buffer_bytes.max(settings.body_limit_bytes),
+            settings.body_limit_bytes,
+        )))
         .layer(middleware::from_fn_with_state(
             http_metrics,
             http_metrics::observe,
