@@ -34,7 +34,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkersConfig {
-    /// `opscase serve` runs the planner, gatekeeper, executor and verifier in-process
+    /// `opscase serve` runs the worker roles (analyst, planner, gatekeeper, executor, verifier)
+    /// in-process
     /// (`--no-workers` turns this off when `opscase worker` processes do the work).
     pub in_process: bool,
     /// How long a command endpoint waits for the worker's answer (and the most a client's
@@ -62,6 +63,87 @@ pub struct AnalystSection {
     pub sweep_interval_s: u64,
     /// Days of history read when a rule first sees a series.
     pub warmup_days: u64,
+    /// How a case in ANALYZING is examined (`cmd.analysis.run`).
+    pub analysis: AnalysisConfig,
+}
+
+/// `[analyst.analysis]`: what the analysis of a case looks at.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// Minutes before now examined (default 30).
+    pub window_min: u64,
+    /// Hours of history before the window a metric or dependency is compared with (default 24).
+    pub baseline_h: u64,
+    /// Minutes back deploy and config changes are looked for (default 120).
+    pub change_lookback_min: u64,
+    /// Buckets of history a metric needs before it is judged (default 60).
+    pub min_history: usize,
+    /// Robust z-score a bucket must pass to deviate (default 4).
+    pub threshold: f64,
+    /// Relative distance from the baseline a deviating bucket also needs (default 0.2).
+    pub min_change: f64,
+    /// Deviating buckets in one direction that make a finding (default 3).
+    pub min_buckets: usize,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        let d = analyst::analysis::AnalysisSettings::default();
+        Self {
+            window_min: d.window.as_secs() / 60,
+            baseline_h: d.baseline.as_secs() / 3600,
+            change_lookback_min: d.change_lookback.as_secs() / 60,
+            min_history: d.min_history,
+            threshold: d.threshold,
+            min_change: d.min_change,
+            min_buckets: d.min_buckets,
+        }
+    }
+}
+
+impl AnalysisConfig {
+    pub fn settings(&self) -> analyst::analysis::AnalysisSettings {
+        use std::time::Duration;
+        analyst::analysis::AnalysisSettings {
+            window: Duration::from_secs(self.window_min * 60),
+            baseline: Duration::from_secs(self.baseline_h * 3600),
+            change_lookback: Duration::from_secs(self.change_lookback_min * 60),
+            min_history: self.min_history,
+            threshold: self.threshold,
+            min_change: self.min_change,
+            min_buckets: self.min_buckets,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let whole = [
+            ("window_min", self.window_min as f64),
+            ("baseline_h", self.baseline_h as f64),
+            ("change_lookback_min", self.change_lookback_min as f64),
+            ("min_buckets", self.min_buckets as f64),
+            ("threshold", self.threshold),
+        ];
+        for (name, value) in whole {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(ConfigError(format!(
+                    "analyst.analysis.{name} must be greater than 0"
+                )));
+            }
+        }
+        if self.window_min > u64::from(analyst::worker::MAX_WINDOW_MINUTES) {
+            return Err(ConfigError(format!(
+                "analyst.analysis.window_min must be at most {}",
+                analyst::worker::MAX_WINDOW_MINUTES
+            )));
+        }
+        if !(self.min_change.is_finite() && self.min_change >= 0.0) {
+            return Err(ConfigError(
+                "analyst.analysis.min_change must be 0 or more".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AnalystSection {
@@ -72,6 +154,7 @@ impl Default for AnalystSection {
             max_age_s: live.max_age.as_secs(),
             sweep_interval_s: live.sweep_interval.as_secs(),
             warmup_days: live.warmup.as_secs() / 86_400,
+            analysis: AnalysisConfig::default(),
         }
     }
 }
@@ -98,7 +181,7 @@ impl AnalystSection {
                     .into(),
             ));
         }
-        Ok(())
+        self.analysis.validate()
     }
 }
 

@@ -343,18 +343,20 @@ fn worker(
         eprintln!("opscase: configuration: workers need bus.nats_url (OPSCASE_NATS_URL)");
         return ExitCode::from(2);
     };
-    if opscase::workers::Role::includes_verifier(roles) && config.database.url.is_none() {
+    if opscase::workers::Role::reads_database(roles) && config.database.url.is_none() {
         // A local SQLite file would hold no metrics: the API writes them to the shared database.
         eprintln!(
-            "opscase: configuration: the verifier reads metric_1m from the service's database; \
-             set database.url (OPSCASE_DATABASE_URL)"
+            "opscase: configuration: the verifier and the analyst read metric_1m (and the \
+             analyst its other tables) from the service's database; set database.url \
+             (OPSCASE_DATABASE_URL)"
         );
         return ExitCode::from(2);
     }
     opscase::logging::init(&config);
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result: anyhow::Result<()> = runtime.block_on(async {
-        // The database only serves the verifier's metric_1m; workers never touch case tables.
+        // The database serves the verifier's and the analyst's tables; workers never touch the
+        // case tables.
         let orchestrator = opscase::open_orchestrator(&config).await?;
         let transport = Arc::new(opscase::connect_bus(&url, &config).await?);
         let claims = Arc::new(bus::StreamClaims::open(&transport).await?);

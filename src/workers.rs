@@ -1,6 +1,7 @@
-//! The four worker roles wired to a bus: in-process on the embedded bus (`opscase serve`), or
-//! as durable JetStream consumers on `OPS_CMD` (`opscase worker --role ...`). Their events go
-//! to the outbox (embedded) or straight to JetStream.
+//! The worker roles (analyst, planner, gatekeeper, executor, verifier) wired to a bus:
+//! in-process on the embedded bus (`opscase serve`), or as durable JetStream consumers on
+//! `OPS_CMD` (`opscase worker --role ...`). Their events go to the outbox (embedded) or straight
+//! to JetStream.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use crate::config::Config;
 /// A worker role, as `opscase worker --role` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
+    Analyst,
     Planner,
     Gatekeeper,
     Executor,
@@ -30,14 +32,17 @@ pub enum Role {
 }
 
 impl Role {
-    /// Whether `roles` runs the verifier, which reads `metric_1m` from the service's database.
-    pub fn includes_verifier(roles: &[Role]) -> bool {
-        Role::expand(roles).contains(&Role::Verifier)
+    /// Whether `roles` runs the verifier or the analyst, which read the service's database.
+    pub fn reads_database(roles: &[Role]) -> bool {
+        Role::expand(roles)
+            .iter()
+            .any(|role| matches!(role, Role::Verifier | Role::Analyst))
     }
 
     fn expand(roles: &[Role]) -> Vec<Role> {
         if roles.contains(&Role::All) || roles.is_empty() {
             vec![
+                Role::Analyst,
                 Role::Planner,
                 Role::Gatekeeper,
                 Role::Executor,
@@ -66,6 +71,10 @@ pub fn build(
     let mut workers: Vec<Arc<dyn Worker>> = Vec::new();
     for role in Role::expand(roles) {
         workers.push(match role {
+            Role::Analyst => Arc::new(analyst::worker::AnalystWorker::new(
+                orchestrator.store().pool(),
+                config.analyst.analysis.settings(),
+            )),
             Role::Planner => Arc::new(PlannerWithDefaults {
                 planner: planner::Planner::default(),
                 defaults: config.planner.defaults.clone(),
@@ -354,10 +363,11 @@ mod tests {
         );
         assert_eq!(
             Role::expand(&[Verifier, All]),
-            [Planner, Gatekeeper, Executor, Verifier]
+            [Analyst, Planner, Gatekeeper, Executor, Verifier]
         );
-        assert!(Role::includes_verifier(&[All]));
-        assert!(!Role::includes_verifier(&[Planner, Executor]));
+        assert!(Role::reads_database(&[All]));
+        assert!(Role::reads_database(&[Analyst]));
+        assert!(!Role::reads_database(&[Planner, Executor]));
     }
 
     #[test]

@@ -40,6 +40,7 @@
 //! ```
 
 pub mod alarm;
+pub mod analysis;
 pub mod calibrate;
 pub mod components;
 pub mod finding;
@@ -51,6 +52,8 @@ pub mod rule;
 pub mod series;
 pub mod span;
 pub mod stats;
+pub mod store;
+pub mod worker;
 
 pub use alarm::{AlarmParams, Transition};
 pub use components::Direction;

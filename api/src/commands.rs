@@ -1,5 +1,5 @@
-//! Commands to the workers: `POST /v1/plan/generate`, `/v1/gate/eval`, `/v1/adapter/exec`,
-//! `/v1/verify/run` (and the seed's aliases without `/v1`). Each writes a `cmd.*` to the
+//! Commands to the workers: `POST /v1/analysis/run`, `/v1/plan/generate`, `/v1/gate/eval`,
+//! `/v1/adapter/exec`, `/v1/verify/run` (and the seed's aliases without `/v1`). Each writes a `cmd.*` to the
 //! outbox and a timeline row in one transaction, then by default waits (bounded) for the
 //! worker's answer to land on the case; `Prefer: respond-async` answers 202 at once.
 
@@ -33,6 +33,19 @@ pub struct PlanGenerate {
     pub template: Option<String>,
     /// Template inputs; they override the case's labels.
     pub params: Option<Map<String, Value>>,
+    #[schema(schema_with = contract::actor_schema)]
+    pub actor: Option<String>,
+}
+
+/// `POST /v1/analysis/run`: ask the analyst to examine the case's service.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisRun {
+    pub case_id: Uuid,
+    /// Minutes before now to examine, 1 to 1440 (default `analyst.analysis.window_min`).
+    #[schema(minimum = 1, maximum = 1440)]
+    #[serde(default, deserialize_with = "workflow::integer::option")]
+    pub window_minutes: Option<u32>,
     #[schema(schema_with = contract::actor_schema)]
     pub actor: Option<String>,
 }
@@ -175,6 +188,52 @@ command_routes!(
     "Ask the verifier to check the plan's verification (VERIFYING).",
     []
 );
+
+/// Ask the analyst to examine the case's service: metrics off their baseline, degraded
+/// dependencies, recent deploys and configuration changes (any state but CLOSED). In
+/// ANALYZING its findings move the case to PLANNING; later they are recorded for the next plan.
+#[utoipa::path(post, path = "/v1/analysis/run", tag = "commands",
+    params(("Prefer" = Option<String>, Header,
+        description = "`respond-async`: answer 202 at once; `wait=N`: wait up to N seconds (default from config)")),
+    request_body(content = AnalysisRun, content_type = "application/json",
+        example = json!({"case_id": "0193a5a4-7c1e-7b1a-9d2f-1a2b3c4d5e6f", "window_minutes": 30})),
+    responses(
+        (status = 200, description = "The analyst answered", body = CommandResult),
+        (status = 202, description = "Written; not answered yet (or not waited for)", body = CommandResult),
+        (status = 409, description = "The case is closed", body = Problem, content_type = "application/problem+json"),
+        Malformed, BodyLimit, CaseNotFound,
+    ))]
+pub async fn analysis_run(
+    state: State<AppState>,
+    caller: Allowed<Operate>,
+    headers: HeaderMap,
+    body: JsonBody<AnalysisRun>,
+) -> Result<Response, Problem> {
+    run(state, caller, headers, body.value).await
+}
+
+impl CommandBody for AnalysisRun {
+    fn into_request(self, caller: &Allowed<Operate>) -> Result<CommandRequest, Problem> {
+        if let Some(minutes) = self.window_minutes {
+            if !(1..=analyst::worker::MAX_WINDOW_MINUTES).contains(&minutes) {
+                return Err(Problem::invalid(
+                    "window_minutes",
+                    format!(
+                        "window_minutes must be within 1..={}",
+                        analyst::worker::MAX_WINDOW_MINUTES
+                    ),
+                ));
+            }
+        }
+        Ok(CommandRequest {
+            case_id: self.case_id,
+            topic: topic::ANALYSIS_RUN,
+            actor: actor_of(self.actor.as_deref(), &caller.principal)?,
+            window_minutes: self.window_minutes,
+            ..CommandRequest::default()
+        })
+    }
+}
 
 /// Each body knows which command it is and what it carries.
 trait CommandBody {

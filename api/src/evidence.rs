@@ -107,6 +107,35 @@ pub async fn list_evidence(
     Ok(Json(EvidencePage { items }))
 }
 
+/// A case's findings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FindingsPage {
+    pub items: Vec<analyst::store::StoredFinding>,
+}
+
+/// What the analyst found about a case, run by run (oldest first), each finding strongest
+/// first within its run, with the rows that show it (`evidence[].ref`).
+#[utoipa::path(get, path = "/v1/cases/{id}/findings", tag = "evidence",
+    params(("id" = Uuid, Path, description = "Case id")),
+    responses(
+        (status = 200, description = "The case's findings", body = FindingsPage),
+        Malformed, CaseNotFound,
+    ))]
+pub async fn list_findings(
+    State(app): State<AppState>,
+    caller: Allowed<Read>,
+    id: PathId,
+) -> Result<Json<FindingsPage>, Problem> {
+    let case_id = extract::parse_uuid("id", &id.0)?;
+    let context = request_context(caller.principal, None);
+    app.orchestrator.get_case(case_id, &context).await?;
+    let items = analyst::store::AnalysisStore::new(app.orchestrator.store().pool())
+        .findings_of(case_id)
+        .await
+        .map_err(Problem::from)?;
+    Ok(Json(FindingsPage { items }))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

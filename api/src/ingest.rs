@@ -1,5 +1,7 @@
 //! `POST /v1/metrics/1m`: 1-minute aggregates (the seed's `metric_1m`) the verifier checks
-//! plans against. A batch is written in one transaction; re-sending a minute overwrites it.
+//! plans against and the analyst watches; `POST /v1/metrics/calls5m`: calls between services
+//! over five minutes (the seed's `service_call_5m`), which the analysis of a case ranks. A batch
+//! is written in one transaction; re-sending a bucket overwrites it.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -65,18 +67,7 @@ pub async fn ingest_metric_1m(
         point.validate().map_err(|(field, message)| {
             Problem::invalid(format!("points[{index}].{field}"), message)
         })?;
-        if let Some(own) = caller.principal.tenant.as_deref() {
-            if point.tenant != own {
-                let mut problem = Problem::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "Forbidden",
-                    format!("this key may only write metrics of tenant {own:?}"),
-                );
-                problem.field = Some(format!("points[{index}].tenant"));
-                return Err(problem);
-            }
-        }
+        own_tenant(&caller, index, &point.tenant)?;
     }
     let store = app.metric_store.as_ref().ok_or_else(Problem::internal)?;
     let written = store
@@ -98,4 +89,75 @@ pub async fn ingest_metric_1m(
         );
     }
     Ok(Json(Ingested { written }))
+}
+
+/// A batch of call aggregates.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallBatch {
+    #[schema(max_items = 10000)]
+    pub points: Vec<analyst::store::CallPoint>,
+}
+
+/// Ingest calls between services aggregated over five minutes: `{"points": [...]}`.
+///
+/// Each point: `tenant`, `bucket` (any instant in the five minutes), `src` (the calling
+/// service), `dst` (the service called), and at least one of `rps`, `err_rate` (0 to 1),
+/// `p50_ms`, `p95_ms`.
+#[utoipa::path(post, path = "/v1/metrics/calls5m", tag = "metrics",
+    request_body(content = CallBatch, content_type = "application/json",
+        description = "`{\"points\": [...]}`",
+        example = json!({"points": [{"tenant": "t-001", "bucket": "2026-12-02T10:05:00Z",
+                          "src": "checkout", "dst": "payments", "rps": 42.0, "err_rate": 0.12,
+                          "p50_ms": 35.0, "p95_ms": 180.0}]})),
+    responses(
+        (status = 200, description = "Written", body = Ingested),
+        Malformed, BodyLimit,
+    ))]
+pub async fn ingest_calls_5m(
+    State(app): State<AppState>,
+    caller: Allowed<Ingest>,
+    body: JsonBody<CallBatch>,
+) -> Result<Json<Ingested>, Problem> {
+    let points = body.value.points;
+    if points.is_empty() {
+        return Err(Problem::invalid("points", "the batch is empty"));
+    }
+    if points.len() > MAX_METRIC_POINTS {
+        return Err(Problem::invalid(
+            "points",
+            format!(
+                "{} points; at most {MAX_METRIC_POINTS} per request",
+                points.len()
+            ),
+        ));
+    }
+    for (index, point) in points.iter().enumerate() {
+        point.validate().map_err(|(field, message)| {
+            Problem::invalid(format!("points[{index}].{field}"), message)
+        })?;
+        own_tenant(&caller, index, &point.tenant)?;
+    }
+    let written = analyst::store::AnalysisStore::new(app.orchestrator.store().pool())
+        .insert_calls(&points)
+        .await
+        .map_err(Problem::from)?;
+    Ok(Json(Ingested { written }))
+}
+
+/// A key confined to a tenant writes that tenant's metrics only (403 naming the point).
+fn own_tenant(caller: &Allowed<Ingest>, index: usize, tenant: &str) -> Result<(), Problem> {
+    match caller.principal.tenant.as_deref() {
+        Some(own) if own != tenant => {
+            let mut problem = Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                format!("this key may only write metrics of tenant {own:?}"),
+            );
+            problem.field = Some(format!("points[{index}].tenant"));
+            Err(problem)
+        }
+        _ => Ok(()),
+    }
 }

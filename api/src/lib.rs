@@ -169,15 +169,19 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/schemas/change-plan", get(system::change_plan_schema))
         .route("/v1/adapters", get(system::adapters))
         .route("/v1/metrics/1m", post(ingest::ingest_metric_1m))
+        .route("/v1/metrics/calls5m", post(ingest::ingest_calls_5m))
         .route("/v1/signals/alertmanager", post(signals::alertmanager))
         .route("/v1/signals/grafana", post(signals::grafana))
         .route("/v1/signals/events", post(signals::events))
+        .route("/v1/signals/changes", post(signals::changes))
+        .route("/v1/cases/{id}/findings", get(evidence::list_findings))
         .route(
             "/v1/cases/{id}/evidence",
             post(evidence::add_evidence).get(evidence::list_evidence),
         )
         .route("/v1/evidence/{id}/lines", get(evidence::evidence_lines))
         .route("/v1/templates", get(system::templates))
+        .route("/v1/analysis/run", post(commands::analysis_run))
         .route("/v1/plan/generate", post(commands::plan_generate))
         .route("/v1/gate/eval", post(commands::gate_eval))
         .route("/v1/adapter/exec", post(commands::adapter_exec))

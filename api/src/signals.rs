@@ -1,4 +1,5 @@
-//! Signals in: `POST /v1/signals/alertmanager`, `/v1/signals/grafana` and `/v1/signals/events`.
+//! Signals in: `POST /v1/signals/alertmanager`, `/v1/signals/grafana` and `/v1/signals/events`;
+//! deploys and configuration changes in: `POST /v1/signals/changes`.
 //! Each payload is taken in one transaction and answered 2xx only once it is committed, so a
 //! sender that retries after a failure (Alertmanager does, on 5xx) loses nothing, and a repeat
 //! of what was committed writes nothing new.
@@ -158,6 +159,63 @@ pub async fn events(
         .into_response())
 }
 
+/// A change recorded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangeRecorded {
+    /// `success`, as PagerDuty's Change Events API answers.
+    pub status: String,
+    /// The envelope written (`kind` `deploy` or `config`).
+    pub envelope_id: uuid::Uuid,
+    pub tenant: String,
+    pub kind: String,
+    pub service: String,
+}
+
+/// Record a deploy or a configuration change (PagerDuty Change Events API v2 shape, plus
+/// `kind` and `service`). It opens no case; the analyst reports the recent changes of a case's
+/// service and of its dependencies when it examines the case.
+#[utoipa::path(post, path = "/v1/signals/changes", tag = "signals",
+    request_body(content = Object, content_type = "application/json",
+        description = "A PagerDuty Change Events API v2 event with `kind` and `service`",
+        example = json!({"kind": "deploy", "service": "checkout",
+            "payload": {"summary": "checkout 1.4.2 rolled out", "source": "argo-cd",
+                        "timestamp": "2026-12-02T10:00:00Z",
+                        "custom_details": {"version": "1.4.2"}},
+            "links": [{"href": "https://ci.example/run/7", "text": "pipeline"}]})),
+    responses(
+        (status = 202, description = "Recorded", body = ChangeRecorded),
+        Malformed, TenantRefused, BodyLimit,
+    ))]
+pub async fn changes(
+    State(app): State<AppState>,
+    caller: Allowed<Ingest>,
+    body: JsonBody<Value>,
+) -> Result<Response, Problem> {
+    let sensor = sensor_of(&app)?;
+    let change = sensor::intake::changes(&body.value)
+        .map_err(|error| Problem::invalid(error.field.clone(), error.to_string()))?;
+    let service = change.service.clone();
+    let caller = Caller {
+        tenant: caller.principal.tenant.clone(),
+        context: request_context(caller.principal, None),
+    };
+    let envelope = sensor
+        .record_change(change, &caller)
+        .await
+        .map_err(problem_of)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ChangeRecorded {
+            status: "success".into(),
+            envelope_id: envelope.id,
+            tenant: envelope.tenant,
+            kind: envelope.kind,
+            service,
+        }),
+    )
+        .into_response())
+}
+
 async fn take_alerts(
     app: &AppState,
     caller: Allowed<Ingest>,
@@ -191,16 +249,20 @@ async fn ingest(
     sensor
         .ingest(source, signals, fields, &caller)
         .await
-        .map_err(|error| match error {
-            IngestError::Invalid(error) => Problem::invalid(error.field.clone(), error.to_string()),
-            IngestError::Forbidden { field, message } => {
-                let mut problem =
-                    Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", message);
-                problem.field = Some(field);
-                problem
-            }
-            IngestError::Orchestrator(error) => Problem::from(error),
-        })
+        .map_err(problem_of)
+}
+
+fn problem_of(error: IngestError) -> Problem {
+    match error {
+        IngestError::Invalid(error) => Problem::invalid(error.field.clone(), error.to_string()),
+        IngestError::Forbidden { field, message } => {
+            let mut problem =
+                Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", message);
+            problem.field = Some(field);
+            problem
+        }
+        IngestError::Orchestrator(error) => Problem::from(error),
+    }
 }
 
 fn sensor_of(app: &AppState) -> Result<&sensor::Sensor, Problem> {
@@ -364,6 +426,50 @@ fn event_schema() -> serde_json::Value {
     })
 }
 
+/// A change event: PagerDuty's Change Events API v2 with opscase's `kind` and `service`.
+fn change_schema() -> serde_json::Value {
+    let text = json!({"type": "string", "maxLength": sensor::intake::MAX_PAYLOAD_TEXT});
+    let name = json!({"type": "string", "minLength": 1, "maxLength": 200,
+                      "pattern": crate::contract::NON_BLANK_PATTERN.as_str()});
+    json!({
+        "type": "object",
+        "required": ["payload"],
+        "description": "The service is `service`, else `payload.custom_details.service`: one \
+            of them is required.",
+        "properties": {
+            "kind": or_null(json!({"type": "string", "enum": sensor::intake::CHANGE_KINDS})),
+            "service": or_null(name.clone()),
+            "routing_key": or_null(json!({"type": "string", "maxLength": 128})),
+            "payload": {
+                "type": "object",
+                "required": ["summary"],
+                "properties": {
+                    "summary": {"type": "string", "minLength": 1,
+                                "maxLength": sensor::intake::MAX_PAYLOAD_TEXT,
+                                "pattern": crate::contract::NON_BLANK_PATTERN.as_str()},
+                    "source": or_null(text),
+                    "timestamp": or_null(json!({"type": "string", "format": "date-time"})),
+                    "custom_details": or_null(json!({"type": "object",
+                        "properties": {
+                            "service": or_null(name),
+                            "tenant": or_null(json!({"type": "string",
+                                "pattern": format!("^$|{}", crate::contract::TENANT_PATTERN)})),
+                        },
+                        "additionalProperties": true})),
+                },
+                "additionalProperties": true,
+            },
+            "links": or_null(json!({
+                "type": "array", "maxItems": 20,
+                "items": {"type": "object", "required": ["href"],
+                          "properties": {"href": {"type": "string", "maxLength": 4096, "pattern": "^https?://"},
+                                         "text": or_null(json!({"type": "string", "maxLength": 256}))}},
+            })),
+        },
+        "additionalProperties": true,
+    })
+}
+
 /// Evidence: a `locator`, or a `ref`, either with an optional `url`; or a `url` alone.
 fn evidence_schema() -> serde_json::Value {
     let safe = sensor::evidence::MAX_SAFE_INTEGER;
@@ -441,6 +547,7 @@ pub fn add_payload_schemas(document: &mut Value) {
             alert_payload_schema(true),
         ),
         ("/v1/signals/events", "EventsV2Event", event_schema()),
+        ("/v1/signals/changes", "ChangeEvent", change_schema()),
         ("/v1/cases/{id}/evidence", "NewEvidence", evidence_schema()),
     ];
     for (path, name, schema) in bodies {

@@ -20,6 +20,7 @@ fn context(timeout: Duration) -> StepContext {
             labels: BTreeMap::from([("service".to_string(), "checkout".to_string())]),
             evidence: vec![],
             version: 3,
+            findings: vec![],
         },
         step_id: "s1".into(),
         attempt: 1,

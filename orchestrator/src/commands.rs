@@ -9,7 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
-use workflow::messages::{topic, CaseBrief, ExecCommand, GateCommand, PlanCommand, VerifyCommand};
+use workflow::messages::{
+    topic, AnalysisCommand, CaseBrief, ExecCommand, GateCommand, PlanCommand, VerifyCommand,
+};
 use workflow::Status;
 
 use crate::model::{Case, NewTimelineEntry, OutboxMessage, Outcome, PlanRecord, TimelineEntry};
@@ -29,6 +31,8 @@ pub struct CommandRequest {
     /// the gate policy), or a dry run.
     pub steps: Option<Vec<Value>>,
     pub dry_run: bool,
+    /// `cmd.analysis.run`: the minutes before now to analyse (the analyst's default if absent).
+    pub window_minutes: Option<u32>,
 }
 
 /// Extra inputs a command carries besides the case and its plan.
@@ -39,6 +43,9 @@ pub(crate) struct CommandOptions {
     pub steps: Option<Vec<Value>>,
     pub dry_run: bool,
     pub reason: Option<String>,
+    pub window_minutes: Option<u32>,
+    /// The case's latest findings, for the brief of `cmd.plan.generate`.
+    pub findings: Vec<Value>,
 }
 
 /// A command written to the outbox.
@@ -68,6 +75,17 @@ pub enum Answer {
 /// The states in which each command makes sense.
 pub fn accepted_states(topic: &str) -> &'static [Status] {
     match topic {
+        // An analysis only reads, so it may run at any time before the case is closed; its
+        // findings end ANALYZING, and elsewhere are recorded for the plans to come.
+        topic::ANALYSIS_RUN => &[
+            Status::New,
+            Status::Analyzing,
+            Status::Planning,
+            Status::WaitGate,
+            Status::Executing,
+            Status::Verifying,
+            Status::Parked,
+        ],
         topic::PLAN_GENERATE => &[Status::Analyzing, Status::Planning],
         topic::GATE_EVAL => &[Status::WaitGate],
         topic::EXEC_RUN => &[Status::Executing],
@@ -78,7 +96,7 @@ pub fn accepted_states(topic: &str) -> &'static [Status] {
 }
 
 fn needs_plan(topic: &str) -> bool {
-    topic != topic::PLAN_GENERATE
+    topic != topic::PLAN_GENERATE && topic != topic::ANALYSIS_RUN
 }
 
 impl Orchestrator {
@@ -127,12 +145,19 @@ impl Orchestrator {
                 case: Box::new(case),
             });
         }
+        let findings = if request.topic == topic::PLAN_GENERATE {
+            tx.latest_findings(case.id).await?.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let options = CommandOptions {
             template: request.template.clone(),
             params: request.params.clone(),
             steps: request.steps.clone(),
             dry_run: request.dry_run,
             reason: None,
+            window_minutes: request.window_minutes,
+            findings,
         };
         let command_id = Uuid::now_v7();
         let message = command_message(
@@ -159,6 +184,9 @@ impl Orchestrator {
         }
         if request.dry_run {
             meta.insert("dry_run".into(), json!(true));
+        }
+        if let Some(minutes) = request.window_minutes {
+            meta.insert("window_minutes".into(), json!(minutes));
         }
         let timeline_id = tx
             .append_timeline(&NewTimelineEntry {
@@ -225,7 +253,7 @@ impl Orchestrator {
 fn is_an_answer(entry: &TimelineEntry) -> bool {
     match entry.outcome {
         Outcome::Rejected | Outcome::Ignored => true,
-        Outcome::Noted => entry.event == "gate_held",
+        Outcome::Noted => entry.event == "gate_held" || entry.event == "analysis_findings",
         _ => false,
     }
 }
@@ -241,8 +269,8 @@ fn audit_view(step: &Value) -> Value {
     step
 }
 
-/// The brief a worker gets about the case.
-pub(crate) fn brief(case: &Case) -> CaseBrief {
+/// The brief a worker gets about the case, with its latest findings.
+pub(crate) fn brief(case: &Case, findings: Vec<Value>) -> CaseBrief {
     CaseBrief {
         id: case.id.to_string(),
         tenant: case.tenant.clone(),
@@ -251,6 +279,7 @@ pub(crate) fn brief(case: &Case) -> CaseBrief {
         labels: case.labels.clone(),
         evidence: case.evidence.clone(),
         version: case.version,
+        findings,
     }
 }
 
@@ -266,10 +295,15 @@ pub(crate) fn command_message(
     context: &RequestContext,
     now: DateTime<Utc>,
 ) -> OutboxMessage {
-    let case_brief = brief(case);
+    let case_brief = brief(case, options.findings.clone());
     let plan_id = plan.map(|p| p.id.to_string()).unwrap_or_default();
     let plan_json = plan.map(|p| p.plan.clone()).unwrap_or(Value::Null);
     let payload = match topic {
+        topic::ANALYSIS_RUN => json!(AnalysisCommand {
+            case: case_brief,
+            requested_by: requested_by.to_string(),
+            window_minutes: options.window_minutes,
+        }),
         topic::PLAN_GENERATE => json!(PlanCommand {
             case: case_brief,
             requested_by: requested_by.to_string(),

@@ -7,7 +7,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
-use workflow::messages::topic;
+use workflow::messages::{topic, AnalysisEvent};
 use workflow::{ApprovalInput, Event, Status, StepResult};
 
 use crate::model::{Case, Outcome};
@@ -15,7 +15,8 @@ use crate::service::{timeline_entry, Error, Orchestrator, RequestContext, Transi
 
 /// The worker events the orchestrator acts on: those that move a case, and those it only
 /// records on the timeline (`NOTED_EVENTS`).
-pub const WORKER_EVENTS: [&str; 10] = [
+pub const WORKER_EVENTS: [&str; 11] = [
+    topic::ANALYSIS_FINDINGS,
     topic::PLAN_PROPOSED,
     topic::PLAN_FAILED,
     topic::PLAN_APPROVED,
@@ -87,6 +88,9 @@ impl Orchestrator {
         })?;
         if let Some(name) = noted_event(&envelope.kind) {
             return self.note(consumer, envelope, case_id, name).await;
+        }
+        if envelope.kind == topic::ANALYSIS_FINDINGS {
+            return self.consume_findings(consumer, envelope, case_id).await;
         }
         let event = fsm_event(&envelope.kind)
             .ok_or_else(|| Error::BadMessage(format!("{} is not a worker event", envelope.kind)))?;
@@ -172,6 +176,89 @@ impl Orchestrator {
 }
 
 impl Orchestrator {
+    /// The analyst's findings: they end ANALYZING (`analysis_done`, carrying them, so that the
+    /// planner's command gets them), and are recorded as an `analysis_findings` row in any other
+    /// state, for the plans to come.
+    async fn consume_findings(
+        &self,
+        consumer: &str,
+        envelope: &Envelope,
+        case_id: Uuid,
+    ) -> Result<Consumed, Error> {
+        let data: AnalysisEvent = serde_json::from_value(envelope.data.clone())
+            .map_err(|e| Error::BadMessage(format!("{}: data: {e}", envelope.kind)))?;
+        let context = RequestContext {
+            traceparent: envelope.traceparent.clone(),
+            correlation_id: Some(envelope.id.to_string()),
+            ..RequestContext::default()
+        };
+        let now = Utc::now();
+        let mut tx = self.store().begin().await?;
+        if !tx.insert_inbox(consumer, envelope.id, now).await? {
+            self.metrics().inbox_duplicate();
+            return Ok(Consumed::Duplicate);
+        }
+        let case = tx
+            .lock_case(case_id)
+            .await?
+            .ok_or_else(|| Error::BadMessage(format!("case {case_id} does not exist")))?
+            .case;
+        let mut meta = Map::new();
+        meta.insert("message_id".into(), json!(envelope.id));
+        meta.insert("source".into(), json!(envelope.source));
+        meta.insert("run_id".into(), json!(data.run_id));
+        if let Some(service) = &data.service {
+            meta.insert("service".into(), json!(service));
+        }
+        meta.insert("window".into(), data.window.clone());
+        meta.insert("findings".into(), json!(data.findings));
+        if !data.dependencies.is_empty() {
+            meta.insert("dependencies".into(), json!(data.dependencies));
+        }
+        let request = self.redacted(TransitionRequest {
+            case_id,
+            event: Event::AnalysisDone,
+            actor: data.actor.clone(),
+            reason: Some(data.reason.clone()),
+            meta,
+            plan: None,
+            approval: None,
+            results: Vec::new(),
+            if_match: None,
+            expected_version: None,
+            policy_rev: None,
+            decision_inputs: None,
+            plan_requester: None,
+        });
+        if case.status != Status::Analyzing {
+            tx.record_timeline(&crate::model::NewTimelineEntry {
+                event: FINDINGS_NOTED.into(),
+                ..timeline_entry(
+                    &case,
+                    &request,
+                    Outcome::Noted,
+                    case.status,
+                    case.status,
+                    request.meta.clone(),
+                    &context,
+                    now,
+                )
+            })
+            .await?;
+            tx.commit().await?;
+            return Ok(Consumed::Noted);
+        }
+        let (moved, accepted) = self.step(tx.as_mut(), &request, &context, now).await?;
+        tx.commit().await?;
+        self.metrics()
+            .transition(accepted.from, accepted.to, Event::AnalysisDone.as_str());
+        self.outbox_written().notify_one();
+        Ok(Consumed::Applied {
+            case: Box::new(moved),
+            events: vec![Event::AnalysisDone],
+        })
+    }
+
     /// Record a worker event that moves nothing as a `noted` timeline row.
     async fn note(
         &self,
@@ -348,8 +435,12 @@ fn request_of(
     }
 }
 
+/// The timeline event of findings that arrive when the case is no longer analysing.
+pub const FINDINGS_NOTED: &str = "analysis_findings";
+
 fn default_actor(kind: &str) -> &'static str {
     match kind.split('.').nth(1) {
+        Some("analysis") => "analyst",
         Some("plan") if kind.contains("proposed") => "planner",
         Some("plan") => "gatekeeper",
         Some("exec") => "executor",
@@ -365,6 +456,7 @@ pub const CONSUMER: &str = "orchestrator";
 /// JetStream consumer before server 2.10 takes a single filter subject.
 pub fn event_consumers() -> Vec<bus::ConsumerSettings> {
     [
+        ("orchestrator-analysis", "evt.analysis.>"),
         ("orchestrator-plan", "evt.plan.>"),
         ("orchestrator-exec", "evt.exec.>"),
         ("orchestrator-verify", "evt.verify.>"),

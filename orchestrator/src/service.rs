@@ -982,13 +982,26 @@ async fn apply(
                     (None, Some(id)) => tx.plan(id).await?,
                     (None, None) => None,
                 };
+                // The planner gets the findings: those this transition brings (the analyst's
+                // answer ending ANALYZING), else the latest the case has.
+                let findings = if *topic == workflow::messages::topic::PLAN_GENERATE {
+                    match request.meta.get("findings") {
+                        Some(Value::Array(findings)) => findings.clone(),
+                        _ => tx.latest_findings(case.id).await?.unwrap_or_default(),
+                    }
+                } else {
+                    Vec::new()
+                };
                 crate::commands::command_message(
                     message_id(&case, topic),
                     &case,
                     topic,
                     plan.as_ref(),
                     &context.identity_or(&request.actor),
-                    &Default::default(),
+                    &crate::commands::CommandOptions {
+                        findings,
+                        ..Default::default()
+                    },
                     context,
                     now,
                 )

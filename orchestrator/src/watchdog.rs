@@ -248,6 +248,7 @@ fn command_pending(status: Status, activity: &Activity, entered: DateTime<Utc>) 
         return false;
     };
     let wanted = match status {
+        Status::Analyzing => "cmd.analysis.run",
         Status::Planning => "cmd.plan.generate",
         Status::WaitGate => "cmd.gate.eval",
         Status::Executing => "cmd.exec.run",
@@ -284,12 +285,22 @@ fn failure(
         case_id,
         event,
         actor: WATCHDOG.into(),
-        reason: Some(format!(
-            "no answer to {topic} in {status} for {} s, also after it was delivered again (bound \
-             {} s): the worker may have died; check what it did before resuming the case",
-            observation.idle.as_secs(),
-            observation.bound.as_secs()
-        )),
+        reason: Some(if event == Event::AnalysisDone {
+            format!(
+                "no answer to {topic} in {status} for {} s, also after it was delivered again \
+                 (bound {} s): planning goes on without findings",
+                observation.idle.as_secs(),
+                observation.bound.as_secs()
+            )
+        } else {
+            format!(
+                "no answer to {topic} in {status} for {} s, also after it was delivered again \
+                 (bound {} s): the worker may have died; check what it did before resuming the \
+                 case",
+                observation.idle.as_secs(),
+                observation.bound.as_secs()
+            )
+        }),
         meta,
         plan: None,
         approval: None,

@@ -150,6 +150,7 @@ mod tests {
                     .collect(),
                 evidence: vec![],
                 version: 2,
+                findings: vec![],
             },
             requested_by: "alice".into(),
             template: template.map(str::to_string),

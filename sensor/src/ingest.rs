@@ -438,18 +438,17 @@ impl Sensor {
             .await?;
         changes.opened.push(signal.source);
         if route.automation == Automation::Auto {
-            // Until the analyst examines cases, an auto case's analysis is done at once.
-            for event in [Event::StartAnalysis, Event::AnalysisDone] {
-                let request = plain_request(case.id, event, actor, None);
-                let (moved, accepted) = self
-                    .orchestrator
-                    .apply_in(tx, request, context, now)
-                    .await?;
-                changes
-                    .transitions
-                    .push((accepted.from, accepted.to, event));
-                case = moved;
-            }
+            // ANALYZING asks the analyst (`cmd.analysis.run`); its findings move the case on.
+            let event = Event::StartAnalysis;
+            let request = plain_request(case.id, event, actor, None);
+            let (moved, accepted) = self
+                .orchestrator
+                .apply_in(tx, request, context, now)
+                .await?;
+            changes
+                .transitions
+                .push((accepted.from, accepted.to, event));
+            case = moved;
         }
         Ok(case)
     }
@@ -503,10 +502,24 @@ impl Sensor {
 /// The tenant a signal goes to: its `tenant` label, else the key's tenant, else `default`. A
 /// key confined to a tenant cannot post into another one.
 fn tenant_of(signal: &Signal, field: &str, caller: &Caller) -> Result<String, IngestError> {
-    let tenant = match (signal.tenant_label(), caller.tenant.as_deref()) {
+    resolve_tenant(
+        signal.tenant_label(),
+        &format!("{field}.labels.tenant"),
+        caller,
+    )
+}
+
+/// The tenant a signal or change goes to: the one it names (`field`), else the key's, else
+/// `default`; a key confined to a tenant may not name another.
+fn resolve_tenant(
+    named: Option<&str>,
+    field: &str,
+    caller: &Caller,
+) -> Result<String, IngestError> {
+    let tenant = match (named, caller.tenant.as_deref()) {
         (Some(named), Some(own)) if named != own => {
             return Err(IngestError::Forbidden {
-                field: format!("{field}.labels.tenant"),
+                field: field.to_string(),
                 message: format!(
                     "this key is scoped to tenant {own:?} and cannot post signals for {named:?}"
                 ),
@@ -521,11 +534,7 @@ fn tenant_of(signal: &Signal, field: &str, caller: &Caller) -> Result<String, In
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     if !valid {
-        return Err(IntakeError::new(
-            format!("{field}.labels.tenant"),
-            "a tenant is 1 to 64 of A-Z a-z 0-9 - _ .",
-        )
-        .into());
+        return Err(IntakeError::new(field, "a tenant is 1 to 64 of A-Z a-z 0-9 - _ .").into());
     }
     Ok(tenant)
 }
@@ -740,6 +749,57 @@ impl Sensor {
         }
         evidence.href = self.settings.links.href(&evidence);
         Ok(Some(evidence))
+    }
+
+    /// Record a deploy or configuration change as an envelope (no case is opened or joined;
+    /// the analyst reads recent changes when it examines a case).
+    pub async fn record_change(
+        &self,
+        change: crate::intake::ChangeEvent,
+        caller: &Caller,
+    ) -> Result<Envelope, IngestError> {
+        let tenant = resolve_tenant(
+            change.tenant_label(),
+            "payload.custom_details.tenant",
+            caller,
+        )?;
+        let now = Utc::now();
+        let id = Uuid::now_v7();
+        let mut labels = BTreeMap::from([
+            ("service".to_string(), change.service.clone()),
+            ("kind".to_string(), change.kind.clone()),
+        ]);
+        if let Some(source) = &change.source {
+            labels.insert("source".into(), clip(source, 1024));
+        }
+        let envelope = Envelope {
+            id,
+            tenant,
+            source: "changes".into(),
+            kind: change.kind.clone(),
+            severity: "info".into(),
+            title: change.summary.chars().take(200).collect(),
+            summary: Some(change.summary.clone()),
+            labels,
+            annotations: change.details.clone(),
+            fingerprint: id.simple().to_string(),
+            state_key: "-|recorded".into(),
+            status: "recorded".into(),
+            starts_at: Some(change.at.unwrap_or(now)),
+            ends_at: None,
+            generator_url: change.links.first().map(|link| link.href.clone()),
+            route: "changes".into(),
+            group_key: String::new(),
+            outcome: "recorded".into(),
+            case_id: None,
+            received_at: now,
+            raw: capped_raw(&change.raw),
+        };
+        let mut tx = self.orchestrator.store().begin().await?;
+        store::insert_envelope(&mut tx.connection().await?, &envelope).await?;
+        tx.commit().await?;
+        self.metrics.change(&envelope.kind);
+        Ok(envelope)
     }
 
     pub fn store(&self) -> crate::store::SensorStore {

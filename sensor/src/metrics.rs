@@ -4,6 +4,9 @@ use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Re
 
 use crate::signal::Source;
 
+/// The `source` label of change events.
+const CHANGES: &str = "changes";
+
 #[derive(Clone)]
 pub struct SensorMetrics {
     received: IntCounterVec,
@@ -67,6 +70,9 @@ impl SensorMetrics {
             opened.with_label_values(&[source.as_str()]);
             ingest.with_label_values(&[source.as_str()]);
         }
+        for kind in crate::intake::CHANGE_KINDS {
+            received.with_label_values(&[CHANGES, kind]);
+        }
         Self {
             received,
             duplicates,
@@ -79,6 +85,11 @@ impl SensorMetrics {
         self.received
             .with_label_values(&[source.as_str(), status])
             .inc();
+    }
+
+    /// A change event recorded: `signals_received_total{source="changes",status=<kind>}`.
+    pub fn change(&self, kind: &str) {
+        self.received.with_label_values(&[CHANGES, kind]).inc();
     }
 
     pub fn duplicate(&self, source: Source) {

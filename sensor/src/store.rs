@@ -573,6 +573,29 @@ impl SensorStore {
         each_row!(rows, |r| envelope_from!(r))
     }
 
+    /// One tenant's deploy and configuration changes that happened (or, without a time, were
+    /// received) at or after `since`, newest first, at most `limit`.
+    pub async fn changes_since(
+        &self,
+        tenant: &str,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let sql = format!(
+            "SELECT {ENVELOPE_COLUMNS} FROM event_envelope WHERE tenant = ? \
+             AND kind IN ('deploy', 'config') AND received_at >= ? \
+             AND COALESCE(starts_at, received_at) >= ? \
+             ORDER BY COALESCE(starts_at, received_at) DESC, id DESC LIMIT ?"
+        );
+        // A change is received after it happens, so `received_at >= since` uses the index.
+        let rows = on_pool!(&self.pool, &sql, fetch_all, |q| q
+            .bind(tenant)
+            .bind(since)
+            .bind(since)
+            .bind(limit));
+        each_row!(rows, |r| envelope_from!(r))
+    }
+
     /// Envelopes of one tenant's alert (tests and operators).
     pub async fn envelopes_of_alert(
         &self,

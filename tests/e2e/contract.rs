@@ -74,6 +74,11 @@ fn valid_body(operation: &Operation, case: Uuid) -> Value {
         ("POST", "/v1/metrics/1m") => json!({"points": [{
             "tenant": "t-001", "resource": "checkout", "metric": "p95_ms",
             "bucket": "2026-11-21T10:00:00Z", "p95": 180.0}]}),
+        ("POST", "/v1/metrics/calls5m") => json!({"points": [{
+            "tenant": "t-001", "bucket": "2026-12-02T10:05:00Z", "src": "checkout",
+            "dst": "payments", "p95_ms": 180.0}]}),
+        ("POST", "/v1/signals/changes") => json!({
+            "service": "checkout", "payload": {"summary": "contract probe"}}),
         ("POST", "/v1/signals/alertmanager" | "/v1/signals/grafana") => json!({
             "receiver": "opscase", "status": "firing", "groupKey": "{}:{}",
             "alerts": [{"status": "firing", "labels": {"alertname": "ContractProbe"},

@@ -51,8 +51,8 @@ const WORKER_ROWS: [&str; 5] = [
     "verify_pass",
 ];
 
-/// The four commands an auto case sends on its way to CLOSED.
-const AUTO_COMMANDS: u64 = 4;
+/// The five commands an auto case sends on its way to CLOSED.
+const AUTO_COMMANDS: u64 = 5;
 
 // ---------------------------------------------------------------------------------------------
 // Driving an auto case over HTTP (shared by the in-process and the multi-process test).
@@ -96,7 +96,8 @@ async fn open_and_start_auto_case(client: &Client, base: &str) -> Uuid {
     let body: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::CREATED, "{body:#}");
     let case: Uuid = body["id"].as_str().unwrap().parse().unwrap();
-    for event in ["start_analysis", "analysis_done"] {
+    // The analyst answers `cmd.analysis.run` with `analysis_done`; only the start is ours.
+    for event in ["start_analysis"] {
         let response = client
             .patch(format!("{base}/v1/cases/{case}/transition"))
             .header("Idempotency-Key", format!("{case}-{event}"))
@@ -178,7 +179,7 @@ async fn expect_commands_acked(nats_url: &str) {
     assert_eq!(state.messages, 0, "{state:?}");
     assert_eq!(
         state.last_sequence, AUTO_COMMANDS,
-        "plan, gate, exec and verify commands, each stored once: {state:?}"
+        "analysis, plan, gate, exec and verify commands, each stored once: {state:?}"
     );
 }
 
@@ -359,7 +360,7 @@ async fn separate_worker_processes_close_a_case() {
     .await;
     assert_eq!(
         command_consumers(&nats.url).await,
-        ["executor", "gatekeeper", "planner", "verifier"],
+        ["analyst", "executor", "gatekeeper", "planner", "verifier"],
         "the worker process consumes every command family"
     );
 

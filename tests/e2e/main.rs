@@ -8,6 +8,7 @@ mod helpers;
 
 mod access;
 mod alertmanager;
+mod analysis;
 mod analyst;
 mod concurrency;
 mod consumer;

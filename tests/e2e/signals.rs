@@ -534,10 +534,28 @@ async fn an_auto_case_opened_by_an_alert_goes_on_by_itself(app: TestApp) {
     assert_eq!(opened["labels"]["template"], "noop.check");
     let events = app.timeline_events(case).await;
     assert_eq!(
-        events[..4],
-        ["open", "start_analysis", "analysis_done", "signal"],
+        events[..3],
+        ["open", "start_analysis", "signal"],
         "{events:?}"
     );
+    // The analyst examines it (a `cmd.analysis.run`) and its answer moves it to PLANNING.
+    crate::helpers::eventually("the analyst to finish the analysis", 30, async || {
+        app.timeline_events(case)
+            .await
+            .contains(&"analysis_done".to_string())
+    })
+    .await;
+    let analysed = app
+        .timeline(case)
+        .await
+        .into_iter()
+        .find(|row| row["event"] == "analysis_done")
+        .unwrap();
+    assert_eq!(analysed["actor"], "analyst");
+    assert!(analysed["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("nothing found for checkout in the last 30 min"));
     // The planner takes it from there (no metrics were ingested: it parks at verification,
     // which fails closed, or closes; either way nobody moved it by hand).
     crate::helpers::eventually("the case to leave PLANNING by itself", 30, async || {

@@ -286,6 +286,7 @@ fn effects_of(case: &CaseView, event: Event, to: Status, input: &EventInput) -> 
 /// In `auto` mode, entering these states asks the matching worker to act.
 fn command_on_entering(status: Status) -> Option<&'static str> {
     match status {
+        Status::Analyzing => Some("cmd.analysis.run"),
         Status::Planning => Some("cmd.plan.generate"),
         Status::WaitGate => Some("cmd.gate.eval"),
         Status::Executing => Some("cmd.exec.run"),

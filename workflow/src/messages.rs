@@ -10,12 +10,15 @@ use serde_json::{Map, Value};
 use crate::machine::StepResult;
 
 pub mod topic {
+    pub const ANALYSIS_RUN: &str = "cmd.analysis.run";
     pub const PLAN_GENERATE: &str = "cmd.plan.generate";
     pub const GATE_EVAL: &str = "cmd.gate.eval";
     pub const EXEC_RUN: &str = "cmd.exec.run";
     pub const EXEC_ROLLBACK: &str = "cmd.exec.rollback";
     pub const VERIFY_RUN: &str = "cmd.verify.run";
 
+    /// The analyst's findings about a case (possibly none): ends ANALYZING.
+    pub const ANALYSIS_FINDINGS: &str = "evt.analysis.findings.v1";
     pub const PLAN_PROPOSED: &str = "evt.plan.proposed.v1";
     pub const PLAN_FAILED: &str = "evt.plan.failed.v1";
     pub const PLAN_APPROVED: &str = "evt.plan.approved.v1";
@@ -42,6 +45,41 @@ pub struct CaseBrief {
     pub evidence: Vec<Value>,
     /// The case's version when the command was written.
     pub version: i64,
+    /// What the analyst found about the case (each a finding as `evt.analysis.findings.v1`
+    /// carries it), for the planner; empty when nothing was analysed or nothing found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<Value>,
+}
+
+/// `cmd.analysis.run`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisCommand {
+    pub case: CaseBrief,
+    /// Who asked (the transition's actor, or the operator of `POST /v1/analysis/run`).
+    pub requested_by: String,
+    /// Minutes before now the analysis looks at; the analyst's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_minutes: Option<u32>,
+}
+
+/// `evt.analysis.findings.v1`: what one analysis run found, or that it found nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisEvent {
+    pub actor: String,
+    /// The run (the command's id): its findings are stored under it.
+    pub run_id: String,
+    /// The service analysed, when the case names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// One line for the timeline: what was found, or that nothing was.
+    pub reason: String,
+    /// The window looked at: `{"from": ..., "to": ...}`.
+    pub window: Value,
+    /// Each finding: `kind`, `title`, `score`, `detail`, `evidence`.
+    pub findings: Vec<Value>,
+    /// The service's downstream dependencies ranked by p95 and error rate over the window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<Value>,
 }
 
 /// `cmd.plan.generate`.

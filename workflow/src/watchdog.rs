@@ -37,8 +37,10 @@ pub enum Verdict {
 }
 
 /// The states in which a case waits on a worker (WAIT_GATE only while a gate command is
-/// pending; otherwise it waits for an approver).
-pub const WATCHED: [Status; 4] = [
+/// pending; otherwise it waits for an approver; ANALYZING likewise only while an analysis is
+/// pending, since a manual case waits there for a person).
+pub const WATCHED: [Status; 5] = [
+    Status::Analyzing,
     Status::Planning,
     Status::WaitGate,
     Status::Executing,
@@ -47,7 +49,7 @@ pub const WATCHED: [Status; 4] = [
 
 pub fn watch(case: &Observation) -> Verdict {
     if !WATCHED.contains(&case.status)
-        || (case.status == Status::WaitGate && !case.command_pending)
+        || (matches!(case.status, Status::WaitGate | Status::Analyzing) && !case.command_pending)
         || case.idle < case.bound
     {
         return Verdict::Fine;
@@ -66,6 +68,9 @@ pub fn watch(case: &Observation) -> Verdict {
 /// The event that parks a case stalled in `status`, when a worker failed to answer.
 pub fn failure_event(status: Status) -> Option<Event> {
     match status {
+        // An analysis is advice: one that never comes must not hold the remedy up, so the
+        // case goes on to planning without findings (the note says why).
+        Status::Analyzing => Some(Event::AnalysisDone),
         Status::Planning => Some(Event::PlanFailed),
         Status::WaitGate => Some(Event::GateRejected),
         Status::Executing => Some(Event::ExecFailed),

@@ -5,8 +5,8 @@
 //! 1. start the release `opscase serve` binary as a child process on a fresh store
 //!    ([`server`]), ingest healthy `err_rate` points into `metric_1m`;
 //! 2. offer `automation: auto` cases labelled `template: noop.check` on an open-loop
-//!    timetable; each case is opened, sent `start_analysis` and `analysis_done`, and then
-//!    left to the planner, gatekeeper, executor and verifier until it is CLOSED ([`load`]);
+//!    timetable; each case is opened, sent `start_analysis`, and then left to the analyst,
+//!    planner, gatekeeper, executor and verifier until it is CLOSED ([`load`]);
 //! 3. read every case's timeline for the server-side create→CLOSED latency and its stages;
 //!
 //! then stop the services, drop the database and write `incident-loop.json|.md` ([`report`]).

@@ -22,7 +22,7 @@ const STAGES: [(&str, &str, &str); 6] = [
     (
         "start_analysis",
         "analysis_done",
-        "client: start_analysis → analysis_done",
+        "analyst: start_analysis → analysis_done",
     ),
     (
         "analysis_done",
@@ -133,7 +133,7 @@ impl Report {
                     "automation": "auto",
                     "tenant": TENANT,
                     "labels": {"template": "noop.check", "service": SERVICE},
-                    "client_calls": ["POST /v1/cases", "PATCH start_analysis", "PATCH analysis_done"],
+                    "client_calls": ["POST /v1/cases", "PATCH start_analysis"],
                 },
             },
             "target": {
@@ -178,7 +178,8 @@ impl Report {
         line(format!(
             "- Load: open loop, {} new cases/s for {} s; each case `automation: auto`, labels \
              `template: noop.check`, `service: {SERVICE}` (healthy `err_rate` in `metric_1m`); \
-             client calls POST /v1/cases, PATCH `start_analysis`, PATCH `analysis_done`, then \
+             client calls POST /v1/cases, PATCH `start_analysis` (the analyst applies \
+             `analysis_done`), then \
              GET /v1/cases/{{id}} polls (every {} ms, growing to a fifth of the case's age, at \
              most {} polls/s in all) until CLOSED or PARKED; stuck = neither within {} s of its \
              due time. Server-side latency: `created_at` of the case's `open` and `verify_pass` \
@@ -372,7 +373,7 @@ impl Report {
         line(detail("Load: first slot to last case done", &|run| {
             format!("{:.2} s", run.elapsed_s)
         }));
-        for kind in ["open", "start_analysis", "analysis_done", "poll"] {
+        for kind in ["open", "start_analysis", "poll"] {
             line(detail(&format!("HTTP {kind} p50 / p99 / max"), &|run| {
                 triple(
                     run.request_ms

@@ -365,6 +365,9 @@ pub trait Tx: Send {
     ) -> StoreResult<bool>;
     /// The latest `limit` timeline rows and the latest command of case `id`.
     async fn activity(&mut self, id: Uuid, limit: u32) -> StoreResult<Activity>;
+    /// The `findings` of the case's latest analysis on its timeline (an `analysis_done` or
+    /// `analysis_findings` row that carries them), if any.
+    async fn latest_findings(&mut self, id: Uuid) -> StoreResult<Option<Vec<Value>>>;
     /// Publish the outbox message again, to consumers that handled it as well (their inbox
     /// rows are dropped): a redelivery with the same message id.
     async fn requeue_message(&mut self, message_id: Uuid) -> StoreResult<()>;
@@ -483,6 +486,24 @@ pub(crate) fn parse_status(text: &str) -> StoreResult<workflow::Status> {
 pub(crate) fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
     serde_json::from_value(Value::String(text.to_string()))
         .map_err(|_| StoreError::Corrupt(format!("unexpected value {text:?}")))
+}
+
+/// The timeline events that may carry an analysis's `findings` in their `meta`.
+pub const FINDINGS_EVENTS: [&str; 2] = ["analysis_done", "analysis_findings"];
+
+/// How many of those rows are looked at for the latest findings (a hand-made `analysis_done`
+/// carries none).
+pub const FINDINGS_LOOKBACK: i64 = 20;
+
+/// The findings of the first row (newest first) whose meta has them.
+pub fn first_findings(metas: impl IntoIterator<Item = Value>) -> Option<Vec<Value>> {
+    metas.into_iter().find_map(|meta| match meta {
+        Value::Object(mut meta) => match meta.remove("findings") {
+            Some(Value::Array(findings)) => Some(findings),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ fn command(template: Option<&str>, labels: &[(&str, &str)], params: Value) -> Pl
                 .collect(),
             evidence: vec![],
             version: 3,
+            findings: vec![],
         },
         requested_by: "alice".into(),
         template: template.map(str::to_string),

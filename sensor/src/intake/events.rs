@@ -223,7 +223,7 @@ pub fn events(
     })
 }
 
-fn read_links(value: Option<&Value>) -> Result<Vec<Link>, IntakeError> {
+pub(crate) fn read_links(value: Option<&Value>) -> Result<Vec<Link>, IntakeError> {
     let Some(value) = value.filter(|v| !v.is_null()) else {
         return Ok(Vec::new());
     };

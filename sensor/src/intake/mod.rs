@@ -4,6 +4,7 @@
 //! [`IntakeError`] naming it (`alerts[3].labels.service`), and nothing of the payload is used.
 
 mod alertmanager;
+mod changes;
 mod events;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 pub use alertmanager::{alertmanager, grafana};
+pub use changes::{changes, ChangeEvent, CHANGE_KINDS};
 pub use events::{events, EventAction, ParsedEvent, MAX_PAYLOAD_TEXT};
 
 /// What a payload may hold.

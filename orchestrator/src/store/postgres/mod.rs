@@ -822,6 +822,21 @@ impl Tx for PostgresTx {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn latest_findings(&mut self, id: Uuid) -> StoreResult<Option<Vec<Value>>> {
+        let rows: Vec<(Json<Value>,)> = sqlx::query_as(
+            "SELECT meta FROM case_timeline WHERE case_id = $1 AND event = ANY($2) \
+             AND outcome IN ('applied', 'noted') ORDER BY id DESC LIMIT $3",
+        )
+        .bind(id)
+        .bind(&super::FINDINGS_EVENTS[..])
+        .bind(super::FINDINGS_LOOKBACK)
+        .fetch_all(self.flushed().await?)
+        .await?;
+        Ok(super::first_findings(
+            rows.into_iter().map(|(meta,)| meta.0),
+        ))
+    }
+
     async fn activity(&mut self, id: Uuid, limit: u32) -> StoreResult<Activity> {
         let rows = sqlx::query(
             "SELECT event, outcome, created_at FROM case_timeline WHERE case_id = $1 \

@@ -861,6 +861,27 @@ impl Tx for SqliteTx {
         })
     }
 
+    async fn latest_findings(&mut self, id: Uuid) -> StoreResult<Option<Vec<Value>>> {
+        let executed = self
+            .run(
+                "SELECT meta FROM case_timeline WHERE case_id = ? AND event IN (?, ?) \
+                 AND outcome IN ('applied', 'noted') ORDER BY id DESC LIMIT ?",
+                |batch| {
+                    batch
+                        .bind(id.to_string())
+                        .bind(super::FINDINGS_EVENTS[0])
+                        .bind(super::FINDINGS_EVENTS[1])
+                        .bind(super::FINDINGS_LOOKBACK);
+                },
+            )
+            .await?;
+        let metas = executed
+            .rows_of(0)
+            .map(|row| Ok(row.try_get::<Json<Value>, _>("meta")?.0))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(super::first_findings(metas))
+    }
+
     async fn requeue_message(&mut self, message_id: Uuid) -> StoreResult<()> {
         let id = message_id.to_string();
         self.defer(
