@@ -172,13 +172,22 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_analysis_goes_on_to_planning_and_a_manual_one_waits() {
+        assert_eq!(
+            observe(Status::Analyzing, 600, None, true),
+            Verdict::Note { redeliver: true }
+        );
+        assert_eq!(
+            observe(Status::Analyzing, 1200, Some(600), true),
+            Verdict::Fail(Event::AnalysisDone)
+        );
+        // No analysis asked for: someone analyses by hand.
+        assert_eq!(observe(Status::Analyzing, 6000, None, false), Verdict::Fine);
+    }
+
+    #[test]
     fn other_states_are_not_watched() {
-        for status in [
-            Status::New,
-            Status::Analyzing,
-            Status::Parked,
-            Status::Closed,
-        ] {
+        for status in [Status::New, Status::Parked, Status::Closed] {
             assert_eq!(
                 observe(status, 60_000, None, true),
                 Verdict::Fine,
