@@ -427,6 +427,74 @@ pub fn metric_points_schema() -> Schema {
         .into()
 }
 
+/// The body of `POST /v1/metrics/calls5m`: what [`analyst::store::CallPoint::validate`]
+/// checks, field by field.
+pub fn call_points_schema() -> Schema {
+    let name = |description: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(200))
+            .pattern(Some(PRINTABLE_NAME_PATTERN.as_str()))
+            .description(Some(description))
+    };
+    let measure = |description: &str, maximum: Option<f64>| {
+        ObjectBuilder::new()
+            .schema_type(nullable(Type::Number, true))
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Double)))
+            .minimum(Some(0.0))
+            .maximum(maximum)
+            .description(Some(description))
+    };
+    let point = ObjectBuilder::new()
+        .property("tenant", name("Not blank, no control characters."))
+        .property(
+            "bucket",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                .description(Some(
+                    "Any instant in the five minutes (stored as their start).",
+                )),
+        )
+        .property("src", name("The calling service."))
+        .property("dst", name("The service called."))
+        .property("rps", measure("Calls per second.", None))
+        .property(
+            "err_rate",
+            measure("Share of calls that failed.", Some(1.0)),
+        )
+        .property("p50_ms", measure("Median latency.", None))
+        .property("p95_ms", measure("95th percentile latency.", None))
+        .required("tenant")
+        .required("bucket")
+        .required("src")
+        .required("dst")
+        .additional_properties(Some(false_schema()));
+    let stated = |measure: &str| {
+        ObjectBuilder::new()
+            .property(measure, ObjectBuilder::new().schema_type(Type::Number))
+            .required(measure)
+    };
+    let at_least_one = AnyOfBuilder::new()
+        .item(stated("rps"))
+        .item(stated("err_rate"))
+        .item(stated("p50_ms"))
+        .item(stated("p95_ms"))
+        .description(Some(
+            "At least one of `rps`, `err_rate`, `p50_ms`, `p95_ms`.",
+        ));
+    ArrayBuilder::new()
+        .items(
+            AllOfBuilder::new()
+                .item(point)
+                .item(at_least_one)
+                .description(Some("Calls from `src` to `dst` over five minutes.")),
+        )
+        .min_items(Some(1))
+        .max_items(Some(MAX_METRIC_POINTS))
+        .into()
+}
+
 /// `false` as a schema (nothing matches): `additionalProperties: false`.
 fn false_schema() -> utoipa::openapi::schema::AdditionalProperties<Schema> {
     utoipa::openapi::schema::AdditionalProperties::FreeForm(false)

@@ -95,7 +95,7 @@ pub async fn ingest_metric_1m(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallBatch {
-    #[schema(max_items = 10000)]
+    #[schema(schema_with = contract::call_points_schema)]
     pub points: Vec<analyst::store::CallPoint>,
 }
 

@@ -436,6 +436,12 @@ fn change_schema() -> serde_json::Value {
         "required": ["payload"],
         "description": "The service is `service`, else `payload.custom_details.service`: one \
             of them is required.",
+        "anyOf": [
+            {"required": ["service"], "properties": {"service": {"type": "string"}}},
+            {"properties": {"payload": {"required": ["custom_details"],
+                "properties": {"custom_details": {"type": "object", "required": ["service"],
+                    "properties": {"service": {"type": "string"}}}}}}},
+        ],
         "properties": {
             "kind": or_null(json!({"type": "string", "enum": sensor::intake::CHANGE_KINDS})),
             "service": or_null(name.clone()),

@@ -47,6 +47,13 @@ impl ChangeEvent {
 /// Read one change event.
 pub fn changes(body: &Value) -> Result<ChangeEvent, IntakeError> {
     let top = object(body, "")?;
+    // PagerDuty's integration key: not used, but bounded like the events' one.
+    if optional_string(top, "", "routing_key")?.is_some_and(|key| key.chars().count() > 128) {
+        return Err(IntakeError::new(
+            "routing_key",
+            "is longer than 128 characters",
+        ));
+    }
     let kind = optional_string(top, "", "kind")?.unwrap_or("deploy");
     if !CHANGE_KINDS.contains(&kind) {
         return Err(IntakeError::new(
@@ -55,8 +62,8 @@ pub fn changes(body: &Value) -> Result<ChangeEvent, IntakeError> {
         ));
     }
     let payload = object(required(top, "", "payload")?, "payload")?;
-    let summary = string(required(payload, "payload", "summary")?, "payload.summary")?.trim();
-    if summary.is_empty() || summary.chars().count() > MAX_PAYLOAD_TEXT {
+    let summary = string(required(payload, "payload", "summary")?, "payload.summary")?;
+    if summary.trim().is_empty() || summary.chars().count() > MAX_PAYLOAD_TEXT {
         return Err(IntakeError::new(
             "payload.summary",
             format!("must be 1 to {MAX_PAYLOAD_TEXT} characters"),
@@ -68,9 +75,23 @@ pub fn changes(body: &Value) -> Result<ChangeEvent, IntakeError> {
         .map(|v| time(v, "payload.timestamp"))
         .transpose()?;
     let source = optional_string(payload, "payload", "source")?.map(str::to_string);
+    if source
+        .as_ref()
+        .is_some_and(|source| source.chars().count() > MAX_PAYLOAD_TEXT)
+    {
+        return Err(IntakeError::new(
+            "payload.source",
+            format!("is longer than {MAX_PAYLOAD_TEXT} characters"),
+        ));
+    }
     let mut details = BTreeMap::new();
     if let Some(custom) = payload.get("custom_details").filter(|v| !v.is_null()) {
         let custom = object(custom, "payload.custom_details")?;
+        // The two details opscase reads must be what they say; the rest is kept as sent.
+        optional_string(custom, "payload.custom_details", "tenant")?;
+        if let Some(service) = optional_string(custom, "payload.custom_details", "service")? {
+            check_service(service, "payload.custom_details.service")?;
+        }
         for (name, value) in custom {
             if let Some(text) = value.as_str() {
                 details.insert(name.clone(), text.chars().take(MAX_PAYLOAD_TEXT).collect());
@@ -86,20 +107,29 @@ pub fn changes(body: &Value) -> Result<ChangeEvent, IntakeError> {
             )
         })?,
     };
+    check_service(&service, "service")?;
     let service = service.trim().to_string();
-    if service.is_empty() || service.chars().count() > 200 {
-        return Err(IntakeError::new("service", "must be 1 to 200 characters"));
-    }
     Ok(ChangeEvent {
         kind: kind.to_string(),
         service,
-        summary: summary.to_string(),
+        summary: summary.trim().to_string(),
         source,
         at,
         details,
         links: read_links(top.get("links"))?,
         raw: body.clone(),
     })
+}
+
+/// A service name: 1 to 200 characters, not blank.
+fn check_service(service: &str, field: &str) -> Result<(), IntakeError> {
+    if service.trim().is_empty() || service.chars().count() > 200 {
+        return Err(IntakeError::new(
+            field,
+            "must be 1 to 200 characters, not blank",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
