@@ -63,6 +63,11 @@ pub struct IngestRun {
 }
 
 impl IngestRun {
+    /// The offered rate was kept: at most 1% of the alerts were late (not sent).
+    pub fn sustained(&self) -> bool {
+        self.late_alerts * 100 <= self.offered_alerts
+    }
+
     /// Alerts of answered deliveries per second of the load.
     pub fn achieved_per_s(&self) -> f64 {
         let answered: u64 = self.answered_by_kind.iter().sum();

@@ -146,13 +146,31 @@ impl Report {
         let mut rows = Vec::new();
         for (phase, run) in self.ingests() {
             let p99 = summary(&run.latency_ms).map(|s| s.p99);
-            let measured = p99.map_or("no data".into(), ms);
+            // A latency at a rate the service did not keep up with is a latency at a lower
+            // rate: the target is not met, whatever the number.
+            let measured = if run.sustained() {
+                p99.map_or("no data".into(), ms)
+            } else {
+                format!(
+                    "{} at {:.0} alerts/s achieved ({} deliveries late)",
+                    p99.map_or("no data".into(), ms),
+                    run.achieved_per_s(),
+                    thousands(run.late_deliveries)
+                )
+            };
+            let ingest_verdict = |target: f64| -> String {
+                if run.sustained() {
+                    verdict(p99, target).into()
+                } else {
+                    "not met (rate not sustained)".into()
+                }
+            };
             if run.rate == INGEST_TARGET_RATE {
                 rows.push((
                     "Sensor ingest p99 < 50 ms at 1,000 alerts/s".into(),
                     phase.backend.label().into(),
                     measured.clone(),
-                    verdict(p99, INGEST_TARGET_P99_MS).into(),
+                    ingest_verdict(INGEST_TARGET_P99_MS),
                 ));
             }
             rows.push((
@@ -162,7 +180,7 @@ impl Report {
                 ),
                 phase.backend.label().into(),
                 measured,
-                verdict(p99, DESIGN_INGEST_P99_MS).into(),
+                ingest_verdict(DESIGN_INGEST_P99_MS),
             ));
             rows.push((
                 format!(
@@ -552,7 +570,8 @@ fn cpu_json(shares: &[(String, f64)]) -> Value {
 fn others(shares: &[(String, f64)]) -> String {
     let others: Vec<String> = shares
         .iter()
-        .filter(|(command, share)| command != "opscase" && *share >= 0.02)
+        // The service is `opscase` (or a copy named `opscase-<commit>`, --opscase-bin).
+        .filter(|(command, share)| !command.starts_with("opscase") && *share >= 0.02)
         .take(3)
         .map(|(command, share)| format!("{command} {:.0}%", share * 100.0))
         .collect();
