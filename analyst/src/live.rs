@@ -156,20 +156,19 @@ impl Watcher {
         series: BTreeSet<(String, String, String)>,
         now: DateTime<Utc>,
     ) -> Result<usize, LiveError> {
-        if series.is_empty() {
-            return Ok(0);
-        }
-        // The labels of each series: from its latest bucket.
-        let recent = self
-            .metrics
-            .recent_series(now - chrono::Duration::days(1))
-            .await
-            .map_err(|e| LiveError::Store(e.to_string()))?;
+        // The labels of each series: from its latest bucket, read for the poked series only
+        // (reading every series of the last day on each poke cost 0.5 s at 200 series × a
+        // day of buckets on PostgreSQL, and grows with the table).
         let mut signals = 0;
-        for row in recent.iter().filter(|row| {
-            series.contains(&(row.tenant.clone(), row.resource.clone(), row.metric.clone()))
-        }) {
-            signals += self.evaluate_one(row, now).await?;
+        for (tenant, resource, metric) in &series {
+            let row = self
+                .metrics
+                .series_since(tenant, resource, metric, now - chrono::Duration::days(1))
+                .await
+                .map_err(|e| LiveError::Store(e.to_string()))?;
+            if let Some(row) = row {
+                signals += self.evaluate_one(&row, now).await?;
+            }
         }
         Ok(signals)
     }

@@ -374,6 +374,50 @@ impl Metric1mStore {
             .collect())
     }
 
+    /// One series with the labels of its latest bucket at or after `since`, or `None` when it
+    /// has no bucket since then: what the analyst needs of a series the ingest just wrote.
+    /// One step down the primary key, where [`Metric1mStore::recent_series`] reads every
+    /// bucket of every series.
+    pub async fn series_since(
+        &self,
+        tenant: &str,
+        resource: &str,
+        metric: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<SeriesRow>, Metric1mError> {
+        let since = ceil_micros(since);
+        let labels: Option<Json<Value>> = match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query_scalar(
+                "SELECT labels FROM metric_1m WHERE tenant = ? AND resource = ? AND metric = ? \
+                     AND bucket >= ? ORDER BY bucket DESC LIMIT 1",
+            )
+            .bind(tenant)
+            .bind(resource)
+            .bind(metric)
+            .bind(since)
+            .fetch_optional(pool)
+            .await?,
+            Pool::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT labels FROM metric_1m WHERE tenant = $1 AND resource = $2 \
+                     AND metric = $3 AND bucket >= $4 ORDER BY bucket DESC LIMIT 1",
+                )
+                .bind(tenant)
+                .bind(resource)
+                .bind(metric)
+                .bind(since)
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        Ok(labels.map(|labels| SeriesRow {
+            tenant: tenant.to_string(),
+            resource: resource.to_string(),
+            metric: metric.to_string(),
+            labels: labels.0,
+        }))
+    }
+
     /// The `stat` values of one tenant's `resource`/`metric` in the buckets starting in
     /// `[from, to)`, oldest first; rows without that stat are left out.
     pub async fn query(

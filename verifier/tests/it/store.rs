@@ -244,6 +244,81 @@ async fn the_window_is_half_open_and_scoped(store: &Metric1mStore) {
     );
 }
 
+/// A series' labels come from its latest bucket since the bound; other series, tenants and
+/// metrics are not read, and a series with nothing since the bound is `None`.
+async fn series_since_reads_the_latest_bucket_of_one_series(store: &Metric1mStore) {
+    let batch = vec![
+        point(
+            "acme",
+            "basket",
+            "p95_ms",
+            "2026-11-21T12:01:00Z",
+            json!({"p95": 1.0, "labels": {"version": "1"}}),
+        ),
+        point(
+            "acme",
+            "basket",
+            "p95_ms",
+            "2026-11-21T12:02:00Z",
+            json!({"p95": 1.0, "labels": {"version": "2"}}),
+        ),
+        point(
+            "acme",
+            "basket",
+            "err_rate",
+            "2026-11-21T12:03:00Z",
+            json!({"avg": 1.0, "labels": {"version": "3"}}),
+        ),
+        point(
+            "other",
+            "basket",
+            "p95_ms",
+            "2026-11-21T12:04:00Z",
+            json!({"p95": 1.0, "labels": {"version": "4"}}),
+        ),
+        point(
+            "acme",
+            "basket-eu",
+            "p95_ms",
+            "2026-11-21T12:05:00Z",
+            json!({"p95": 1.0, "labels": {"version": "5"}}),
+        ),
+    ];
+    store.insert_batch(&batch).await.unwrap();
+    let row = store
+        .series_since("acme", "basket", "p95_ms", ts("2026-11-21T12:00:00Z"))
+        .await
+        .unwrap()
+        .expect("a bucket since 12:00");
+    assert_eq!(
+        (
+            row.tenant.as_str(),
+            row.resource.as_str(),
+            row.metric.as_str()
+        ),
+        ("acme", "basket", "p95_ms")
+    );
+    assert_eq!(row.labels, json!({"version": "2"}));
+    let at_the_bound = store
+        .series_since("acme", "basket", "p95_ms", ts("2026-11-21T12:02:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(
+        at_the_bound.map(|row| row.labels),
+        Some(json!({"version": "2"}))
+    );
+    assert!(store
+        .series_since("acme", "basket", "p95_ms", ts("2026-11-21T12:02:00.5Z"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .series_since("acme", "nowhere", "p95_ms", ts("2026-11-21T12:00:00Z"))
+        .await
+        .unwrap()
+        .is_none());
+}
+
 #[tokio::test]
 async fn sqlite_upsert_is_idempotent() {
     upsert_is_idempotent(&Metric1mStore::sqlite(sqlite_pool().await)).await;
@@ -257,6 +332,12 @@ async fn sqlite_an_invalid_point_writes_nothing() {
 #[tokio::test]
 async fn sqlite_the_window_is_half_open_and_scoped() {
     the_window_is_half_open_and_scoped(&Metric1mStore::sqlite(sqlite_pool().await)).await;
+}
+
+#[tokio::test]
+async fn sqlite_series_since_reads_the_latest_bucket_of_one_series() {
+    series_since_reads_the_latest_bucket_of_one_series(&Metric1mStore::sqlite(sqlite_pool().await))
+        .await;
 }
 
 #[tokio::test]
@@ -293,6 +374,7 @@ async fn postgres_metric_1m_store() {
     upsert_is_idempotent(&store).await;
     an_invalid_point_writes_nothing(&store).await;
     the_window_is_half_open_and_scoped(&store).await;
+    series_since_reads_the_latest_bucket_of_one_series(&store).await;
     let labels: serde_json::Value = sqlx::query_scalar(
         "SELECT labels FROM metric_1m WHERE resource = 'checkout' AND bucket = '2026-11-21T12:03:00Z'",
     )
