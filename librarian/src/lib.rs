@@ -6,5 +6,11 @@
 //! `kb_chunk` and the lexical index on SQLite (FTS5) and PostgreSQL (`tsvector`).
 
 pub mod chunk;
+pub mod import;
+pub mod store;
 
 pub use chunk::{parse_markdown, query_terms, Chunk, ParsedDoc};
+pub use import::{import_dir, ImportError, ImportReport};
+pub use store::{
+    DocInput, DocSummary, Hit, KbStore, SearchFilter, StoredChunk, StoredDoc, Upserted,
+};

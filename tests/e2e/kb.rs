@@ -1,0 +1,155 @@
+//! The Librarian: the shared runbooks corpus imported (chunks, heading paths, idempotent
+//! re-import, an edited page, prune) and searched over HTTP on both backends.
+
+use std::path::{Path, PathBuf};
+
+use librarian::{import_dir, KbStore, SearchFilter};
+
+use crate::helpers::TestApp;
+use crate::on_both_backends;
+
+/// The prometheus-operator runbooks, one page per kube-prometheus alert.
+fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora/runbooks")
+}
+
+/// The corpus copied to a temp dir, to be edited.
+fn corpus_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&corpus(), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn store(app: &TestApp) -> KbStore {
+    KbStore::new(app.orchestrator.store().pool().clone())
+}
+
+/// The corpus' Markdown pages that are not index pages.
+fn page_count() -> usize {
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                if p.is_dir() {
+                    count(&p)
+                } else {
+                    usize::from(name.ends_with(".md") && name != "_index.md")
+                }
+            })
+            .sum()
+    }
+    count(&corpus())
+}
+
+async fn the_runbooks_import_idempotently_and_prune(app: TestApp) {
+    let dir = corpus_copy();
+    let store = store(&app);
+    let report = import_dir(&store, dir.path(), None, "runbooks", false)
+        .await
+        .unwrap();
+    let pages = page_count();
+    assert_eq!(report.created, pages, "{report:?}");
+    let (docs, chunks) = store.counts().await.unwrap();
+    assert_eq!(docs as usize, pages);
+    assert_eq!(chunks as usize, report.chunks_written);
+    assert!(
+        chunks as usize >= 4 * pages,
+        "{chunks} chunks for {pages} pages"
+    );
+
+    // A page's chunks follow its headings.
+    let id = librarian::store::doc_id(None, "runbooks", "kubernetes/KubePodCrashLooping.md");
+    let doc = store.get(&id).await.unwrap().expect("imported");
+    assert_eq!(doc.doc.title, "KubePodCrashLooping");
+    assert_eq!(doc.doc.url, "kubernetes/KubePodCrashLooping.md");
+    assert_eq!(doc.doc.metadata["title"], "Kube Pod Crash Looping");
+    let paths: Vec<_> = doc.chunks.iter().map(|c| c.heading_path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "KubePodCrashLooping › Meaning",
+            "KubePodCrashLooping › Impact",
+            "KubePodCrashLooping › Diagnosis",
+            "KubePodCrashLooping › Mitigation",
+        ]
+    );
+
+    // Importing again changes nothing.
+    let again = import_dir(&store, dir.path(), None, "runbooks", true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.unchanged, again.created, again.updated, again.pruned),
+        (pages, 0, 0, 0)
+    );
+    assert_eq!(store.counts().await.unwrap(), (docs, chunks));
+    let other = store
+        .get(&librarian::store::doc_id(
+            None,
+            "runbooks",
+            "etcd/etcdNoLeader.md",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // An edited page replaces its chunks only: one section more.
+    let page = dir.path().join("kubernetes/KubePodCrashLooping.md");
+    let text = std::fs::read_to_string(&page).unwrap();
+    std::fs::write(&page, format!("{text}\n\n## Rollback\n\nUndo the last deploy with kubectl rollout undo (zebracorn).\n")).unwrap();
+    let edited = import_dir(&store, dir.path(), None, "runbooks", false)
+        .await
+        .unwrap();
+    assert_eq!((edited.updated, edited.unchanged), (1, pages - 1));
+    assert_eq!(edited.chunks_written, 5);
+    assert_eq!(store.counts().await.unwrap(), (docs, chunks + 1));
+    let doc = store.get(&id).await.unwrap().unwrap();
+    assert_eq!(doc.chunks[4].heading_path, "KubePodCrashLooping › Rollback");
+    assert_eq!(
+        doc.chunks[4].content,
+        "Undo the last deploy with kubectl rollout undo (zebracorn)."
+    );
+    let hits = store
+        .search("zebracorn", 3, &SearchFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(hits[0].heading_path, "KubePodCrashLooping › Rollback");
+    let untouched = store.get(&other.doc.id).await.unwrap().unwrap();
+    assert_eq!(untouched, other);
+
+    // A deleted page stays without prune and goes with it.
+    std::fs::remove_file(&page).unwrap();
+    let kept = import_dir(&store, dir.path(), None, "runbooks", false)
+        .await
+        .unwrap();
+    assert_eq!(kept.pruned, 0);
+    assert!(store.get(&id).await.unwrap().is_some());
+    let pruned = import_dir(&store, dir.path(), None, "runbooks", true)
+        .await
+        .unwrap();
+    assert_eq!(pruned.pruned, 1);
+    assert!(store.get(&id).await.unwrap().is_none());
+    assert_eq!(store.counts().await.unwrap(), (docs - 1, chunks - 4));
+    assert!(store
+        .search("zebracorn", 3, &SearchFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .all(|hit| hit.doc_id != id));
+}
+on_both_backends!(the_runbooks_import_idempotently_and_prune);
