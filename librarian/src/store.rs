@@ -188,19 +188,28 @@ const DOC_COLUMNS: &str = "d.id, d.tenant, d.source, d.path_or_url, d.title, d.m
     d.content_hash, d.created_at, d.updated_at, \
     (SELECT COUNT(*) FROM kb_chunk c WHERE c.doc_id = d.id) AS chunk_count";
 
-/// Field weights of bm25(): title (with the alert name), heading path, body.
-const SQLITE_SEARCH: &str = "SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, \
-    c.heading_path, c.content, -bm25(kb_fts, 10.0, 4.0, 1.0) AS score \
+/// Field weights of bm25(): title (with the alert name), heading path, body. The score is
+/// `exact + r / (1 + r)` with `r` the relevance: in [0, 2), and a document whose whole title is a
+/// word of the query (an alert naming its runbook) comes first.
+const SQLITE_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
+    content, exact + relevance / (1.0 + relevance) AS score FROM (\
+    SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
+    max(-bm25(kb_fts, 10.0, 4.0, 1.0), 0.0) AS relevance, \
+    CASE WHEN lower(d.title) IN (SELECT value FROM json_each(?5)) THEN 1.0 ELSE 0.0 END AS exact \
     FROM kb_fts JOIN kb_chunk c ON c.rowid = kb_fts.rowid JOIN kb_doc d ON d.id = c.doc_id \
     WHERE kb_fts MATCH ?1 AND (?2 IS NULL OR d.tenant IS NULL OR d.tenant = ?2) \
-    AND (?3 IS NULL OR d.source = ?3) ORDER BY score DESC, d.id, c.idx LIMIT ?4";
+    AND (?3 IS NULL OR d.source = ?3)) ORDER BY score DESC, id, idx LIMIT ?4";
 
-/// ts_rank_cd() weighs A (title) 1.0, B (heading path) 0.4, C (body) 0.2.
-const PG_SEARCH: &str = "SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, \
-    c.heading_path, c.content, ts_rank_cd(c.tsv, q)::float8 AS score \
+/// ts_rank_cd() weighs A (title) 1.0, B (heading path) 0.4, C (body) 0.2; the score is built
+/// as on SQLite.
+const PG_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
+    content, exact + relevance / (1.0 + relevance) AS score FROM (\
+    SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
+    ts_rank_cd(c.tsv, q)::float8 AS relevance, \
+    CASE WHEN lower(d.title) IN (SELECT jsonb_array_elements_text($5)) THEN 1.0 ELSE 0.0 END::float8 AS exact \
     FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id, to_tsquery('english', $1) q \
     WHERE c.tsv @@ q AND ($2::text IS NULL OR d.tenant IS NULL OR d.tenant = $2) \
-    AND ($3::text IS NULL OR d.source = $3) ORDER BY score DESC, d.id, c.idx LIMIT $4";
+    AND ($3::text IS NULL OR d.source = $3)) hits ORDER BY score DESC, id, idx LIMIT $4";
 
 /// Bind the same values on either backend's query (`$q` is the query).
 macro_rules! on_pool {
@@ -468,7 +477,8 @@ impl KbStore {
                     .bind(expr)
                     .bind(&filter.tenant)
                     .bind(&filter.source)
-                    .bind(k))
+                    .bind(k)
+                    .bind(Json(&terms)))
             }
             SqlPool::Postgres(_) => {
                 let expr = terms.join(" | ");
@@ -476,7 +486,8 @@ impl KbStore {
                     .bind(expr)
                     .bind(&filter.tenant)
                     .bind(&filter.source)
-                    .bind(k))
+                    .bind(k)
+                    .bind(Json(&terms)))
             }
         };
         rows.iter()

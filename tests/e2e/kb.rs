@@ -153,3 +153,66 @@ async fn the_runbooks_import_idempotently_and_prune(app: TestApp) {
         .all(|hit| hit.doc_id != id));
 }
 on_both_backends!(the_runbooks_import_idempotently_and_prune);
+
+/// Alerts as kube-prometheus writes them (name, summary, description), and the runbook each
+/// should find first.
+const ALERTS: &[(&str, &str)] = &[
+    ("KubePodCrashLooping: Pod is crash looping. Pod shop/checkout-7d9f (app) is in waiting state (reason: \"CrashLoopBackOff\").", "KubePodCrashLooping"),
+    ("KubePodNotReady: Pod has been in a non-ready state for more than 15 minutes. Pod shop/cart-0 has been in a non-ready state for longer than 15 minutes.", "KubePodNotReady"),
+    ("KubeDeploymentReplicasMismatch: Deployment has not matched the expected number of replicas. Deployment shop/checkout has not matched the expected number of replicas for longer than 15 minutes.", "KubeDeploymentReplicasMismatch"),
+    ("KubeNodeNotReady: Node is not ready. node-3 has been unready for more than 15 minutes.", "KubeNodeNotReady"),
+    ("KubePersistentVolumeFillingUp: PersistentVolume is filling up. The PersistentVolume claimed by data-db-0 in Namespace shop is only 2.5% free.", "KubePersistentVolumeFillingUp"),
+    ("NodeFilesystemAlmostOutOfFiles: Filesystem has less than 5% inodes left. Filesystem on /dev/sda1 at node-2:9100 has only 3.2% available inodes left.", "NodeFilesystemAlmostOutOfFiles"),
+    ("NodeClockNotSynchronising: Clock not synchronising. Clock at node-1:9100 is not synchronising. Ensure NTP is configured on this host.", "NodeClockNotSynchronising"),
+    ("etcdMembersDown: etcd cluster members are down. etcd cluster \"etcd\": members are down (1).", "etcdMembersDown"),
+    ("AlertmanagerFailedReload: Reloading an Alertmanager configuration has failed. Configuration has failed to load for monitoring/alertmanager-main-0.", "AlertmanagerFailedReload"),
+    ("PrometheusRuleFailures: Prometheus is failing rule evaluations. Prometheus monitoring/prometheus-k8s-0 has failed to evaluate 12 rules in the last 5m.", "PrometheusRuleFailures"),
+    ("PrometheusNotConnectedToAlertmanagers: Prometheus is not connected to any Alertmanagers. Prometheus monitoring/prometheus-k8s-0 is not connected to any Alertmanagers.", "PrometheusNotConnectedToAlertmanagers"),
+    ("TargetDown: One or more targets are unreachable. 100% of the node-exporter/node-exporter targets in monitoring namespace are down.", "TargetDown"),
+    ("Watchdog: An alert that should always be firing to certify that Alertmanager is working properly.", "Watchdog"),
+    ("KubeCPUOvercommit: Cluster has overcommitted CPU resource requests. Cluster has overcommitted CPU resource requests for Pods by 1.5 CPU shares and cannot tolerate node failure.", "KubeCPUOvercommit"),
+    ("KubeletClientCertificateExpiration: Kubelet client certificate is about to expire. Client certificate for Kubelet on node node-4 expires in 6 days.", "KubeletClientCertificateExpiration"),
+    ("KubeHpaMaxedOut: HPA is running at max replicas. HPA shop/checkout has been running at max replicas for longer than 15 minutes.", "KubeHpaMaxedOut"),
+    ("PrometheusOperatorReconcileErrors: Errors while reconciling objects. 12% of reconciling operations failed for prometheus controller in monitoring namespace.", "PrometheusOperatorReconcileErrors"),
+];
+
+async fn each_alert_finds_its_runbook_first(app: TestApp) {
+    let store = store(&app);
+    import_dir(&store, &corpus(), None, "runbooks", false)
+        .await
+        .unwrap();
+    let mut misses = Vec::new();
+    for (query, runbook) in ALERTS {
+        let hits = store
+            .search(query, 5, &SearchFilter::default())
+            .await
+            .unwrap();
+        let top: Vec<_> = hits.iter().map(|h| h.title.as_str()).collect();
+        if top.first() != Some(runbook) {
+            misses.push(format!("{runbook}: {top:?}"));
+        }
+        assert!(hits.iter().all(|h| h.retrievers == ["lexical"]));
+    }
+    assert!(misses.is_empty(), "{misses:#?}");
+
+    // Whatever a query holds is words, never syntax and never an error.
+    for odd in [
+        r#""foo" (bar): 100%"#,
+        "NOT AND OR NEAR(a b)",
+        "title:x * - ^ {body}",
+        "'; DROP TABLE kb_doc; --",
+        "&|!<->:*",
+        "",
+    ] {
+        store
+            .search(odd, 5, &SearchFilter::default())
+            .await
+            .unwrap_or_else(|e| panic!("{odd}: {e}"));
+    }
+    let hits = store
+        .search("pod (crash): looping 100%", 1, &SearchFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(hits[0].title, "KubePodCrashLooping");
+}
+on_both_backends!(each_alert_finds_its_runbook_first);
