@@ -7,10 +7,12 @@
 
 pub mod chunk;
 pub mod import;
+pub mod metrics;
 pub mod store;
 
 pub use chunk::{parse_markdown, query_terms, Chunk, ParsedDoc};
 pub use import::{import_dir, ImportError, ImportReport};
+pub use metrics::KbMetrics;
 pub use store::{
     DocInput, DocSummary, Hit, KbStore, SearchFilter, StoredChunk, StoredDoc, Upserted,
 };

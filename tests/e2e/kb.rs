@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use librarian::{import_dir, KbStore, SearchFilter};
+use orchestrator::Role;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use crate::helpers::{client_with, create_key, TestApp};
 use crate::on_both_backends;
 
 /// The prometheus-operator runbooks, one page per kube-prometheus alert.
@@ -216,3 +219,192 @@ async fn each_alert_finds_its_runbook_first(app: TestApp) {
     assert_eq!(hits[0].title, "KubePodCrashLooping");
 }
 on_both_backends!(each_alert_finds_its_runbook_first);
+
+/// `GET /v1/kb/search` with `client`: the hits.
+async fn search_http(app: &TestApp, client: &reqwest::Client, q: &str, k: u32) -> Vec<Value> {
+    let response = client
+        .get(app.url("/v1/kb/search"))
+        .query(&[("q", q), ("k", &k.to_string())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{q}");
+    let body: Value = response.json().await.unwrap();
+    body["hits"].as_array().unwrap().clone()
+}
+
+async fn documents_go_in_and_come_back_over_http(app: TestApp) {
+    import_dir(&store(&app), &corpus(), None, "runbooks", false)
+        .await
+        .unwrap();
+    let librarian =
+        client_with(&create_key(&app.orchestrator, "lib", &[Role::Librarian], None).await);
+    let acme = client_with(
+        &create_key(
+            &app.orchestrator,
+            "acme",
+            &[Role::Librarian, Role::Viewer],
+            Some("acme"),
+        )
+        .await,
+    );
+    let globex = client_with(
+        &create_key(&app.orchestrator, "globex", &[Role::Viewer], Some("globex")).await,
+    );
+
+    // A tenant's own runbook, searchable as soon as the POST answers.
+    let doc = json!({"title": "CheckoutLatencyHigh",
+        "content": "---\nowner: payments\n---\n# CheckoutLatencyHigh\n\n## Mitigation\n\nRoll back the checkout deploy; flush the zebracorn cache.\n",
+        "url": "https://wiki.example.com/checkout-latency", "metadata": {"team": "payments"}});
+    let response = acme
+        .post(app.url("/v1/kb/docs"))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let written: Value = response.json().await.unwrap();
+    assert_eq!(
+        (written["result"].as_str(), written["chunk_count"].as_u64()),
+        (Some("created"), Some(1))
+    );
+    let id = written["id"].as_str().unwrap().to_string();
+    let again = acme
+        .post(app.url("/v1/kb/docs"))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.unwrap()["result"], "unchanged");
+
+    let hits = search_http(&app, &acme, "zebracorn cache", 3).await;
+    assert_eq!(hits[0]["doc_id"], id.as_str());
+    assert_eq!(hits[0]["title"], "CheckoutLatencyHigh");
+    assert_eq!(hits[0]["url"], "https://wiki.example.com/checkout-latency");
+    assert_eq!(hits[0]["heading_path"], "CheckoutLatencyHigh › Mitigation");
+    assert_eq!(hits[0]["chunk_idx"], 0);
+    assert_eq!(hits[0]["tenant"], "acme");
+    assert_eq!(hits[0]["retrievers"], json!(["lexical"]));
+    assert!(hits[0]["score"].as_f64().unwrap() > 0.0);
+
+    // Another tenant never sees it; global runbooks are seen by every tenant.
+    let seen = search_http(&app, &globex, "zebracorn cache checkout", 50).await;
+    assert!(!seen.is_empty(), "global runbooks mention caches");
+    assert!(seen.iter().all(|hit| hit["tenant"].is_null()), "{seen:?}");
+    let status = globex
+        .get(app.url(&format!("/v1/kb/docs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let hits = search_http(&app, &globex, "KubePodCrashLooping", 1).await;
+    assert_eq!(hits[0]["title"], "KubePodCrashLooping");
+    assert_eq!(hits[0]["url"], "kubernetes/KubePodCrashLooping.md");
+    let listed: Value = globex
+        .get(app.url("/v1/kb/docs?limit=500"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listed["items"].as_array().unwrap();
+    assert_eq!(listed.len(), page_count());
+    assert!(listed.iter().all(|d| d["tenant"].is_null()));
+    let status = acme
+        .post(app.url("/v1/kb/docs"))
+        .json(&json!({"title": "x", "content": "y", "tenant": "globex"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The document as stored.
+    let (status, stored) = app.get_json(&format!("/v1/kb/docs/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        stored["metadata"],
+        json!({"owner": "payments", "team": "payments"})
+    );
+    assert_eq!(
+        stored["chunks"][0]["heading_path"],
+        "CheckoutLatencyHigh › Mitigation"
+    );
+    assert_eq!(stored["chunk_count"], 1);
+
+    // Bad input is a problem naming the field.
+    for (body, field) in [
+        (json!({"content": "x"}), "title"),
+        (json!({"title": " ", "content": "x"}), "title"),
+        (json!({"title": "t", "content": "  "}), "content"),
+        (
+            json!({"title": "t", "content": "x", "metadata": [1]}),
+            "metadata",
+        ),
+        (
+            json!({"title": "t", "content": "x", "tenant": "a b"}),
+            "tenant",
+        ),
+    ] {
+        let response = librarian
+            .post(app.url("/v1/kb/docs"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+
+    // Odd queries are words: 200, never an error.
+    for odd in [
+        r#""foo" (bar): 100%"#,
+        "a AND NOT b*",
+        "NEAR(x y)",
+        "-",
+        "%",
+        "'",
+        "\\",
+    ] {
+        search_http(&app, &app.client, odd, 5).await;
+    }
+    let status = app
+        .client
+        .get(app.url("/v1/kb/search?q=x&k=51"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Removed: gone from search; the gauges follow.
+    assert_eq!(app.metric("kb_documents").await as usize, page_count() + 1);
+    let status = globex
+        .delete(app.url(&format!("/v1/kb/docs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::FORBIDDEN, "a viewer cannot delete");
+    let status = acme
+        .delete(app.url(&format!("/v1/kb/docs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(search_http(&app, &acme, "zebracorn", 3).await.is_empty());
+    assert_eq!(app.metric("kb_documents").await as usize, page_count());
+    let (_, chunks) = store(&app).counts().await.unwrap();
+    assert_eq!(app.metric("kb_chunks").await as i64, chunks);
+    assert!(
+        app.metric("kb_search_seconds_count{mode=\"lexical\"}")
+            .await
+            >= 10.0
+    );
+}
+on_both_backends!(documents_go_in_and_come_back_over_http);
