@@ -8,7 +8,7 @@ use orchestrator::Role;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{client_with, create_key, TestApp};
+use crate::helpers::{client_with, create_key, Backend, TestApp, TestDatabase};
 use crate::on_both_backends;
 
 /// The prometheus-operator runbooks, one page per kube-prometheus alert.
@@ -408,3 +408,62 @@ async fn documents_go_in_and_come_back_over_http(app: TestApp) {
     );
 }
 on_both_backends!(documents_go_in_and_come_back_over_http);
+
+/// `opscase kb import` with the database of `database` (SQLite in its dir, or PostgreSQL).
+fn cli_import(database: &TestDatabase, dir: &Path, extra: &[&str]) -> String {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_opscase"));
+    command
+        .args(["kb", "import"])
+        .arg(dir)
+        .args(extra)
+        .arg("--data-dir")
+        .arg(database.dir.path())
+        .env_remove("OPSCASE_DATABASE_URL");
+    if database.backend == Backend::Postgres {
+        command.env("OPSCASE_DATABASE_URL", database.url());
+    }
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_imports_a_tree_a_running_service_then_serves() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(database) = TestDatabase::create(backend).await else {
+            continue;
+        };
+        let dir = corpus_copy();
+        let pages = page_count();
+        let out = cli_import(&database, dir.path(), &["--source", "runbooks"]);
+        assert!(out.contains(&format!("{pages} created")), "{out}");
+        let out = cli_import(&database, dir.path(), &[]);
+        assert!(out.contains(&format!("{pages} unchanged")), "{out}");
+
+        std::fs::remove_file(dir.path().join("general/Watchdog.md")).unwrap();
+        let out = cli_import(&database, dir.path(), &["--prune"]);
+        assert!(out.contains("1 pruned"), "{out}");
+
+        let app = TestApp::start(database.config()).await;
+        assert_eq!(app.metric("kb_documents").await as usize, pages - 1);
+        let hits = search_http(
+            &app,
+            &app.client,
+            "TargetDown: One or more targets are unreachable.",
+            1,
+        )
+        .await;
+        assert_eq!(hits[0]["title"], "TargetDown", "{backend:?}");
+        let hits = search_http(&app, &app.client, "Watchdog", 5).await;
+        assert!(
+            hits.iter().all(|hit| hit["title"] != "Watchdog"),
+            "{backend:?}"
+        );
+        drop(app);
+        database.drop_database().await;
+    }
+}
