@@ -200,12 +200,13 @@ const SQLITE_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx,
     WHERE kb_fts MATCH ?1 AND (?2 IS NULL OR d.tenant IS NULL OR d.tenant = ?2) \
     AND (?3 IS NULL OR d.source = ?3)) ORDER BY score DESC, id, idx LIMIT ?4";
 
-/// ts_rank_cd() weighs A (title) 1.0, B (heading path) 0.4, C (body) 0.2; the score is built
-/// as on SQLite.
+/// ts_rank_cd() weighs A (title) 1.0, B (heading path) 0.4, C (body) 0.2, divided by 1 + the
+/// log of the chunk's length (normalization 1: a long chunk does not win by length); the score
+/// is built as on SQLite.
 const PG_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
     content, exact + relevance / (1.0 + relevance) AS score FROM (\
     SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
-    ts_rank_cd(c.tsv, q)::float8 AS relevance, \
+    ts_rank_cd(c.tsv, q, 1)::float8 AS relevance, \
     CASE WHEN lower(d.title) IN (SELECT jsonb_array_elements_text($5)) THEN 1.0 ELSE 0.0 END::float8 AS exact \
     FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id, to_tsquery('english', $1) q \
     WHERE c.tsv @@ q AND ($2::text IS NULL OR d.tenant IS NULL OR d.tenant = $2) \
