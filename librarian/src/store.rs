@@ -160,6 +160,13 @@ pub struct KbStore {
 
 const SELECT_HASH: &str = "SELECT content_hash FROM kb_doc WHERE id = $1";
 
+/// Writers of one document take turns from their first statement, so the hash each compares is
+/// the one it will replace: PostgreSQL by an advisory lock on the id, SQLite by taking the
+/// database's write lock with a no-op write (in one process its single writer connection
+/// already serialises; this also holds against `opscase kb import` running beside the service).
+const PG_LOCK_DOC: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+const SQLITE_LOCK_DOC: &str = "UPDATE kb_doc SET id = id WHERE id = $1";
+
 const UPSERT_DOC: &str = "INSERT INTO kb_doc (id, tenant, source, path_or_url, title, metadata, \
     content_hash, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
     ON CONFLICT (id) DO UPDATE SET title = excluded.title, metadata = excluded.metadata, \
@@ -263,6 +270,15 @@ impl KbStore {
         macro_rules! write {
             ($pool:expr, $sqlite:expr) => {{
                 let mut tx = $pool.begin().await.map_err(StoreError::from)?;
+                sqlx::query(if $sqlite {
+                    SQLITE_LOCK_DOC
+                } else {
+                    PG_LOCK_DOC
+                })
+                .bind(&doc.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
                 let stored: Option<String> = sqlx::query_scalar(SELECT_HASH)
                     .bind(&doc.id)
                     .fetch_optional(&mut *tx)

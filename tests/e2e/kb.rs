@@ -467,3 +467,26 @@ async fn the_cli_imports_a_tree_a_running_service_then_serves() {
         database.drop_database().await;
     }
 }
+
+async fn concurrent_writes_of_one_document_take_turns(app: TestApp) {
+    let writes = (0..8).map(|n| {
+        let client = app.client.clone();
+        let url = app.url("/v1/kb/docs");
+        async move {
+            let body = json!({"title": "Race", "url": "https://example.com/race",
+                "content": format!("# Race\n\n## One\n\nversion {n}\n\n## Two\n\nversion {n}\n")});
+            client.post(url).json(&body).send().await.unwrap().status()
+        }
+    });
+    let statuses = futures::future::join_all(writes).await;
+    assert!(statuses.iter().all(|s| s.is_success()), "{statuses:?}");
+    let id = librarian::store::doc_id(None, "api", "https://example.com/race");
+    let doc = store(&app).get(&id).await.unwrap().unwrap();
+    assert_eq!(doc.chunks.len(), 2);
+    assert_eq!(
+        doc.chunks[0].content, doc.chunks[1].content,
+        "one version, whole"
+    );
+    assert_eq!(store(&app).counts().await.unwrap(), (1, 2));
+}
+on_both_backends!(concurrent_writes_of_one_document_take_turns);
