@@ -93,6 +93,13 @@ enum Command {
         #[arg(long, global = true)]
         data_dir: Option<PathBuf>,
     },
+    /// The knowledge base (the Librarian).
+    Kb {
+        #[command(subcommand)]
+        action: KbAction,
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// The Analyst's detectors, offline.
     Analyst {
         #[command(subcommand)]
@@ -123,12 +130,30 @@ enum AnalystAction {
 }
 
 #[derive(Subcommand)]
+enum KbAction {
+    /// Import every Markdown page under DIR (index pages skipped): new and changed pages are
+    /// written, unchanged ones left alone; each is known by its path relative to DIR.
+    Import {
+        dir: PathBuf,
+        /// The tenant the pages belong to; without it they are global.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The source the pages are filed under.
+        #[arg(long, default_value = "runbooks")]
+        source: String,
+        /// Also remove the source's documents (for this tenant) whose page is gone from DIR.
+        #[arg(long)]
+        prune: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysAction {
     /// Create a key and print its secret (once).
     Create {
         #[arg(long)]
         name: String,
-        /// viewer, operator, approver, admin, metrics or sensor; repeat for several.
+        /// viewer, operator, approver, admin, metrics, sensor or librarian; repeat for several.
         #[arg(long = "role", required = true, value_parser = parse_role)]
         roles: Vec<Role>,
         /// Confine the key to one tenant's cases.
@@ -214,6 +239,15 @@ fn main() -> ExitCode {
                 ..Overrides::default()
             },
         ),
+        Command::Kb { action, data_dir } => kb(
+            &cli.config,
+            Overrides {
+                data_dir,
+                log_format: cli.log_format,
+                ..Overrides::default()
+            },
+            action,
+        ),
         Command::Keys { action, data_dir } => keys(
             &cli.config,
             Overrides {
@@ -285,6 +319,47 @@ fn keys(config_file: &Option<PathBuf>, overrides: Overrides, action: KeysAction)
             KeysAction::Revoke { id } => {
                 let key = orchestrator.revoke_key(id).await?;
                 println!("revoked key {} ({})", key.id, key.name);
+            }
+        }
+        orchestrator.store().close().await;
+        Ok(())
+    });
+    exit_code(result)
+}
+
+fn kb(config_file: &Option<PathBuf>, overrides: Overrides, action: KbAction) -> ExitCode {
+    let config = match load_config(config_file, &overrides) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let orchestrator = opscase::open_orchestrator(&config).await?;
+        match action {
+            KbAction::Import {
+                dir,
+                tenant,
+                source,
+                prune,
+            } => {
+                if let Some(tenant) = &tenant {
+                    anyhow::ensure!(
+                        api::contract::is_tenant(tenant),
+                        "--tenant must be 1 to 64 of A-Z a-z 0-9 - _ ."
+                    );
+                }
+                let store = librarian::KbStore::new(orchestrator.store().pool().clone());
+                let report =
+                    librarian::import_dir(&store, &dir, tenant.as_deref(), &source, prune).await?;
+                println!(
+                    "imported {}: {} created, {} updated, {} unchanged, {} pruned; {} chunks written",
+                    dir.display(),
+                    report.created,
+                    report.updated,
+                    report.unchanged,
+                    report.pruned,
+                    report.chunks_written
+                );
             }
         }
         orchestrator.store().close().await;

@@ -38,6 +38,26 @@ impl Access for Read {
     const WHAT: &'static str = "read cases";
 }
 
+/// Read the knowledge base: every reader, and its curators.
+pub struct ReadKnowledge;
+impl Access for ReadKnowledge {
+    const ROLES: &'static [Role] = &[
+        Role::Viewer,
+        Role::Operator,
+        Role::Approver,
+        Role::Admin,
+        Role::Librarian,
+    ];
+    const WHAT: &'static str = "read the knowledge base";
+}
+
+/// Add and remove knowledge base documents.
+pub struct Curate;
+impl Access for Curate {
+    const ROLES: &'static [Role] = &[Role::Librarian, Role::Admin];
+    const WHAT: &'static str = "add or remove knowledge base documents";
+}
+
 /// Open cases and send commands.
 pub struct Operate;
 impl Access for Operate {

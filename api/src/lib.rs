@@ -12,6 +12,7 @@ pub mod evidence;
 pub mod extract;
 pub mod http_metrics;
 pub mod ingest;
+pub mod kb;
 pub mod keys;
 pub mod openapi;
 mod policy;
@@ -98,6 +99,8 @@ pub struct AppState {
     pub log_stores: Arc<sensor::logs::LogStores>,
     /// The analyst's live path, poked with the series each metric ingest writes.
     pub analyst: Option<Arc<analyst::live::Watcher>>,
+    /// `kb_documents`, `kb_chunks`, `kb_search_seconds` in the service's registry.
+    pub kb_metrics: Arc<librarian::KbMetrics>,
 }
 
 impl AppState {
@@ -110,8 +113,12 @@ impl AppState {
             settings.rate_limit_per_second,
             settings.rate_limit_burst,
         ));
+        let kb_metrics = Arc::new(librarian::KbMetrics::register(
+            &orchestrator.metrics().registry,
+        ));
         Self {
             orchestrator,
+            kb_metrics,
             settings: Arc::new(settings),
             rate_limiter,
             bus,
@@ -180,6 +187,9 @@ pub fn app(state: AppState) -> Router {
             post(evidence::add_evidence).get(evidence::list_evidence),
         )
         .route("/v1/evidence/{id}/lines", get(evidence::evidence_lines))
+        .route("/v1/kb/docs", post(kb::add_doc).get(kb::list_docs))
+        .route("/v1/kb/docs/{id}", get(kb::get_doc).delete(kb::delete_doc))
+        .route("/v1/kb/search", get(kb::search))
         .route("/v1/templates", get(system::templates))
         .route("/v1/analysis/run", post(commands::analysis_run))
         .route("/v1/plan/generate", post(commands::plan_generate))

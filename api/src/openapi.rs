@@ -4,7 +4,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{cases, commands, evidence, ingest, keys, problem, signals, system};
+use crate::{cases, commands, evidence, ingest, kb, keys, problem, signals, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ use crate::{cases, commands, evidence, ingest, keys, problem, signals, system};
         signals::alertmanager, signals::grafana, signals::events, signals::changes,
         evidence::add_evidence, evidence::list_evidence, evidence::evidence_lines,
         evidence::list_findings,
+        kb::add_doc, kb::list_docs, kb::get_doc, kb::delete_doc, kb::search,
         system::change_plan_schema, system::adapters, system::templates, system::livez, system::readyz, system::metrics,
         keys::create_key, keys::list_keys, keys::revoke_key,
     ),
@@ -39,6 +40,7 @@ use crate::{cases, commands, evidence, ingest, keys, problem, signals, system};
         (name = "metrics", description = "1-minute aggregates the verifier checks and the analyst watches; calls between services"),
         (name = "signals", description = "Alerts and events in: each opens a case or joins its group's open case; deploys and configuration changes, recorded for the analysis"),
         (name = "evidence", description = "What justifies a case: log, metric and trace locators, references, links; the analyst's findings"),
+        (name = "knowledge", description = "The knowledge base (the Librarian): runbooks and other documents, chunked along their headings and searched lexically"),
         (name = "seed aliases", description = "The paths of the source design's curl demo"),
         (name = "contracts", description = "Schemas artifacts must satisfy"),
         (name = "system", description = "Health and metrics"),

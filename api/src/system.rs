@@ -90,6 +90,11 @@ pub async fn metrics(State(app): State<AppState>, _caller: Allowed<Scrape>) -> R
 
 /// `/metrics` without a key, when `metrics.auth = false` says so.
 pub async fn open_metrics(State(app): State<AppState>) -> Response {
+    // The knowledge base may have changed from another process (`opscase kb import`).
+    let store = librarian::KbStore::new(app.orchestrator.store().pool().clone());
+    if let Err(error) = app.kb_metrics.refresh(&store).await {
+        tracing::warn!(%error, "kb_documents and kb_chunks could not be counted");
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -32,16 +32,19 @@ pub enum Role {
     /// Post signals (alerts, events) and metric points, nothing else: the key of an
     /// Alertmanager receiver or a metrics shipper.
     Sensor,
+    /// Curate the knowledge base (add and remove documents) and read it.
+    Librarian,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Viewer,
         Role::Operator,
         Role::Approver,
         Role::Admin,
         Role::Metrics,
         Role::Sensor,
+        Role::Librarian,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Metrics => "metrics",
             Role::Sensor => "sensor",
+            Role::Librarian => "librarian",
         }
     }
 

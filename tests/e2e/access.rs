@@ -12,7 +12,7 @@ use crate::on_both_backends;
 use crate::restart::{serve, terminate};
 
 const MATRIX: &str = include_str!("role_matrix.txt");
-const COLUMNS: [Option<Role>; 7] = [
+const COLUMNS: [Option<Role>; 8] = [
     None,
     Some(Role::Viewer),
     Some(Role::Operator),
@@ -20,6 +20,7 @@ const COLUMNS: [Option<Role>; 7] = [
     Some(Role::Admin),
     Some(Role::Metrics),
     Some(Role::Sensor),
+    Some(Role::Librarian),
 ];
 
 struct MatrixLine {

@@ -88,6 +88,9 @@ fn valid_body(operation: &Operation, case: Uuid) -> Value {
             "payload": {"summary": "contract probe", "source": "probe", "severity": "info"}}),
         ("POST", "/v1/cases/{id}/evidence") => json!({
             "kind": "url", "title": "contract probe", "url": "https://example.com/probe"}),
+        ("POST", "/v1/kb/docs") => json!({
+            "title": "ContractProbe", "content": "# ContractProbe\n\n## Mitigation\n\nNone.",
+            "url": "https://example.com/runbooks/contract-probe"}),
         ("POST", _) => json!({"case_id": case}),
         (method, path) => panic!("no valid body known for {method} {path}"),
     }

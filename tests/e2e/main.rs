@@ -19,6 +19,7 @@ mod docs;
 mod embedded;
 mod http;
 mod incident;
+mod kb;
 mod logstores;
 mod monitoring;
 mod nats;

@@ -1,0 +1,605 @@
+//! `kb_doc`, `kb_chunk` and the lexical index on both backends: documents are upserted
+//! idempotently (an unchanged hash writes nothing, a changed one replaces the chunks), pruned
+//! by source, and their chunks searched by plain-text queries.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use orchestrator::{SqlPool, StoreError};
+
+use crate::chunk::{content_hash, parse_markdown, query_terms, search_title, Chunk};
+
+/// The retriever that found a hit by its words.
+pub const LEXICAL: &str = "lexical";
+
+/// A document to store, chunked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocInput {
+    pub id: String,
+    /// `None`: a global document, seen by every tenant.
+    pub tenant: Option<String>,
+    /// Where it came from: `runbooks`, `api`, ...
+    pub source: String,
+    pub path_or_url: String,
+    pub title: String,
+    /// What the title field of the lexical index holds (see [`search_title`]).
+    pub search_title: String,
+    pub metadata: Value,
+    pub content_hash: String,
+    pub chunks: Vec<Chunk>,
+}
+
+impl DocInput {
+    /// A Markdown page: its title and chunks from the text, its front matter as metadata, its
+    /// id from (tenant, source, path) so that importing it again finds it.
+    pub fn markdown(
+        tenant: Option<String>,
+        source: &str,
+        path_or_url: &str,
+        text: &str,
+        fallback_title: &str,
+        extra_metadata: Option<&Value>,
+    ) -> Self {
+        let parsed = parse_markdown(text, fallback_title);
+        let mut metadata = serde_json::Map::new();
+        for (key, value) in &parsed.front_matter {
+            metadata.insert(key.clone(), Value::String(value.clone()));
+        }
+        if let Some(Value::Object(extra)) = extra_metadata {
+            metadata.extend(extra.clone());
+        }
+        let metadata = Value::Object(metadata);
+        let content_hash = content_hash(&[&parsed.title, path_or_url, &metadata.to_string(), text]);
+        Self {
+            id: doc_id(tenant.as_deref(), source, path_or_url),
+            search_title: search_title(
+                &parsed.title,
+                parsed.front_matter.get("title").map(String::as_str),
+            ),
+            tenant,
+            source: source.to_string(),
+            path_or_url: path_or_url.to_string(),
+            title: parsed.title,
+            metadata,
+            content_hash,
+            chunks: parsed.chunks,
+        }
+    }
+}
+
+/// The id of the document at `path_or_url` of `source` for `tenant` (global: `None`).
+pub fn doc_id(tenant: Option<&str>, source: &str, path_or_url: &str) -> String {
+    let key = format!("{}\0{source}\0{path_or_url}", tenant.unwrap_or(""));
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, key.as_bytes()).to_string()
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Upserted {
+    Created,
+    /// The content changed: its chunks were replaced.
+    Updated,
+    /// Same hash: nothing was written.
+    Unchanged,
+}
+
+/// A document as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DocSummary {
+    pub id: String,
+    /// Absent for a global document.
+    pub tenant: Option<String>,
+    pub source: String,
+    /// The URL or path as imported.
+    pub url: String,
+    pub title: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub content_hash: String,
+    pub chunk_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A chunk as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct StoredChunk {
+    pub idx: i64,
+    /// `KubePodCrashLooping › Mitigation`.
+    pub heading_path: String,
+    pub content: String,
+    pub token_count: i64,
+}
+
+/// A document with its chunks.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct StoredDoc {
+    #[serde(flatten)]
+    pub doc: DocSummary,
+    pub chunks: Vec<StoredChunk>,
+}
+
+/// One search hit: a chunk and the document it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Hit {
+    pub doc_id: String,
+    pub title: String,
+    /// The document's URL or path as imported.
+    pub url: String,
+    pub source: String,
+    /// Absent for a global document.
+    pub tenant: Option<String>,
+    pub chunk_idx: i64,
+    pub heading_path: String,
+    pub content: String,
+    /// Higher is better; comparable within one answer only.
+    pub score: f64,
+    /// Which retrievers found it: `lexical`.
+    pub retrievers: Vec<String>,
+}
+
+/// What a search or a listing may see.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchFilter {
+    /// A tenant-scoped caller: its tenant's documents and the global ones. `None`: all.
+    pub tenant: Option<String>,
+    pub source: Option<String>,
+}
+
+/// Reads and writes the Librarian's tables.
+#[derive(Debug, Clone)]
+pub struct KbStore {
+    pool: SqlPool,
+}
+
+const SELECT_HASH: &str = "SELECT content_hash FROM kb_doc WHERE id = $1";
+
+/// Writers of one document take turns from their first statement, so the hash each compares is
+/// the one it will replace: PostgreSQL by an advisory lock on the id, SQLite by taking the
+/// database's write lock with a no-op write (in one process its single writer connection
+/// already serialises; this also holds against `opscase kb import` running beside the service).
+const PG_LOCK_DOC: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+const SQLITE_LOCK_DOC: &str = "UPDATE kb_doc SET id = id WHERE id = $1";
+
+const UPSERT_DOC: &str = "INSERT INTO kb_doc (id, tenant, source, path_or_url, title, metadata, \
+    content_hash, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+    ON CONFLICT (id) DO UPDATE SET title = excluded.title, metadata = excluded.metadata, \
+    content_hash = excluded.content_hash, updated_at = excluded.updated_at";
+
+const SQLITE_DELETE_FTS: &str =
+    "DELETE FROM kb_fts WHERE rowid IN (SELECT rowid FROM kb_chunk WHERE doc_id = $1)";
+
+const DELETE_CHUNKS: &str = "DELETE FROM kb_chunk WHERE doc_id = $1";
+
+const DELETE_DOC: &str = "DELETE FROM kb_doc WHERE id = $1";
+
+const SQLITE_INSERT_CHUNK: &str = "INSERT INTO kb_chunk \
+    (doc_id, idx, heading_path, content, token_count) VALUES ($1, $2, $3, $4, $5) RETURNING rowid";
+
+const SQLITE_INSERT_FTS: &str =
+    "INSERT INTO kb_fts (rowid, title, heading, body) VALUES ($1, $2, $3, $4)";
+
+/// The title weighs A, the heading path B, the body C.
+const PG_INSERT_CHUNK: &str = "INSERT INTO kb_chunk \
+    (doc_id, idx, heading_path, content, token_count, tsv) VALUES ($1, $2, $3, $4, $5, \
+    setweight(to_tsvector('english', $6), 'A') || setweight(to_tsvector('english', $3), 'B') \
+    || setweight(to_tsvector('english', $4), 'C'))";
+
+const DOC_COLUMNS: &str = "d.id, d.tenant, d.source, d.path_or_url, d.title, d.metadata, \
+    d.content_hash, d.created_at, d.updated_at, \
+    (SELECT COUNT(*) FROM kb_chunk c WHERE c.doc_id = d.id) AS chunk_count";
+
+/// Field weights of bm25(): title (with the alert name), heading path, body. The score is
+/// `exact + r / (1 + r)` with `r` the relevance: in [0, 2), and a document whose whole title is a
+/// word of the query (an alert naming its runbook) comes first.
+const SQLITE_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
+    content, exact + relevance / (1.0 + relevance) AS score FROM (\
+    SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
+    max(-bm25(kb_fts, 10.0, 4.0, 1.0), 0.0) AS relevance, \
+    CASE WHEN lower(d.title) IN (SELECT value FROM json_each(?5)) THEN 1.0 ELSE 0.0 END AS exact \
+    FROM kb_fts JOIN kb_chunk c ON c.rowid = kb_fts.rowid JOIN kb_doc d ON d.id = c.doc_id \
+    WHERE kb_fts MATCH ?1 AND (?2 IS NULL OR d.tenant IS NULL OR d.tenant = ?2) \
+    AND (?3 IS NULL OR d.source = ?3)) ORDER BY score DESC, id, idx LIMIT ?4";
+
+/// ts_rank_cd() weighs A (title) 1.0, B (heading path) 0.4, C (body) 0.2, divided by 1 + the
+/// log of the chunk's length (normalization 1: a long chunk does not win by length); the score
+/// is built as on SQLite.
+const PG_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
+    content, exact + relevance / (1.0 + relevance) AS score FROM (\
+    SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
+    ts_rank_cd(c.tsv, q, 1)::float8 AS relevance, \
+    CASE WHEN lower(d.title) IN (SELECT jsonb_array_elements_text($5)) THEN 1.0 ELSE 0.0 END::float8 AS exact \
+    FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id, to_tsquery('english', $1) q \
+    WHERE c.tsv @@ q AND ($2::text IS NULL OR d.tenant IS NULL OR d.tenant = $2) \
+    AND ($3::text IS NULL OR d.source = $3)) hits ORDER BY score DESC, id, idx LIMIT $4";
+
+/// Bind the same values on either backend's query (`$q` is the query).
+macro_rules! on_pool {
+    ($pool:expr, $sql:expr, $run:ident, |$q:ident| $bind:expr) => {
+        match $pool {
+            SqlPool::Sqlite(pool) => {
+                let $q = sqlx::query($sql);
+                $bind
+                    .$run(pool)
+                    .await?
+                    .into_iter()
+                    .map(Rows::Sqlite)
+                    .collect::<Vec<_>>()
+            }
+            SqlPool::Postgres(pool) => {
+                let $q = sqlx::query($sql);
+                $bind
+                    .$run(pool)
+                    .await?
+                    .into_iter()
+                    .map(Rows::Postgres)
+                    .collect::<Vec<_>>()
+            }
+        }
+    };
+}
+
+enum Rows {
+    Sqlite(sqlx::sqlite::SqliteRow),
+    Postgres(sqlx::postgres::PgRow),
+}
+
+macro_rules! get {
+    ($row:expr, $ty:ty, $column:expr) => {
+        match $row {
+            Rows::Sqlite(row) => row.try_get::<$ty, _>($column),
+            Rows::Postgres(row) => row.try_get::<$ty, _>($column),
+        }
+    };
+}
+
+impl KbStore {
+    pub fn new(pool: SqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Store `doc` in one transaction: nothing if its hash is the one stored, else the document
+    /// row and all its chunks (those of an earlier version replaced).
+    pub async fn upsert(&self, doc: &DocInput, at: DateTime<Utc>) -> Result<Upserted, StoreError> {
+        macro_rules! write {
+            ($pool:expr, $sqlite:expr) => {{
+                let mut tx = $pool.begin().await.map_err(StoreError::from)?;
+                sqlx::query(if $sqlite {
+                    SQLITE_LOCK_DOC
+                } else {
+                    PG_LOCK_DOC
+                })
+                .bind(&doc.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+                let stored: Option<String> = sqlx::query_scalar(SELECT_HASH)
+                    .bind(&doc.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                if stored.as_deref() == Some(doc.content_hash.as_str()) {
+                    return Ok(Upserted::Unchanged);
+                }
+                sqlx::query(UPSERT_DOC)
+                    .bind(&doc.id)
+                    .bind(&doc.tenant)
+                    .bind(&doc.source)
+                    .bind(&doc.path_or_url)
+                    .bind(&doc.title)
+                    .bind(Json(&doc.metadata))
+                    .bind(&doc.content_hash)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                if $sqlite {
+                    sqlx::query(SQLITE_DELETE_FTS)
+                        .bind(&doc.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?;
+                }
+                sqlx::query(DELETE_CHUNKS)
+                    .bind(&doc.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                for chunk in &doc.chunks {
+                    let heading_path = chunk.heading_path_text();
+                    if $sqlite {
+                        let rowid: i64 = sqlx::query_scalar(SQLITE_INSERT_CHUNK)
+                            .bind(&doc.id)
+                            .bind(chunk.idx as i64)
+                            .bind(&heading_path)
+                            .bind(&chunk.content)
+                            .bind(chunk.token_count as i64)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(StoreError::from)?;
+                        sqlx::query(SQLITE_INSERT_FTS)
+                            .bind(rowid)
+                            .bind(&doc.search_title)
+                            .bind(&heading_path)
+                            .bind(&chunk.content)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::from)?;
+                    } else {
+                        sqlx::query(PG_INSERT_CHUNK)
+                            .bind(&doc.id)
+                            .bind(chunk.idx as i64)
+                            .bind(&heading_path)
+                            .bind(&chunk.content)
+                            .bind(chunk.token_count as i64)
+                            .bind(&doc.search_title)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StoreError::from)?;
+                    }
+                }
+                tx.commit().await.map_err(StoreError::from)?;
+                Ok(if stored.is_some() {
+                    Upserted::Updated
+                } else {
+                    Upserted::Created
+                })
+            }};
+        }
+        match &self.pool {
+            SqlPool::Sqlite(pool) => write!(pool, true),
+            SqlPool::Postgres(pool) => write!(pool, false),
+        }
+    }
+
+    /// Delete a document and its chunks; whether it was there.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        macro_rules! delete {
+            ($pool:expr, $sqlite:expr) => {{
+                let mut tx = $pool.begin().await.map_err(StoreError::from)?;
+                if $sqlite {
+                    sqlx::query(SQLITE_DELETE_FTS)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?;
+                }
+                sqlx::query(DELETE_CHUNKS)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                let deleted = sqlx::query(DELETE_DOC)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?
+                    .rows_affected();
+                tx.commit().await.map_err(StoreError::from)?;
+                Ok(deleted > 0)
+            }};
+        }
+        match &self.pool {
+            SqlPool::Sqlite(pool) => delete!(pool, true),
+            SqlPool::Postgres(pool) => delete!(pool, false),
+        }
+    }
+
+    /// Delete the documents of `source` for exactly `tenant` (global: `None`) whose ids are not
+    /// in `keep`; how many.
+    pub async fn prune(
+        &self,
+        tenant: Option<&str>,
+        source: &str,
+        keep: &[String],
+    ) -> Result<u64, StoreError> {
+        let rows = on_pool!(
+            &self.pool,
+            "SELECT id, tenant FROM kb_doc WHERE source = $1",
+            fetch_all,
+            |q| q.bind(source)
+        );
+        let mut pruned = 0;
+        for row in &rows {
+            let id = get!(row, String, "id")?;
+            let row_tenant = get!(row, Option<String>, "tenant")?;
+            if row_tenant.as_deref() == tenant && !keep.contains(&id) && self.delete(&id).await? {
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// The documents `filter` lets see, newest first, at most `limit`.
+    pub async fn list(
+        &self,
+        filter: &SearchFilter,
+        limit: i64,
+    ) -> Result<Vec<DocSummary>, StoreError> {
+        let sql = format!(
+            "SELECT {DOC_COLUMNS} FROM kb_doc d WHERE ($1 IS NULL OR d.tenant IS NULL OR \
+             d.tenant = $1) AND ($2 IS NULL OR d.source = $2) \
+             ORDER BY d.updated_at DESC, d.id LIMIT $3"
+        );
+        let sql = match self.pool {
+            // SQLite numbers `?N` parameters itself; PostgreSQL must know a NULL's type.
+            SqlPool::Sqlite(_) => sql.replace('$', "?"),
+            SqlPool::Postgres(_) => sql
+                .replace("($1 IS NULL", "($1::text IS NULL")
+                .replace("($2 IS NULL", "($2::text IS NULL"),
+        };
+        let rows = on_pool!(&self.pool, &sql, fetch_all, |q| q
+            .bind(&filter.tenant)
+            .bind(&filter.source)
+            .bind(limit));
+        rows.iter().map(doc_summary).collect()
+    }
+
+    /// A document with its chunks.
+    pub async fn get(&self, id: &str) -> Result<Option<StoredDoc>, StoreError> {
+        let sql = format!("SELECT {DOC_COLUMNS} FROM kb_doc d WHERE d.id = $1");
+        let rows = on_pool!(&self.pool, &sql, fetch_all, |q| q.bind(id));
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let doc = doc_summary(row)?;
+        let rows = on_pool!(
+            &self.pool,
+            "SELECT idx, heading_path, content, token_count FROM kb_chunk WHERE doc_id = $1 \
+             ORDER BY idx",
+            fetch_all,
+            |q| q.bind(id)
+        );
+        let chunks = rows
+            .iter()
+            .map(|row| {
+                Ok(StoredChunk {
+                    idx: get!(row, i64, "idx")?,
+                    heading_path: get!(row, String, "heading_path")?,
+                    content: get!(row, String, "content")?,
+                    token_count: get!(row, i64, "token_count")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Some(StoredDoc { doc, chunks }))
+    }
+
+    /// The `k` chunks that best match the plain-text `query`, best first. The query's words
+    /// (see [`query_terms`]) are OR-ed, each quoted or reduced to letters and digits, so no
+    /// input is query syntax; a query without words finds nothing.
+    pub async fn search(
+        &self,
+        query: &str,
+        k: i64,
+        filter: &SearchFilter,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let terms = query_terms(query);
+        if terms.is_empty() || k <= 0 {
+            return Ok(Vec::new());
+        }
+        let rows = match &self.pool {
+            SqlPool::Sqlite(_) => {
+                let expr = terms
+                    .iter()
+                    .map(|term| format!("\"{term}\""))
+                    .collect::<Vec<_>>()
+                    .join(" OR ");
+                on_pool!(&self.pool, SQLITE_SEARCH, fetch_all, |q| q
+                    .bind(expr)
+                    .bind(&filter.tenant)
+                    .bind(&filter.source)
+                    .bind(k)
+                    .bind(Json(&terms)))
+            }
+            SqlPool::Postgres(_) => {
+                let expr = terms.join(" | ");
+                on_pool!(&self.pool, PG_SEARCH, fetch_all, |q| q
+                    .bind(expr)
+                    .bind(&filter.tenant)
+                    .bind(&filter.source)
+                    .bind(k)
+                    .bind(Json(&terms)))
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(Hit {
+                    doc_id: get!(row, String, "id")?,
+                    title: get!(row, String, "title")?,
+                    url: get!(row, String, "path_or_url")?,
+                    source: get!(row, String, "source")?,
+                    tenant: get!(row, Option<String>, "tenant")?,
+                    chunk_idx: get!(row, i64, "idx")?,
+                    heading_path: get!(row, String, "heading_path")?,
+                    content: get!(row, String, "content")?,
+                    score: get!(row, f64, "score")?,
+                    retrievers: vec![LEXICAL.to_string()],
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// How many documents and chunks are stored (for the `kb_documents` and `kb_chunks`
+    /// gauges).
+    pub async fn counts(&self) -> Result<(i64, i64), StoreError> {
+        let rows = on_pool!(
+            &self.pool,
+            "SELECT (SELECT COUNT(*) FROM kb_doc) AS docs, (SELECT COUNT(*) FROM kb_chunk) AS chunks",
+            fetch_all,
+            |q| q
+        );
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt("no counts".into()))?;
+        Ok((get!(row, i64, "docs")?, get!(row, i64, "chunks")?))
+    }
+}
+
+fn doc_summary(row: &Rows) -> Result<DocSummary, StoreError> {
+    Ok(DocSummary {
+        id: get!(row, String, "id")?,
+        tenant: get!(row, Option<String>, "tenant")?,
+        source: get!(row, String, "source")?,
+        url: get!(row, String, "path_or_url")?,
+        title: get!(row, String, "title")?,
+        metadata: get!(row, Json<Value>, "metadata")?.0,
+        content_hash: get!(row, String, "content_hash")?,
+        chunk_count: get!(row, i64, "chunk_count")?,
+        created_at: get!(row, DateTime<Utc>, "created_at")?,
+        updated_at: get!(row, DateTime<Utc>, "updated_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_imported_page_keeps_its_id_and_hashes_what_it_shows() {
+        let text = "---\ntitle: Kube API Down\n---\n# KubeAPIDown\n\n## Meaning\n\nDown.\n";
+        let doc = DocInput::markdown(
+            None,
+            "runbooks",
+            "kubernetes/KubeAPIDown.md",
+            text,
+            "x",
+            None,
+        );
+        assert_eq!(doc.title, "KubeAPIDown");
+        assert_eq!(doc.search_title, "KubeAPIDown Kube API Down");
+        assert_eq!(doc.metadata["title"], "Kube API Down");
+        assert_eq!(
+            doc.id,
+            doc_id(None, "runbooks", "kubernetes/KubeAPIDown.md")
+        );
+        assert_ne!(
+            doc.id,
+            doc_id(Some("t"), "runbooks", "kubernetes/KubeAPIDown.md")
+        );
+        let same = DocInput::markdown(
+            None,
+            "runbooks",
+            "kubernetes/KubeAPIDown.md",
+            text,
+            "x",
+            None,
+        );
+        assert_eq!(doc.content_hash, same.content_hash);
+        let edited = DocInput::markdown(
+            None,
+            "runbooks",
+            "kubernetes/KubeAPIDown.md",
+            &text.replace("Down.", "Down!"),
+            "x",
+            None,
+        );
+        assert_ne!(doc.content_hash, edited.content_hash);
+    }
+}
