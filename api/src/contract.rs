@@ -197,6 +197,34 @@ pub fn tenant_schema(description: &str) -> Schema {
     schema
 }
 
+pub fn kb_title_schema() -> Schema {
+    text_schema(
+        TITLE_MAX_CHARS,
+        false,
+        "Trimmed; not all whitespace. A runbook's alert name is a good title.",
+    )
+}
+
+pub fn kb_content_schema() -> Schema {
+    text_schema(
+        crate::kb::CONTENT_MAX_CHARS,
+        false,
+        "The Markdown text; not all whitespace.",
+    )
+}
+
+pub fn kb_url_schema() -> Schema {
+    text_schema(
+        crate::kb::URL_MAX_CHARS,
+        true,
+        "Where the document lives (trimmed); posting the same `url` again replaces that document.",
+    )
+}
+
+pub fn kb_tenant_schema() -> Schema {
+    tenant_schema("Absent: a global document (or the key's tenant for a scoped key).")
+}
+
 pub fn case_tenant_schema() -> Schema {
     tenant_schema("Defaults to the key's tenant, or `default` for an unscoped key.")
 }

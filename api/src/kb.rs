@@ -31,21 +31,24 @@ use crate::AppState;
 pub const API_SOURCE: &str = "api";
 
 /// Longest `content` accepted, in characters (the body limit applies too).
-const CONTENT_MAX_CHARS: usize = 512 * 1024;
+pub const CONTENT_MAX_CHARS: usize = 512 * 1024;
 
 /// Longest `url`, in characters.
-const URL_MAX_CHARS: usize = 2048;
+pub const URL_MAX_CHARS: usize = 2048;
 
 /// One document, in Markdown: front matter is read and chunks follow its headings.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKbDoc {
     /// 1 to 200 characters; a runbook's alert name is a good title.
+    #[schema(schema_with = contract::kb_title_schema)]
     pub title: String,
     /// The Markdown text.
+    #[schema(schema_with = contract::kb_content_schema)]
     pub content: String,
     /// Where the document lives; posting the same `url` again replaces that document.
     #[serde(default)]
+    #[schema(schema_with = contract::kb_url_schema)]
     pub url: Option<String>,
     /// Kept with the document and returned with it.
     #[serde(default)]
@@ -53,6 +56,7 @@ pub struct NewKbDoc {
     pub metadata: Option<Value>,
     /// The tenant it belongs to; absent: global (or the key's tenant for a scoped key).
     #[serde(default)]
+    #[schema(schema_with = contract::kb_tenant_schema)]
     pub tenant: Option<String>,
 }
 
