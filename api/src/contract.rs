@@ -431,24 +431,33 @@ pub fn metric_points_schema() -> Schema {
         .required("metric")
         .required("bucket")
         .additional_properties(Some(false_schema()));
-    let stated = |stat: &str| {
-        ObjectBuilder::new()
-            .property(stat, ObjectBuilder::new().schema_type(Type::Number))
-            .required(stat)
-    };
-    let at_least_one_value = AnyOfBuilder::new()
-        .item(stated("avg"))
-        .item(stated("max"))
-        .item(stated("p95"))
-        .description(Some("At least one of `avg`, `max`, `p95`."));
+    points_array(
+        point,
+        &["avg", "max", "p95"],
+        "The aggregates of one metric of one resource over one minute.",
+    )
+}
+
+/// An array of 1 to [`MAX_METRIC_POINTS`] of `point`, each stating at least one of `measures`
+/// as a number.
+fn points_array(point: ObjectBuilder, measures: &[&str], description: &str) -> Schema {
+    let mut at_least_one = AnyOfBuilder::new();
+    for measure in measures {
+        at_least_one = at_least_one.item(
+            ObjectBuilder::new()
+                .property(*measure, ObjectBuilder::new().schema_type(Type::Number))
+                .required(*measure),
+        );
+    }
+    let listed: Vec<String> = measures.iter().map(|m| format!("`{m}`")).collect();
+    let at_least_one =
+        at_least_one.description(Some(format!("At least one of {}.", listed.join(", "))));
     ArrayBuilder::new()
         .items(
             AllOfBuilder::new()
                 .item(point)
-                .item(at_least_one_value)
-                .description(Some(
-                    "The aggregates of one metric of one resource over one minute.",
-                )),
+                .item(at_least_one)
+                .description(Some(description)),
         )
         .min_items(Some(1))
         .max_items(Some(MAX_METRIC_POINTS))
@@ -498,29 +507,11 @@ pub fn call_points_schema() -> Schema {
         .required("src")
         .required("dst")
         .additional_properties(Some(false_schema()));
-    let stated = |measure: &str| {
-        ObjectBuilder::new()
-            .property(measure, ObjectBuilder::new().schema_type(Type::Number))
-            .required(measure)
-    };
-    let at_least_one = AnyOfBuilder::new()
-        .item(stated("rps"))
-        .item(stated("err_rate"))
-        .item(stated("p50_ms"))
-        .item(stated("p95_ms"))
-        .description(Some(
-            "At least one of `rps`, `err_rate`, `p50_ms`, `p95_ms`.",
-        ));
-    ArrayBuilder::new()
-        .items(
-            AllOfBuilder::new()
-                .item(point)
-                .item(at_least_one)
-                .description(Some("Calls from `src` to `dst` over five minutes.")),
-        )
-        .min_items(Some(1))
-        .max_items(Some(MAX_METRIC_POINTS))
-        .into()
+    points_array(
+        point,
+        &["rps", "err_rate", "p50_ms", "p95_ms"],
+        "Calls from `src` to `dst` over five minutes.",
+    )
 }
 
 /// `false` as a schema (nothing matches): `additionalProperties: false`.

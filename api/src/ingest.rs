@@ -51,24 +51,7 @@ pub async fn ingest_metric_1m(
     body: JsonBody<MetricBatch>,
 ) -> Result<Json<Ingested>, Problem> {
     let points = body.value.points;
-    if points.is_empty() {
-        return Err(Problem::invalid("points", "the batch is empty"));
-    }
-    if points.len() > MAX_METRIC_POINTS {
-        return Err(Problem::invalid(
-            "points",
-            format!(
-                "{} points; at most {MAX_METRIC_POINTS} per request",
-                points.len()
-            ),
-        ));
-    }
-    for (index, point) in points.iter().enumerate() {
-        point.validate().map_err(|(field, message)| {
-            Problem::invalid(format!("points[{index}].{field}"), message)
-        })?;
-        own_tenant(&caller, index, &point.tenant)?;
-    }
+    check_batch(&caller, &points, |p| (&p.tenant, p.validate()))?;
     let store = app.metric_store.as_ref().ok_or_else(Problem::internal)?;
     let written = store
         .insert_batch(&points)
@@ -120,6 +103,21 @@ pub async fn ingest_calls_5m(
     body: JsonBody<CallBatch>,
 ) -> Result<Json<Ingested>, Problem> {
     let points = body.value.points;
+    check_batch(&caller, &points, |p| (&p.tenant, p.validate()))?;
+    let written = analyst::store::AnalysisStore::new(app.orchestrator.store().pool())
+        .insert_calls(&points)
+        .await
+        .map_err(Problem::from)?;
+    Ok(Json(Ingested { written }))
+}
+
+/// A batch is 1 to [`MAX_METRIC_POINTS`] points, each valid (`check` gives its tenant and its
+/// validation) and of a tenant the caller may write: else the problem naming the point.
+fn check_batch<P>(
+    caller: &Allowed<Ingest>,
+    points: &[P],
+    check: impl Fn(&P) -> (&String, Result<(), (&'static str, String)>),
+) -> Result<(), Problem> {
     if points.is_empty() {
         return Err(Problem::invalid("points", "the batch is empty"));
     }
@@ -133,16 +131,13 @@ pub async fn ingest_calls_5m(
         ));
     }
     for (index, point) in points.iter().enumerate() {
-        point.validate().map_err(|(field, message)| {
+        let (tenant, valid) = check(point);
+        valid.map_err(|(field, message)| {
             Problem::invalid(format!("points[{index}].{field}"), message)
         })?;
-        own_tenant(&caller, index, &point.tenant)?;
+        own_tenant(caller, index, tenant)?;
     }
-    let written = analyst::store::AnalysisStore::new(app.orchestrator.store().pool())
-        .insert_calls(&points)
-        .await
-        .map_err(Problem::from)?;
-    Ok(Json(Ingested { written }))
+    Ok(())
 }
 
 /// A key confined to a tenant writes that tenant's metrics only (403 naming the point).

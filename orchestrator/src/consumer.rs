@@ -12,6 +12,7 @@ use workflow::{ApprovalInput, Event, Status, StepResult};
 
 use crate::model::{Case, Outcome};
 use crate::service::{timeline_entry, Error, Orchestrator, RequestContext, TransitionRequest};
+use crate::store::{LockedCase, Tx};
 
 /// The worker events the orchestrator acts on: those that move a case, and those it only
 /// records on the timeline (`NOTED_EVENTS`).
@@ -96,21 +97,14 @@ impl Orchestrator {
             .ok_or_else(|| Error::BadMessage(format!("{} is not a worker event", envelope.kind)))?;
         let data: WorkerData = serde_json::from_value(envelope.data.clone())
             .map_err(|e| Error::BadMessage(format!("{}: data: {e}", envelope.kind)))?;
-        let context = RequestContext {
-            traceparent: envelope.traceparent.clone(),
-            correlation_id: Some(envelope.id.to_string()),
-            ..RequestContext::default()
-        };
+        let context = event_context(envelope);
         let now = Utc::now();
-        let mut tx = self.store().begin().await?;
-        if !tx.insert_inbox(consumer, envelope.id, now).await? {
-            self.metrics().inbox_duplicate();
-            return Ok(Consumed::Duplicate);
-        }
-        let locked = tx
-            .lock_case(case_id)
+        let Some((mut tx, locked)) = self
+            .first_delivery(consumer, envelope, case_id, now)
             .await?
-            .ok_or_else(|| Error::BadMessage(format!("case {case_id} does not exist")))?;
+        else {
+            return Ok(Consumed::Duplicate);
+        };
         // The planner's answer while the case is still analysing finishes the analysis first,
         // whether it is a plan or the planner's failure (which then parks the case, visibly).
         let mut events = vec![event];
@@ -176,6 +170,27 @@ impl Orchestrator {
 }
 
 impl Orchestrator {
+    /// A transaction holding `consumer`'s inbox row for the message and the case's lock, or
+    /// `None` when the consumer handled the message already.
+    async fn first_delivery(
+        &self,
+        consumer: &str,
+        envelope: &Envelope,
+        case_id: Uuid,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Option<(Box<dyn Tx>, LockedCase)>, Error> {
+        let mut tx = self.store().begin().await?;
+        if !tx.insert_inbox(consumer, envelope.id, now).await? {
+            self.metrics().inbox_duplicate();
+            return Ok(None);
+        }
+        let locked = tx
+            .lock_case(case_id)
+            .await?
+            .ok_or_else(|| Error::BadMessage(format!("case {case_id} does not exist")))?;
+        Ok(Some((tx, locked)))
+    }
+
     /// The analyst's findings: they end ANALYZING (`analysis_done`, carrying them, so that the
     /// planner's command gets them), and are recorded as an `analysis_findings` row in any other
     /// state, for the plans to come.
@@ -187,22 +202,15 @@ impl Orchestrator {
     ) -> Result<Consumed, Error> {
         let data: AnalysisEvent = serde_json::from_value(envelope.data.clone())
             .map_err(|e| Error::BadMessage(format!("{}: data: {e}", envelope.kind)))?;
-        let context = RequestContext {
-            traceparent: envelope.traceparent.clone(),
-            correlation_id: Some(envelope.id.to_string()),
-            ..RequestContext::default()
-        };
+        let context = event_context(envelope);
         let now = Utc::now();
-        let mut tx = self.store().begin().await?;
-        if !tx.insert_inbox(consumer, envelope.id, now).await? {
-            self.metrics().inbox_duplicate();
-            return Ok(Consumed::Duplicate);
-        }
-        let case = tx
-            .lock_case(case_id)
+        let Some((mut tx, locked)) = self
+            .first_delivery(consumer, envelope, case_id, now)
             .await?
-            .ok_or_else(|| Error::BadMessage(format!("case {case_id} does not exist")))?
-            .case;
+        else {
+            return Ok(Consumed::Duplicate);
+        };
+        let case = locked.case;
         let mut meta = Map::new();
         meta.insert("message_id".into(), json!(envelope.id));
         meta.insert("source".into(), json!(envelope.source));
@@ -274,16 +282,13 @@ impl Orchestrator {
             )));
         };
         let now = Utc::now();
-        let mut tx = self.store().begin().await?;
-        if !tx.insert_inbox(consumer, envelope.id, now).await? {
-            self.metrics().inbox_duplicate();
-            return Ok(Consumed::Duplicate);
-        }
-        let case = tx
-            .lock_case(case_id)
+        let Some((mut tx, locked)) = self
+            .first_delivery(consumer, envelope, case_id, now)
             .await?
-            .ok_or_else(|| Error::BadMessage(format!("case {case_id} does not exist")))?
-            .case;
+        else {
+            return Ok(Consumed::Duplicate);
+        };
+        let case = locked.case;
         let actor = data
             .get("actor")
             .and_then(Value::as_str)
@@ -296,11 +301,7 @@ impl Orchestrator {
         let mut meta = self.redact_meta(data);
         meta.insert("message_id".into(), json!(envelope.id));
         meta.insert("source".into(), json!(envelope.source));
-        let context = RequestContext {
-            traceparent: envelope.traceparent.clone(),
-            correlation_id: Some(envelope.id.to_string()),
-            ..RequestContext::default()
-        };
+        let context = event_context(envelope);
         tx.record_timeline(&crate::model::NewTimelineEntry {
             case_id,
             version: case.version,
@@ -432,6 +433,15 @@ fn request_of(
             }
             inputs
         }),
+    }
+}
+
+/// A worker event's trace and correlation, for the rows it writes.
+fn event_context(envelope: &Envelope) -> RequestContext {
+    RequestContext {
+        traceparent: envelope.traceparent.clone(),
+        correlation_id: Some(envelope.id.to_string()),
+        ..RequestContext::default()
     }
 }
 
