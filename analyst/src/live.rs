@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
+use orchestrator::store::numbered;
 use orchestrator::{RequestContext, SqlPool, StoreError};
 use sensor::{Caller, Reference, Route, Sensor, Signal, Source, Status};
 use verifier::{Metric1mStore, SeriesRow};
@@ -681,20 +682,4 @@ impl StateStore {
             )
             .collect()
     }
-}
-
-/// `?` placeholders as PostgreSQL's `$1, $2, ...`.
-fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    for ch in sql.chars() {
-        if ch == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
 }

@@ -26,6 +26,6 @@ pub use service::{
     TransitionRequest,
 };
 pub use store::{
-    connect, connect_with, Backend, CommitFailure, PoolSettings, SqlPool, SqliteDurability, Store,
-    StoreError, Tx, TxConnection,
+    connect, connect_with, Backend, CommitFailure, PoolSettings, SqlPool, SqlValue,
+    SqliteDurability, Store, StoreError, Tx, TxConnection,
 };

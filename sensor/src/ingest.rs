@@ -2,7 +2,7 @@
 //! is routed, deduplicated and joined to its group's open case or opens one, in one
 //! transaction with its envelope, the case's timeline rows and outbox messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ use crate::intake::{IntakeError, Limits};
 use crate::metrics::SensorMetrics;
 use crate::route::{clip, Route, Routes};
 use crate::signal::{Signal, Source, Status};
-use crate::store::{self, capped_raw, Envelope, Evidence, GroupRow};
+use crate::store::{self, capped_raw, Envelope, Evidence, Seen};
 
 /// Why a delivery was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,47 +127,86 @@ impl Sensor {
         caller: &Caller,
     ) -> Result<Vec<SignalOutcome>, IngestError> {
         let timer = self.metrics.ingest_timer(source).start_timer();
-        let tenants = signals
+        let mut tenants = signals
             .iter()
             .zip(fields)
             .map(|(signal, field)| tenant_of(signal, field, caller))
             .collect::<Result<Vec<_>, _>>()
             .inspect_err(|_| self.metrics.received(source, "invalid"))?;
-        // Groups are locked in one order by every delivery, so two never wait on each other;
-        // a sort by key keeps each group's signals in the order they came.
-        let mut order: Vec<usize> = (0..signals.len()).collect();
-        let keys: Vec<String> = signals
-            .iter()
-            .zip(&tenants)
-            .map(|(signal, tenant)| self.route_of(signal).group_key(tenant, signal))
-            .collect();
-        order.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+        // A resolution that names no tenant (PagerDuty's carries only the dedup_key) goes to
+        // the tenant its alert fired in, when the key is not confined to one.
+        for (signal, tenant) in signals.iter().zip(&mut tenants) {
+            let names_none = signal.tenant_label().is_none() && caller.tenant.is_none();
+            if names_none && signal.status != Status::Firing {
+                let found = self
+                    .store()
+                    .tenant_of_alert(source.as_str(), &signal.fingerprint)
+                    .await?;
+                if let Some(found) = found {
+                    *tenant = found;
+                }
+            }
+        }
 
-        let now = Utc::now();
-        let mut changes = Changes::default();
+        // Alertmanager resends every group on each `repeat_interval`, and an HA pair sends
+        // everything twice: states the store holds already are answered from a read, without
+        // the writer. (A state taken concurrently is caught again under the group's lock.)
+        let seen = self.seen(source, &signals, &tenants).await?;
         let mut outcomes: Vec<Option<SignalOutcome>> = vec![None; signals.len()];
-        let mut tx = self.orchestrator.store().begin().await?;
-        for index in order {
-            let outcome = self
-                .take(
+        let mut pending: Vec<(String, usize)> = Vec::new();
+        for (index, signal) in signals.iter().enumerate() {
+            let before = seen.get(&(tenants[index].as_str(), signal.fingerprint.as_str()));
+            match before {
+                Some(before) if before.state_key == signal.state_key() => {
+                    outcomes[index] = Some(duplicate_outcome(signal, before.case_id));
+                }
+                // A resolution goes to the group its alert fired in, even if it carries no
+                // labels.
+                Some(before) if signal.status != Status::Firing => {
+                    pending.push((before.group_key.clone(), index));
+                }
+                _ => pending.push((
+                    self.route_of(signal).group_key(&tenants[index], signal),
+                    index,
+                )),
+            }
+        }
+
+        let mut changes = Changes::default();
+        if !pending.is_empty() {
+            // Groups are locked in one order by every delivery, so two never wait on each
+            // other; the stable sort keeps each group's signals in the order they came.
+            pending.sort_by(|a, b| a.0.cmp(&b.0));
+            let now = Utc::now();
+            let mut tx = self.orchestrator.store().begin().await?;
+            for members in pending.chunk_by(|a, b| a.0 == b.0) {
+                let group = Members {
+                    key: &members[0].0,
+                    indices: members.iter().map(|(_, index)| *index).collect(),
+                };
+                self.take_group(
                     tx.as_mut(),
-                    &signals[index],
-                    &tenants[index],
+                    &group,
+                    &signals,
+                    &tenants,
                     caller,
                     now,
                     &mut changes,
+                    &mut outcomes,
                 )
                 .await?;
-            outcomes[index] = Some(outcome);
+            }
+            tx.commit().await?;
         }
-        tx.commit().await?;
         timer.observe_duration();
 
         for source in &changes.opened {
             self.metrics.opened(*source);
         }
-        self.orchestrator
-            .committed(changes.opened.len(), &changes.transitions);
+        if !pending.is_empty() {
+            self.orchestrator
+                .committed(changes.opened.len(), &changes.transitions);
+        }
         let outcomes: Vec<SignalOutcome> = outcomes.into_iter().flatten().collect();
         for (signal, outcome) in signals.iter().zip(&outcomes) {
             self.metrics.received(signal.source, signal.status.as_str());
@@ -178,250 +217,225 @@ impl Sensor {
         Ok(outcomes)
     }
 
-    /// One signal, inside the delivery's transaction.
-    async fn take(
+    /// What the store holds of the delivery's alerts, by tenant and fingerprint.
+    async fn seen<'a>(
+        &self,
+        source: Source,
+        signals: &'a [Signal],
+        tenants: &'a [String],
+    ) -> Result<HashMap<(&'a str, &'a str), Seen>, IngestError> {
+        let mut by_tenant: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (signal, tenant) in signals.iter().zip(tenants) {
+            by_tenant
+                .entry(tenant.as_str())
+                .or_default()
+                .push(signal.fingerprint.as_str());
+        }
+        let mut seen = HashMap::new();
+        for (tenant, fingerprints) in by_tenant {
+            let states = self
+                .store()
+                .latest_states(tenant, source.as_str(), &fingerprints)
+                .await?;
+            for fingerprint in fingerprints {
+                if let Some(state) = states.get(fingerprint) {
+                    seen.insert((tenant, fingerprint), state.clone());
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    /// The signals of one group, inside the delivery's transaction: the group's row and case
+    /// are locked once, each signal is decided in turn, and their envelopes and evidence go
+    /// with the transaction's commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn take_group(
         &self,
         tx: &mut dyn Tx,
-        signal: &Signal,
-        tenant: &str,
+        members: &Members<'_>,
+        signals: &[Signal],
+        tenants: &[String],
         caller: &Caller,
         now: DateTime<Utc>,
         changes: &mut Changes,
-    ) -> Result<SignalOutcome, IngestError> {
-        let route = self.route_of(signal);
-        let source = signal.source.as_str();
-        // A resolution that names no tenant (PagerDuty's carries only the dedup_key) goes to
-        // the tenant its alert fired in, when the key is not confined to one.
-        let looked_up;
-        let tenant = match signal.status {
-            Status::Resolved | Status::Acknowledged
-                if signal.tenant_label().is_none() && caller.tenant.is_none() =>
-            {
-                looked_up = store::tenant_of_alert(
-                    &mut tx.connection().await?,
-                    source,
-                    &signal.fingerprint,
-                )
-                .await?;
-                looked_up.as_deref().unwrap_or(tenant)
-            }
-            _ => tenant,
-        };
-        // A resolution goes to the group its alert fired in, even if it carries no labels.
-        let seen = store::last_state(
-            &mut tx.connection().await?,
-            tenant,
-            source,
-            &signal.fingerprint,
-        )
-        .await?;
-        let group_key = match (&seen, signal.status) {
-            (Some((_, group)), Status::Resolved | Status::Acknowledged) => group.clone(),
-            _ => route.group_key(tenant, signal),
-        };
-        let group_labels = route.group_labels(signal);
+        outcomes: &mut [Option<SignalOutcome>],
+    ) -> Result<(), IngestError> {
+        // The group key holds the tenant and the route: every member's are the same.
+        let first = &signals[members.indices[0]];
+        let tenant = tenants[members.indices[0]].as_str();
+        let source = first.source.as_str();
+        let route = self.route_of(first);
         let mut group = store::lock_group(
             &mut tx.connection().await?,
-            &group_key,
+            members.key,
             tenant,
             &route.name,
-            &group_labels,
+            &route.group_labels(first),
         )
         .await?;
         // Read again under the group's lock: a racing delivery of the same state is seen now.
-        let last = store::last_state(
-            &mut tx.connection().await?,
-            tenant,
-            source,
-            &signal.fingerprint,
-        )
-        .await?;
-        let duplicate = last.is_some_and(|(state, _)| state == signal.state_key());
-        let case = match group.case_id {
+        let fingerprints: Vec<&str> = members
+            .indices
+            .iter()
+            .map(|&index| signals[index].fingerprint.as_str())
+            .collect();
+        let mut states: HashMap<String, String> =
+            store::latest_states_in(&mut tx.connection().await?, tenant, source, &fingerprints)
+                .await?
+                .into_iter()
+                .map(|(fingerprint, seen)| (fingerprint, seen.state_key))
+                .collect();
+        let mut case = match group.case_id {
             Some(id) => tx.lock_case(id).await?.map(|locked| locked.case),
             None => None,
         };
-        let (decision, firing) = correlate::decide(
-            signal.status,
-            &signal.fingerprint,
-            duplicate,
-            route,
-            &Group {
-                case_id: group.case_id,
-                firing: group.firing.clone(),
-                touched_at: group.touched_at,
-            },
-            case.as_ref().map(|c| c.status),
-            now,
-        );
-        if decision == Decision::Duplicate {
-            return Ok(SignalOutcome {
-                fingerprint: signal.fingerprint.clone(),
-                status: signal.status.as_str().into(),
-                outcome: "duplicate".into(),
-                case_id: group.case_id,
-                envelope_id: None,
-            });
-        }
-        let envelope_id = Uuid::now_v7();
-        let context = RequestContext {
-            correlation_id: Some(envelope_id.to_string()),
-            ..caller.context.clone()
-        };
         let actor = format!("sensor/{source}");
-        let (outcome, case_id) = match decision {
-            Decision::Duplicate => unreachable!("answered above"),
-            Decision::Open => {
-                let case = self
-                    .open(tx, signal, tenant, route, &actor, &context, now, changes)
-                    .await?;
-                self.note(
-                    tx,
-                    &case,
-                    "signal",
-                    signal,
-                    &actor,
-                    envelope_id,
-                    route,
-                    &context,
-                    now,
-                )
-                .await?;
-                ("opened", Some(case.id))
+        let mut envelopes = Vec::with_capacity(members.indices.len());
+        let mut evidence = Vec::new();
+        for &index in &members.indices {
+            let signal = &signals[index];
+            let route = self.route_of(signal);
+            let duplicate = states.get(&signal.fingerprint) == Some(&signal.state_key());
+            let (decision, firing) = correlate::decide(
+                signal.status,
+                &signal.fingerprint,
+                duplicate,
+                route,
+                &Group {
+                    case_id: group.case_id,
+                    firing: group.firing.clone(),
+                    touched_at: group.touched_at,
+                },
+                case.as_ref().map(|c| c.status),
+                now,
+            );
+            if decision == Decision::Duplicate {
+                outcomes[index] = Some(duplicate_outcome(signal, group.case_id));
+                continue;
             }
-            Decision::Join(id) => {
-                let case = case.expect("a joined case exists");
-                self.note(
-                    tx,
-                    &case,
-                    "signal",
-                    signal,
-                    &actor,
-                    envelope_id,
-                    route,
-                    &context,
-                    now,
-                )
-                .await?;
-                ("joined", Some(id))
-            }
-            Decision::Resolve { case_id, cancel } => {
-                let case = case.expect("a resolved case exists");
-                self.note(
-                    tx,
-                    &case,
-                    "signal_resolved",
-                    signal,
-                    &actor,
-                    envelope_id,
-                    route,
-                    &context,
-                    now,
-                )
-                .await?;
-                if cancel {
-                    let request = cancel_request(case_id, &actor, route);
-                    let (_, accepted) = self
-                        .orchestrator
-                        .apply_in(tx, request, &context, now)
+            let envelope_id = Uuid::now_v7();
+            let context = RequestContext {
+                correlation_id: Some(envelope_id.to_string()),
+                ..caller.context.clone()
+            };
+            let taken = Taken {
+                signal,
+                envelope_id,
+                actor: &actor,
+                route,
+                context: &context,
+                now,
+            };
+            let (outcome, case_id) = match decision {
+                Decision::Duplicate => unreachable!("answered above"),
+                Decision::Open => {
+                    let opened = self.open(tx, &taken, tenant, changes).await?;
+                    self.note(tx, &opened, "signal", &taken).await?;
+                    let id = opened.id;
+                    case = Some(opened);
+                    ("opened", Some(id))
+                }
+                Decision::Join(id) => {
+                    let joined = case.as_ref().expect("a joined case is locked");
+                    self.note(tx, joined, "signal", &taken).await?;
+                    ("joined", Some(id))
+                }
+                Decision::Resolve { case_id, cancel } => {
+                    let resolved = case.as_ref().expect("a resolved case is locked");
+                    self.note(tx, resolved, "signal_resolved", &taken).await?;
+                    if cancel {
+                        let request = cancel_request(case_id, &actor, route);
+                        let (moved, accepted) = self
+                            .orchestrator
+                            .apply_in(tx, request, &context, now)
+                            .await?;
+                        changes
+                            .transitions
+                            .push((accepted.from, accepted.to, Event::Cancel));
+                        case = Some(moved);
+                        ("cancelled", Some(case_id))
+                    } else {
+                        ("resolved", Some(case_id))
+                    }
+                }
+                Decision::Acknowledge(case_id) => {
+                    let acknowledged = case.as_ref().expect("an acknowledged case is locked");
+                    self.note(tx, acknowledged, "signal_acknowledged", &taken)
                         .await?;
-                    changes
-                        .transitions
-                        .push((accepted.from, accepted.to, Event::Cancel));
-                    ("cancelled", Some(case_id))
-                } else {
-                    ("resolved", Some(case_id))
+                    ("acknowledged", Some(case_id))
+                }
+                Decision::Record => ("recorded", None),
+            };
+            let envelope = Envelope {
+                id: envelope_id,
+                tenant: tenant.to_string(),
+                source: source.to_string(),
+                kind: signal.source.kind().to_string(),
+                severity: signal.severity.clone(),
+                title: signal.title.clone(),
+                summary: signal.summary.clone(),
+                labels: signal.labels.clone(),
+                annotations: signal.annotations.clone(),
+                fingerprint: signal.fingerprint.clone(),
+                status: signal.status.as_str().to_string(),
+                starts_at: signal.starts_at,
+                ends_at: signal.ends_at,
+                generator_url: signal.generator_url.clone(),
+                route: route.name.clone(),
+                outcome: outcome.to_string(),
+                case_id,
+                received_at: now,
+                raw: capped_raw(&signal.raw),
+                state_key: signal.state_key(),
+                group_key: members.key.to_string(),
+            };
+            if let (Some(case_id), "opened" | "joined") = (case_id, outcome) {
+                evidence.push(alert_evidence(signal, &envelope, case_id, &actor, now));
+                for link in &signal.links {
+                    evidence.push(link_evidence(link, case_id, &actor, now));
+                }
+                for reference in &signal.references {
+                    evidence.push(reference_evidence(reference, case_id, &actor, now));
                 }
             }
-            Decision::Acknowledge(case_id) => {
-                let case = case.expect("an acknowledged case exists");
-                self.note(
-                    tx,
-                    &case,
-                    "signal_acknowledged",
-                    signal,
-                    &actor,
-                    envelope_id,
-                    route,
-                    &context,
-                    now,
-                )
-                .await?;
-                ("acknowledged", Some(case_id))
+            if outcome == "opened" {
+                group.case_id = case_id;
             }
-            Decision::Record => ("recorded", None),
-        };
-        let envelope = Envelope {
-            id: envelope_id,
-            tenant: tenant.to_string(),
-            source: source.to_string(),
-            kind: signal.source.kind().to_string(),
-            severity: signal.severity.clone(),
-            title: signal.title.clone(),
-            summary: signal.summary.clone(),
-            labels: signal.labels.clone(),
-            annotations: signal.annotations.clone(),
-            fingerprint: signal.fingerprint.clone(),
-            status: signal.status.as_str().to_string(),
-            starts_at: signal.starts_at,
-            ends_at: signal.ends_at,
-            generator_url: signal.generator_url.clone(),
-            route: route.name.clone(),
-            outcome: outcome.to_string(),
-            case_id,
-            received_at: now,
-            raw: capped_raw(&signal.raw),
-            state_key: signal.state_key(),
-            group_key: group_key.clone(),
-        };
-        let mut conn = tx.connection().await?;
-        store::insert_envelope(&mut conn, &envelope).await?;
-        if let (Some(case_id), "opened" | "joined") = (case_id, outcome) {
-            store::insert_evidence(
-                &mut conn,
-                &alert_evidence(signal, &envelope, case_id, &actor, now),
-            )
-            .await?;
-            for link in &signal.links {
-                store::insert_evidence(&mut conn, &link_evidence(link, case_id, &actor, now))
-                    .await?;
-            }
-            for reference in &signal.references {
-                store::insert_evidence(
-                    &mut conn,
-                    &reference_evidence(reference, case_id, &actor, now),
-                )
-                .await?;
-            }
+            group.firing = firing;
+            group.touched_at = Some(now);
+            states.insert(signal.fingerprint.clone(), signal.state_key());
+            outcomes[index] = Some(SignalOutcome {
+                fingerprint: signal.fingerprint.clone(),
+                status: signal.status.as_str().into(),
+                outcome: outcome.into(),
+                case_id,
+                envelope_id: Some(envelope_id),
+            });
+            envelopes.push(envelope);
         }
-        if outcome == "opened" {
-            group.case_id = case_id;
-        }
-        group.firing = firing;
-        group.touched_at = Some(now);
-        store::update_group(&mut conn, &group_key, &GroupRow { ..group }).await?;
-        Ok(SignalOutcome {
-            fingerprint: signal.fingerprint.clone(),
-            status: signal.status.as_str().into(),
-            outcome: outcome.into(),
-            case_id,
-            envelope_id: Some(envelope_id),
-        })
+        store::defer_envelopes(tx, &envelopes);
+        store::defer_evidence(tx, &evidence)?;
+        store::defer_group_update(tx, members.key, &group);
+        Ok(())
     }
 
     /// Open the group's case; an `auto` route's case goes on by itself.
-    #[allow(clippy::too_many_arguments)]
     async fn open(
         &self,
         tx: &mut dyn Tx,
-        signal: &Signal,
+        taken: &Taken<'_>,
         tenant: &str,
-        route: &Route,
-        actor: &str,
-        context: &RequestContext,
-        now: DateTime<Utc>,
         changes: &mut Changes,
     ) -> Result<orchestrator::model::Case, IngestError> {
+        let Taken {
+            signal,
+            route,
+            actor,
+            context,
+            now,
+            ..
+        } = *taken;
         let new = NewCase {
             tenant: tenant.to_string(),
             title: case_title(signal),
@@ -453,24 +467,20 @@ impl Sensor {
         Ok(case)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A timeline row on the signal's case that moves nothing.
     async fn note(
         &self,
         tx: &mut dyn Tx,
         case: &orchestrator::model::Case,
         event: &str,
-        signal: &Signal,
-        actor: &str,
-        envelope_id: Uuid,
-        route: &Route,
-        context: &RequestContext,
-        now: DateTime<Utc>,
+        taken: &Taken<'_>,
     ) -> Result<(), IngestError> {
+        let signal = taken.signal;
         let mut meta = Map::new();
-        meta.insert("envelope_id".into(), json!(envelope_id));
+        meta.insert("envelope_id".into(), json!(taken.envelope_id));
         meta.insert("fingerprint".into(), json!(signal.fingerprint));
         meta.insert("status".into(), json!(signal.status.as_str()));
-        meta.insert("route".into(), json!(route.name));
+        meta.insert("route".into(), json!(taken.route.name));
         meta.insert("labels".into(), json!(signal.labels));
         if let Some(url) = &signal.generator_url {
             meta.insert("generator_url".into(), json!(url));
@@ -487,15 +497,43 @@ impl Sensor {
                 case,
                 Note {
                     event: event.into(),
-                    actor: actor.into(),
+                    actor: taken.actor.into(),
                     reason: Some(reason),
                     meta,
                 },
-                context,
-                now,
+                taken.context,
+                taken.now,
             )
             .await?;
         Ok(())
+    }
+}
+
+/// The signals of one group in a delivery: its key and their places in the payload, in the
+/// order they came.
+struct Members<'a> {
+    key: &'a str,
+    indices: Vec<usize>,
+}
+
+/// A signal being taken: what its case's rows and its envelope are written with.
+#[derive(Clone, Copy)]
+struct Taken<'a> {
+    signal: &'a Signal,
+    envelope_id: Uuid,
+    actor: &'a str,
+    route: &'a Route,
+    context: &'a RequestContext,
+    now: DateTime<Utc>,
+}
+
+fn duplicate_outcome(signal: &Signal, case_id: Option<Uuid>) -> SignalOutcome {
+    SignalOutcome {
+        fingerprint: signal.fingerprint.clone(),
+        status: signal.status.as_str().into(),
+        outcome: "duplicate".into(),
+        case_id,
+        envelope_id: None,
     }
 }
 
@@ -796,7 +834,7 @@ impl Sensor {
             raw: capped_raw(&change.raw),
         };
         let mut tx = self.orchestrator.store().begin().await?;
-        store::insert_envelope(&mut tx.connection().await?, &envelope).await?;
+        store::defer_envelopes(tx.as_mut(), std::slice::from_ref(&envelope));
         tx.commit().await?;
         self.metrics.change(&envelope.kind);
         Ok(envelope)

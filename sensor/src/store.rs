@@ -6,7 +6,7 @@
 //! Ids are text on both backends; the same SQL serves both, with `?` placeholders numbered
 //! for PostgreSQL.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -16,23 +16,8 @@ use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use orchestrator::{SqlPool, StoreError, TxConnection};
-
-/// `?` placeholders as PostgreSQL's `$1, $2, ...` (the SQL here has no `?` in literals).
-fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0;
-    for ch in sql.chars() {
-        if ch == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(ch);
-        }
-    }
-    out
-}
+use orchestrator::store::numbered;
+use orchestrator::{SqlPool, SqlValue, StoreError, Tx, TxConnection};
 
 /// Run `$sql` with binds on a transaction's connection, whichever backend: `$run` is
 /// `execute`, `fetch_optional` or `fetch_all`.
@@ -181,9 +166,10 @@ pub struct GroupRow {
     pub touched_at: Option<DateTime<Utc>>,
 }
 
-/// Take the group's row for the rest of the transaction, creating it if it is new. Two
-/// transactions that race for a new group queue on its primary key (PostgreSQL) or on the
-/// single writer (SQLite): the second sees what the first wrote.
+/// Take the group's row for the rest of the transaction, creating it if it is new, in one
+/// statement. Two transactions that race for a group queue on its primary key (PostgreSQL:
+/// the upsert locks the row and returns its latest version) or on the single writer (SQLite):
+/// the second sees what the first wrote.
 pub async fn lock_group(
     conn: &mut TxConnection<'_>,
     group_key: &str,
@@ -192,11 +178,12 @@ pub async fn lock_group(
     labels: &BTreeMap<String, String>,
 ) -> Result<GroupRow, StoreError> {
     let empty: BTreeSet<String> = BTreeSet::new();
-    on_tx!(
+    let row = on_tx!(
         conn,
         "INSERT INTO signal_group (group_key, tenant, route, labels, firing) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (group_key) DO NOTHING",
-        execute,
+         ON CONFLICT (group_key) DO UPDATE SET group_key = excluded.group_key \
+         RETURNING case_id, firing, touched_at",
+        fetch_optional,
         |q| q
             .bind(group_key)
             .bind(tenant)
@@ -204,13 +191,6 @@ pub async fn lock_group(
             .bind(Json(labels))
             .bind(Json(&empty))
     );
-    let lock = match conn {
-        TxConnection::Sqlite(_) => "",
-        TxConnection::Postgres(_) => " FOR UPDATE",
-    };
-    let sql =
-        format!("SELECT case_id, firing, touched_at FROM signal_group WHERE group_key = ?{lock}");
-    let row = on_tx!(conn, &sql, fetch_optional, |q| q.bind(group_key));
     let group = one_row!(row, |r| Ok::<_, StoreError>(GroupRow {
         case_id: uuid(r.try_get("case_id")?, "case_id")?,
         firing: r.try_get::<Json<BTreeSet<String>>, _>("firing")?.0,
@@ -219,102 +199,133 @@ pub async fn lock_group(
     group.ok_or_else(|| StoreError::Corrupt(format!("signal group {group_key} vanished")))
 }
 
-pub async fn update_group(
-    conn: &mut TxConnection<'_>,
-    group_key: &str,
-    group: &GroupRow,
-) -> Result<(), StoreError> {
-    on_tx!(
-        conn,
+/// Write the group's row back (deferred to the transaction's next read or its commit).
+pub fn defer_group_update(tx: &mut dyn Tx, group_key: &str, group: &GroupRow) {
+    tx.defer_write(
         "UPDATE signal_group SET case_id = ?, firing = ?, touched_at = ? WHERE group_key = ?",
-        execute,
-        |q| q
-            .bind(group.case_id.map(|id| id.to_string()))
-            .bind(Json(&group.firing))
-            .bind(group.touched_at)
-            .bind(group_key)
+        vec![
+            SqlValue::Text(group.case_id.map(|id| id.to_string())),
+            SqlValue::Json(Some(json_of(&group.firing))),
+            SqlValue::Time(group.touched_at),
+            SqlValue::Text(Some(group_key.to_string())),
+        ],
     );
-    Ok(())
 }
 
-/// The state key and group of the alert's latest envelope, if it was seen before.
-pub async fn last_state(
+/// What the store holds of an alert: the state key of its latest envelope, the group it
+/// went to, and that group's case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub state_key: String,
+    pub group_key: String,
+    pub case_id: Option<Uuid>,
+}
+
+/// Fingerprints per statement of [`latest_states`] (well under both backends' bind limits).
+const FINGERPRINTS_PER_READ: usize = 500;
+
+/// The latest envelope of each alert (one `tenant`, one `source`), by fingerprint: one
+/// statement per 500 fingerprints, each alert found through the `(tenant, source,
+/// fingerprint, id)` index.
+fn latest_states_sql(fingerprints: usize) -> String {
+    format!(
+        "SELECT e.fingerprint, e.state_key, e.group_key, g.case_id FROM event_envelope e \
+         LEFT JOIN signal_group g ON g.group_key = e.group_key \
+         WHERE e.tenant = ? AND e.source = ? AND e.fingerprint IN ({}) \
+         AND e.id = (SELECT MAX(x.id) FROM event_envelope x \
+                     WHERE x.tenant = e.tenant AND x.source = e.source AND x.fingerprint = e.fingerprint)",
+        vec!["?"; fingerprints].join(", ")
+    )
+}
+
+macro_rules! seen_from {
+    ($r:expr) => {
+        Ok::<_, StoreError>((
+            $r.try_get::<String, _>("fingerprint")?,
+            Seen {
+                state_key: $r.try_get("state_key")?,
+                group_key: $r.try_get("group_key")?,
+                case_id: uuid($r.try_get("case_id")?, "case_id")?,
+            },
+        ))
+    };
+}
+
+/// [`SensorStore::latest_states`] inside a transaction (after the group's lock, so that a
+/// racing delivery's states are seen).
+pub async fn latest_states_in(
     conn: &mut TxConnection<'_>,
     tenant: &str,
     source: &str,
-    fingerprint: &str,
-) -> Result<Option<(String, String)>, StoreError> {
-    let row = on_tx!(
-        conn,
-        "SELECT state_key, group_key FROM event_envelope \
-         WHERE tenant = ? AND source = ? AND fingerprint = ? ORDER BY id DESC LIMIT 1",
-        fetch_optional,
-        |q| q.bind(tenant).bind(source).bind(fingerprint)
-    );
-    one_row!(row, |r| Ok::<_, StoreError>((
-        r.try_get::<String, _>("state_key")?,
-        r.try_get::<String, _>("group_key")?
-    )))
-}
-
-/// The tenant of the alert's latest envelope in any tenant (for a resolution that names none).
-pub async fn tenant_of_alert(
-    conn: &mut TxConnection<'_>,
-    source: &str,
-    fingerprint: &str,
-) -> Result<Option<String>, StoreError> {
-    let row = on_tx!(
-        conn,
-        "SELECT tenant FROM event_envelope WHERE source = ? AND fingerprint = ? \
-         ORDER BY id DESC LIMIT 1",
-        fetch_optional,
-        |q| q.bind(source).bind(fingerprint)
-    );
-    one_row!(row, |r| Ok::<_, StoreError>(
-        r.try_get::<String, _>("tenant")?
-    ))
-}
-
-pub async fn insert_envelope(
-    conn: &mut TxConnection<'_>,
-    envelope: &Envelope,
-) -> Result<(), StoreError> {
-    on_tx!(
-        conn,
-        "INSERT INTO event_envelope (id, tenant, source, kind, severity, title, summary, labels, \
-         annotations, fingerprint, state_key, status, starts_at, ends_at, generator_url, route, \
-         group_key, outcome, case_id, received_at, raw) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        execute,
-        |q| q
-            .bind(envelope.id.to_string())
-            .bind(&envelope.tenant)
-            .bind(&envelope.source)
-            .bind(&envelope.kind)
-            .bind(&envelope.severity)
-            .bind(&envelope.title)
-            .bind(&envelope.summary)
-            .bind(Json(&envelope.labels))
-            .bind(Json(&envelope.annotations))
-            .bind(&envelope.fingerprint)
-            .bind(&envelope.state_key)
-            .bind(&envelope.status)
-            .bind(envelope.starts_at)
-            .bind(envelope.ends_at)
-            .bind(&envelope.generator_url)
-            .bind(&envelope.route)
-            .bind(&envelope.group_key)
-            .bind(&envelope.outcome)
-            .bind(envelope.case_id.map(|id| id.to_string()))
-            .bind(envelope.received_at)
-            .bind(Json(&envelope.raw))
-    );
-    Ok(())
+    fingerprints: &[&str],
+) -> Result<HashMap<String, Seen>, StoreError> {
+    let mut seen = HashMap::new();
+    for chunk in fingerprints.chunks(FINGERPRINTS_PER_READ) {
+        let sql = latest_states_sql(chunk.len());
+        let rows = on_tx!(conn, &sql, fetch_all, |q| chunk
+            .iter()
+            .fold(q.bind(tenant).bind(source), |q, f| q.bind(*f)));
+        seen.extend(each_row!(rows, |r| seen_from!(r))?);
+    }
+    Ok(seen)
 }
 
 const ENVELOPE_COLUMNS: &str = "id, tenant, source, kind, severity, title, summary, labels, \
     annotations, fingerprint, state_key, status, starts_at, ends_at, generator_url, route, \
     group_key, outcome, case_id, received_at, raw";
+
+/// Rows per multi-row INSERT of the deferred writes (21 binds each for an envelope).
+const ROWS_PER_INSERT: usize = 100;
+
+/// Insert envelopes (deferred to the transaction's next read or its commit), a hundred to a
+/// statement.
+pub fn defer_envelopes(tx: &mut dyn Tx, envelopes: &[Envelope]) {
+    for chunk in envelopes.chunks(ROWS_PER_INSERT) {
+        let mut args = Vec::with_capacity(chunk.len() * 21);
+        for envelope in chunk {
+            args.extend([
+                SqlValue::Text(Some(envelope.id.to_string())),
+                SqlValue::Text(Some(envelope.tenant.clone())),
+                SqlValue::Text(Some(envelope.source.clone())),
+                SqlValue::Text(Some(envelope.kind.clone())),
+                SqlValue::Text(Some(envelope.severity.clone())),
+                SqlValue::Text(Some(envelope.title.clone())),
+                SqlValue::Text(envelope.summary.clone()),
+                SqlValue::Json(Some(json_of(&envelope.labels))),
+                SqlValue::Json(Some(json_of(&envelope.annotations))),
+                SqlValue::Text(Some(envelope.fingerprint.clone())),
+                SqlValue::Text(Some(envelope.state_key.clone())),
+                SqlValue::Text(Some(envelope.status.clone())),
+                SqlValue::Time(envelope.starts_at),
+                SqlValue::Time(envelope.ends_at),
+                SqlValue::Text(envelope.generator_url.clone()),
+                SqlValue::Text(Some(envelope.route.clone())),
+                SqlValue::Text(Some(envelope.group_key.clone())),
+                SqlValue::Text(Some(envelope.outcome.clone())),
+                SqlValue::Text(envelope.case_id.map(|id| id.to_string())),
+                SqlValue::Time(Some(envelope.received_at)),
+                SqlValue::Json(Some(envelope.raw.clone())),
+            ]);
+        }
+        tx.defer_write(
+            &format!(
+                "INSERT INTO event_envelope ({ENVELOPE_COLUMNS}) VALUES {}",
+                rows_of(21, chunk.len())
+            ),
+            args,
+        );
+    }
+}
+
+/// `(?, ?, ...), (?, ...)`: `rows` rows of `columns` placeholders.
+fn rows_of(columns: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    vec![row; rows].join(", ")
+}
+
+fn json_of(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).expect("maps and sets of strings are JSON")
+}
 
 macro_rules! envelope_from {
     ($r:expr) => {
@@ -490,6 +501,50 @@ pub async fn insert_evidence(
     Ok((evidence.clone(), true))
 }
 
+/// Add a delivery's evidence to its cases (deferred to the transaction's next read or its
+/// commit): what a case holds already, or the delivery holds twice, is left out. For evidence
+/// without a locator (what signals bring: alerts, links, rows).
+pub fn defer_evidence(tx: &mut dyn Tx, evidence: &[Evidence]) -> Result<(), StoreError> {
+    let mut taken = HashSet::new();
+    let mut fresh = Vec::with_capacity(evidence.len());
+    for item in evidence {
+        if item.locator.is_some() {
+            return Err(StoreError::Corrupt(
+                "deferred evidence cannot carry a locator".into(),
+            ));
+        }
+        if taken.insert((item.case_id, item.content_hash.as_str())) {
+            fresh.push(item);
+        }
+    }
+    for chunk in fresh.chunks(ROWS_PER_INSERT) {
+        let mut args = Vec::with_capacity(chunk.len() * 10);
+        for item in chunk {
+            args.extend([
+                SqlValue::Text(Some(item.id.to_string())),
+                SqlValue::Text(Some(item.case_id.to_string())),
+                SqlValue::Text(Some(item.kind.clone())),
+                SqlValue::Text(Some(item.title.clone())),
+                SqlValue::Text(item.note.clone()),
+                SqlValue::Json(item.reference.clone()),
+                SqlValue::Text(item.url.clone()),
+                SqlValue::Text(Some(item.content_hash.clone())),
+                SqlValue::Text(Some(item.created_by.clone())),
+                SqlValue::Time(Some(item.created_at)),
+            ]);
+        }
+        tx.defer_write(
+            &format!(
+                "INSERT INTO evidence_link (id, case_id, kind, title, note, ref, url, content_hash, \
+                 created_by, created_at) VALUES {} ON CONFLICT (case_id, content_hash) DO NOTHING",
+                rows_of(10, chunk.len())
+            ),
+            args,
+        );
+    }
+    Ok(())
+}
+
 const EVIDENCE_SELECT: &str = "SELECT e.id, e.case_id, e.kind, e.title, e.note, e.ref, e.url, \
     e.content_hash, e.created_by, e.created_at, l.system, l.dataset, l.query, l.from_ts, l.to_ts, \
     l.org, l.attributes FROM evidence_link e LEFT JOIN oo_locator l ON l.id = e.locator_id";
@@ -551,6 +606,44 @@ pub struct SensorStore {
 impl SensorStore {
     pub fn new(pool: SqlPool) -> Self {
         Self { pool }
+    }
+
+    /// What the store holds of these alerts of one tenant and source, by fingerprint (read
+    /// without the writer, so a delivery of states already taken needs no transaction).
+    pub async fn latest_states(
+        &self,
+        tenant: &str,
+        source: &str,
+        fingerprints: &[&str],
+    ) -> Result<HashMap<String, Seen>, StoreError> {
+        let mut seen = HashMap::new();
+        for chunk in fingerprints.chunks(FINGERPRINTS_PER_READ) {
+            let sql = latest_states_sql(chunk.len());
+            let rows = on_pool!(&self.pool, &sql, fetch_all, |q| chunk
+                .iter()
+                .fold(q.bind(tenant).bind(source), |q, f| q.bind(*f)));
+            seen.extend(each_row!(rows, |r| seen_from!(r))?);
+        }
+        Ok(seen)
+    }
+
+    /// The tenant of the alert's latest envelope in any tenant (for a resolution that names
+    /// none).
+    pub async fn tenant_of_alert(
+        &self,
+        source: &str,
+        fingerprint: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = on_pool!(
+            &self.pool,
+            "SELECT tenant FROM event_envelope WHERE source = ? AND fingerprint = ? \
+             ORDER BY id DESC LIMIT 1",
+            fetch_optional,
+            |q| q.bind(source).bind(fingerprint)
+        );
+        one_row!(row, |r| Ok::<_, StoreError>(
+            r.try_get::<String, _>("tenant")?
+        ))
     }
 
     pub async fn evidence(&self, case_id: Uuid) -> Result<Vec<Evidence>, StoreError> {
@@ -616,14 +709,6 @@ impl SensorStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_are_numbered_for_postgres() {
-        assert_eq!(
-            numbered("SELECT 1 WHERE a = ? AND b IN (?, ?)"),
-            "SELECT 1 WHERE a = $1 AND b IN ($2, $3)"
-        );
-    }
 
     #[test]
     fn numbers_jsonb_cannot_give_back_are_kept_as_text() {

@@ -123,15 +123,33 @@ async fn alerts_open_one_case_per_group_and_repeats_join_it(app: TestApp) {
         && e["ref"]["table"] == "event_envelope"
         && e["href"] == "http://prometheus:9090/graph?g0.expr=up"));
 
+    // A delivery that mixes a state already taken, a new alert, and that new alert again:
+    // each is answered on its own, in the payload's order.
+    let mixed = alertmanager(&[
+        ("HighLatency", "checkout", "a", "firing"),
+        ("HighLatency", "checkout", "e", "firing"),
+        ("HighLatency", "checkout", "e", "firing"),
+    ]);
+    let (status, mixed) = app.post_signal("/v1/signals/alertmanager", &mixed).await;
+    assert_eq!(status, StatusCode::OK, "{mixed:#}");
+    let items = mixed["items"].as_array().unwrap();
+    let outcomes: Vec<&str> = items
+        .iter()
+        .map(|i| i["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["duplicate", "joined", "duplicate"], "{mixed:#}");
+    assert!(items.iter().all(|i| i["case_id"] == checkout.as_str()));
+    assert_eq!(app.envelopes("HighLatency-checkout-e").await.len(), 1);
+
     assert_eq!(
         app.metric("signals_received_total{source=\"alertmanager\",status=\"firing\"}")
             .await,
-        7.0
+        10.0
     );
     assert_eq!(
         app.metric("signal_duplicates_total{source=\"alertmanager\"}")
             .await,
-        3.0
+        5.0
     );
     assert_eq!(
         app.metric("cases_opened_total{source=\"alertmanager\"}")

@@ -374,7 +374,38 @@ pub trait Tx: Send {
     /// The transaction's connection, every deferred write sent. A statement that fails on it
     /// must end the transaction (drop it): what it wrote is then rolled back with the rest.
     async fn connection(&mut self) -> StoreResult<TxConnection<'_>>;
+    /// Queue a write to a table a role crate keeps (`?` placeholders, `args` bound in order):
+    /// it goes with the transaction's next read or its commit, like the store's own writes,
+    /// so it costs no round trip of its own. Its failure fails that read or the commit.
+    fn defer_write(&mut self, sql: &str, args: Vec<SqlValue>);
     async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// `?` placeholders as PostgreSQL's `$1, $2, ...` (for SQL written once for both backends,
+/// with no `?` in its literals).
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// A value bound to a [`Tx::defer_write`] statement, encoded the same on both backends (ids
+/// are text in the role crates' tables; times as each backend's timestamp).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Time(Option<DateTime<Utc>>),
+    Json(Option<Value>),
 }
 
 /// A transaction's own connection, lent to a crate that keeps tables of its own (the sensor's
@@ -515,6 +546,14 @@ mod tests {
     use sqlx::{ConnectOptions, Executor};
 
     use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        assert_eq!(
+            numbered("SELECT 1 WHERE a = ? AND b IN (?, ?)"),
+            "SELECT 1 WHERE a = $1 AND b IN ($2, $3)"
+        );
+    }
 
     #[test]
     fn pool_and_connection_failures_are_unavailable() {

@@ -894,6 +894,18 @@ impl Tx for PostgresTx {
         Ok(super::TxConnection::Postgres(self.flushed().await?))
     }
 
+    fn defer_write(&mut self, sql: &str, args: Vec<super::SqlValue>) {
+        let deferred = self.deferred.push(&super::numbered(sql));
+        for arg in args {
+            match arg {
+                super::SqlValue::Text(value) => deferred.bind(value),
+                super::SqlValue::Int(value) => deferred.bind(value),
+                super::SqlValue::Time(value) => deferred.bind(value),
+                super::SqlValue::Json(value) => deferred.bind(value.map(Json)),
+            };
+        }
+    }
+
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
         self.flushed().await?;
         self.tx.commit().await?;

@@ -900,6 +900,18 @@ impl Tx for SqliteTx {
         ))
     }
 
+    fn defer_write(&mut self, sql: &str, args: Vec<super::SqlValue>) {
+        let batch = self.defer(Kind::Plain, sql);
+        for arg in args {
+            match arg {
+                super::SqlValue::Text(value) => batch.bind(value),
+                super::SqlValue::Int(value) => batch.bind(value),
+                super::SqlValue::Time(value) => batch.bind(value),
+                super::SqlValue::Json(value) => batch.bind(value.map(Json)),
+            };
+        }
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         SqliteTx::commit(*self).await
     }
