@@ -1,0 +1,22 @@
+-- Every call opscase makes to a model (crate llm/): what for, for which case, with which
+-- model, the digests and the redacted text (capped) of the prompt and the answer, tokens,
+-- latency and outcome. Times are timestamptz.
+
+CREATE TABLE llm_call (
+    id                TEXT PRIMARY KEY,
+    case_id           TEXT,
+    purpose           TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    attempts          BIGINT NOT NULL,
+    prompt_digest     TEXT NOT NULL,
+    response_digest   TEXT,
+    prompt            TEXT NOT NULL,
+    response          TEXT,
+    prompt_tokens     BIGINT,
+    completion_tokens BIGINT,
+    latency_ms        BIGINT NOT NULL,
+    outcome           TEXT NOT NULL,
+    error             TEXT,
+    created_at        TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX llm_call_case ON llm_call (case_id, created_at);
