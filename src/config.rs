@@ -29,6 +29,7 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     pub sensor: SensorConfig,
     pub analyst: AnalystSection,
+    pub llm: LlmConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -320,6 +321,154 @@ pub struct PlannerConfig {
     /// Template inputs used when neither the request nor the case's labels give them, by
     /// template: `[planner.defaults."k8s.rollout.canary"] deployment = "checkout"`.
     pub defaults: std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `[llm]`: the OpenAI-compatible model behind the planner's `llm` template. Off unless
+/// `base_url` and `model` are set. The API key comes from `OPSCASE_LLM_API_KEY` only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// The base URL that ends in `/v1` (`https://api.openai.com/v1`,
+    /// `http://127.0.0.1:11434/v1` for Ollama, `http://127.0.0.1:8000/v1` for vLLM).
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
+    pub timeout_s: f64,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub concurrency: usize,
+    pub case_budget: u32,
+    pub retries: u32,
+    pub backoff_ms: u64,
+    pub max_retry_after_s: f64,
+    pub breaker_failures: u32,
+    pub breaker_cooldown_s: f64,
+    /// `strict: true` structured outputs (OpenAI); vLLM, Ollama and llama.cpp take the schema
+    /// as it is (`false`).
+    pub strict: bool,
+    /// Patterns masked in prompts, on top of the built-in ones and `redaction.patterns`.
+    pub redact: Vec<String>,
+    pub audit_cap: usize,
+    pub plan_attempts: u32,
+    /// The template that plans when the model is unreachable.
+    pub fallback_template: Option<String>,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        let d = llm::LlmSettings::new("", "");
+        Self {
+            base_url: None,
+            model: None,
+            api_key: None,
+            timeout_s: d.timeout.as_secs_f64(),
+            max_tokens: d.max_tokens,
+            temperature: d.temperature,
+            concurrency: d.concurrency,
+            case_budget: d.case_budget,
+            retries: d.retries,
+            backoff_ms: d.backoff.as_millis() as u64,
+            max_retry_after_s: d.max_retry_after.as_secs_f64(),
+            breaker_failures: d.breaker_failures,
+            breaker_cooldown_s: d.breaker_cooldown.as_secs_f64(),
+            strict: d.strict,
+            redact: Vec::new(),
+            audit_cap: d.audit_cap,
+            plan_attempts: d.plan_attempts,
+            fallback_template: None,
+        }
+    }
+}
+
+impl LlmConfig {
+    /// The client's settings, when a model is configured (`redaction` adds its patterns).
+    pub fn settings(&self, redaction: &[String]) -> Option<llm::LlmSettings> {
+        let (Some(base_url), Some(model)) = (&self.base_url, &self.model) else {
+            return None;
+        };
+        let mut settings = llm::LlmSettings::new(base_url.clone(), model.clone());
+        settings.api_key = self.api_key.as_ref().map(|k| k.expose().to_string());
+        settings.timeout = std::time::Duration::from_secs_f64(self.timeout_s);
+        settings.max_tokens = self.max_tokens;
+        settings.temperature = self.temperature;
+        settings.concurrency = self.concurrency;
+        settings.case_budget = self.case_budget;
+        settings.retries = self.retries;
+        settings.backoff = std::time::Duration::from_millis(self.backoff_ms);
+        settings.max_retry_after = std::time::Duration::from_secs_f64(self.max_retry_after_s);
+        settings.breaker_failures = self.breaker_failures;
+        settings.breaker_cooldown = std::time::Duration::from_secs_f64(self.breaker_cooldown_s);
+        settings.strict = self.strict;
+        settings.redact = redaction.iter().chain(&self.redact).cloned().collect();
+        settings.audit_cap = self.audit_cap;
+        settings.plan_attempts = self.plan_attempts;
+        settings.fallback_template = self.fallback_template.clone();
+        Some(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.base_url.is_some() != self.model.is_some() {
+            return Err(ConfigError(
+                "llm.base_url (OPSCASE_LLM_BASE_URL) and llm.model (OPSCASE_LLM_MODEL) go \
+                 together: set both to use a model, or neither"
+                    .into(),
+            ));
+        }
+        if let Some(url) = &self.base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!(
+                    "llm.base_url (OPSCASE_LLM_BASE_URL): {url:?} is not an http(s) URL like \
+                     http://127.0.0.1:11434/v1"
+                )));
+            }
+        }
+        for (seconds, setting) in [
+            (self.timeout_s, "llm.timeout_s"),
+            (self.max_retry_after_s, "llm.max_retry_after_s"),
+            (self.breaker_cooldown_s, "llm.breaker_cooldown_s"),
+        ] {
+            if !(seconds > 0.0 && seconds.is_finite()) {
+                return Err(ConfigError(format!(
+                    "{setting} must be a positive number of seconds"
+                )));
+            }
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err(ConfigError(
+                "llm.temperature must be between 0 and 2".into(),
+            ));
+        }
+        for (value, setting) in [
+            (self.max_tokens as usize, "llm.max_tokens"),
+            (self.concurrency, "llm.concurrency"),
+            (self.case_budget as usize, "llm.case_budget"),
+            (self.plan_attempts as usize, "llm.plan_attempts"),
+            (self.breaker_failures as usize, "llm.breaker_failures"),
+            (self.audit_cap, "llm.audit_cap"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("{setting} must be at least 1")));
+            }
+        }
+        if let Err(error) = llm::redact::LlmRedactor::new(&self.redact) {
+            return Err(ConfigError(format!("llm.redact: {error}")));
+        }
+        if let Some(fallback) = &self.fallback_template {
+            let known: Vec<&str> = planner::templates()
+                .iter()
+                .map(|t| t.name)
+                .filter(|name| *name != planner::LLM_TEMPLATE)
+                .collect();
+            if !known.contains(&fallback.as_str()) {
+                return Err(ConfigError(format!(
+                    "llm.fallback_template: {fallback:?} is not one of {}",
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -819,6 +968,15 @@ impl Config {
         if let Some(password) = env("OPSCASE_OPENOBSERVE_PASSWORD").filter(|p| !p.is_empty()) {
             self.sensor.openobserve.password = Some(Secret(password));
         }
+        if let Some(url) = env("OPSCASE_LLM_BASE_URL").filter(|u| !u.is_empty()) {
+            self.llm.base_url = Some(url);
+        }
+        if let Some(model) = env("OPSCASE_LLM_MODEL").filter(|m| !m.is_empty()) {
+            self.llm.model = Some(model);
+        }
+        if let Some(key) = env("OPSCASE_LLM_API_KEY").filter(|k| !k.is_empty()) {
+            self.llm.api_key = Some(Secret::new(key));
+        }
         set(&mut self.watchdog.enabled, "OPSCASE_WATCHDOG_ENABLED", &env)?;
         set(
             &mut self.watchdog.stall_after_s,
@@ -958,6 +1116,7 @@ impl Config {
             ));
         }
         self.sensor.validate()?;
+        self.llm.validate()?;
         self.analyst.validate()?;
         if self.watchdog.stall_after_s == 0 || self.watchdog.interval_s == 0 {
             return Err(ConfigError(

@@ -418,6 +418,15 @@ fn worker(
         eprintln!("opscase: configuration: workers need bus.nats_url (OPSCASE_NATS_URL)");
         return ExitCode::from(2);
     };
+    let audits_model_calls =
+        opscase::workers::Role::runs_planner(roles) && config.llm.base_url.is_some();
+    if audits_model_calls && config.database.url.is_none() {
+        eprintln!(
+            "opscase: configuration: the planner's model calls are audited in the service's \
+             database (llm_call); set database.url (OPSCASE_DATABASE_URL)"
+        );
+        return ExitCode::from(2);
+    }
     if opscase::workers::Role::reads_database(roles) && config.database.url.is_none() {
         // A local SQLite file would hold no metrics: the API writes them to the shared database.
         eprintln!(

@@ -39,6 +39,12 @@ impl Role {
             .any(|role| matches!(role, Role::Verifier | Role::Analyst))
     }
 
+    /// Whether `roles` runs the planner (whose `llm` template audits its calls in the
+    /// service's database when a model is configured).
+    pub fn runs_planner(roles: &[Role]) -> bool {
+        Role::expand(roles).contains(&Role::Planner)
+    }
+
     fn expand(roles: &[Role]) -> Vec<Role> {
         if roles.contains(&Role::All) || roles.is_empty() {
             vec![
@@ -76,7 +82,7 @@ pub fn build(
                 config.analyst.analysis.settings(),
             )),
             Role::Planner => Arc::new(PlannerWithDefaults {
-                planner: planner::Planner::default(),
+                planner: planner_worker(config, orchestrator)?,
                 defaults: config.planner.defaults.clone(),
             }),
             Role::Gatekeeper => Arc::new(gatekeeper::Gatekeeper::new(policy_source(config)?)),
@@ -94,6 +100,37 @@ pub fn build(
         });
     }
     Ok(workers)
+}
+
+/// The planner, with the model behind its `llm` template when `[llm]` is configured: the
+/// gate's live limits and the executor's script allowlist go into the model's prompt and
+/// checks.
+fn planner_worker(
+    config: &Config,
+    orchestrator: &Orchestrator,
+) -> anyhow::Result<planner::Planner> {
+    let planner = planner::Planner::default();
+    let Some(settings) = config.llm.settings(&config.redaction.patterns) else {
+        return Ok(planner);
+    };
+    let client = llm::LlmClient::new(
+        settings,
+        orchestrator.store().pool(),
+        &orchestrator.metrics().registry,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let policy = policy_source(config)?;
+    let limits: planner::llm::LimitsOf = Arc::new(move |tenant: &str| {
+        let limits = policy.current().policy.limits_for(tenant);
+        planner::PlanLimits {
+            max_steps: limits.max_steps,
+            forbidden_actions: limits.forbidden_actions,
+            human_actions: limits.human_actions,
+        }
+    });
+    let model =
+        planner::LlmPlanner::new(Arc::new(client), limits, config.executor.script_dir.clone());
+    Ok(planner.with_model(Arc::new(model)))
 }
 
 /// The gate policy from `gatekeeper.policy_file`, or the built-in one.

@@ -136,6 +136,36 @@ pub async fn list_findings(
     Ok(Json(FindingsPage { items }))
 }
 
+/// A case's model calls.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LlmCallsPage {
+    pub items: Vec<llm::LlmCall>,
+}
+
+/// Every call opscase made to a model for a case, oldest first: purpose, model, attempts,
+/// the redacted prompt and answer (capped), their digests, tokens, latency and outcome. The
+/// audit of what left the process and what came back.
+#[utoipa::path(get, path = "/v1/cases/{id}/llm-calls", tag = "evidence",
+    params(("id" = Uuid, Path, description = "Case id")),
+    responses(
+        (status = 200, description = "The case's model calls", body = LlmCallsPage),
+        Malformed, CaseNotFound,
+    ))]
+pub async fn list_llm_calls(
+    State(app): State<AppState>,
+    caller: Allowed<Read>,
+    id: PathId,
+) -> Result<Json<LlmCallsPage>, Problem> {
+    let case_id = extract::parse_uuid("id", &id.0)?;
+    let context = request_context(caller.principal, None);
+    app.orchestrator.get_case(case_id, &context).await?;
+    let items = llm::CallStore::new(app.orchestrator.store().pool())
+        .of_case(case_id)
+        .await
+        .map_err(Problem::from)?;
+    Ok(Json(LlmCallsPage { items }))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

@@ -182,6 +182,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/signals/events", post(signals::events))
         .route("/v1/signals/changes", post(signals::changes))
         .route("/v1/cases/{id}/findings", get(evidence::list_findings))
+        .route("/v1/cases/{id}/llm-calls", get(evidence::list_llm_calls))
         .route(
             "/v1/cases/{id}/evidence",
             post(evidence::add_evidence).get(evidence::list_evidence),

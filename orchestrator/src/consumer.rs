@@ -79,6 +79,8 @@ struct WorkerData {
     checks: Option<Value>,
     /// A refused plan's validation errors.
     errors: Option<Value>,
+    /// The model calls behind a plan (or its failure).
+    llm: Option<Value>,
 }
 
 impl Orchestrator {
@@ -401,6 +403,7 @@ fn request_of(
         ("verdict", &data.verdict),
         ("checks", &data.checks),
         ("errors", &data.errors),
+        ("llm", &data.llm),
         ("policy_rev", &data.policy_rev.clone().map(Value::String)),
         ("rule", &data.rule.clone().map(Value::String)),
         ("inputs", &data.inputs),

@@ -7,8 +7,12 @@
 //! exactly one `evt.plan.proposed.v1` (a plan that passed the guard) or `evt.plan.failed.v1`
 //! (why no plan could be made), never an invalid plan as proposed.
 
+pub mod llm;
 mod templates;
 mod worker;
 
-pub use templates::{generate, templates, PlanError, TemplateInfo, DEFAULT_TEMPLATE};
+pub use llm::{LlmPlanner, PlanLimits, LLM_TEMPLATE};
+pub use templates::{
+    chosen_template, generate, templates, PlanError, TemplateInfo, DEFAULT_TEMPLATE,
+};
 pub use worker::{Planner, DEFAULT_SOURCE};

@@ -187,7 +187,30 @@ pub fn templates() -> Vec<TemplateInfo> {
                 .copied()
                 .collect(),
         })
+        .chain([TemplateInfo {
+            name: crate::llm::LLM_TEMPLATE,
+            description: "A model proposes the plan from the case, its findings and evidence, \
+                          the adapters and the gate's limits ([llm] must be configured); the \
+                          plan passes the same schema, guard and gate as a template's.",
+            params: Vec::new(),
+        }])
         .collect()
+}
+
+/// The template a command asks for: its `template`, else the case label `template`, else
+/// [`DEFAULT_TEMPLATE`].
+pub fn chosen_template(command: &PlanCommand) -> &str {
+    chosen(command).0
+}
+
+/// The chosen template and the field that chose it (for errors).
+fn chosen(command: &PlanCommand) -> (&str, &'static str) {
+    let requested = non_empty(command.template.as_deref()).map(|name| (name, "template"));
+    let labelled = non_empty(command.case.labels.get("template").map(String::as_str))
+        .map(|name| (name, "case.labels.template"));
+    requested
+        .or(labelled)
+        .unwrap_or((DEFAULT_TEMPLATE, "template"))
 }
 
 /// The ChangePlan for `command`, with the name of the template that made it. The plan has
@@ -196,12 +219,13 @@ pub fn templates() -> Vec<TemplateInfo> {
 /// The template is `command.template`, else the case label `template`, else
 /// [`DEFAULT_TEMPLATE`].
 pub fn generate(command: &PlanCommand) -> Result<(String, Value), PlanError> {
-    let requested = non_empty(command.template.as_deref()).map(|name| (name, "template"));
-    let labelled = non_empty(command.case.labels.get("template").map(String::as_str))
-        .map(|name| (name, "case.labels.template"));
-    let (name, field) = requested
-        .or(labelled)
-        .unwrap_or((DEFAULT_TEMPLATE, "template"));
+    let (name, field) = chosen(command);
+    if name == crate::llm::LLM_TEMPLATE {
+        let message = "the llm template needs a model: configure [llm] base_url and model \
+                       (OPSCASE_LLM_BASE_URL, OPSCASE_LLM_MODEL)"
+            .to_string();
+        return Err(PlanError::one(message.clone(), field, message));
+    }
 
     let Some(template) = TEMPLATES.iter().find(|template| template.name == name) else {
         let known = TEMPLATES

@@ -1,10 +1,14 @@
 //! The planner worker: one `cmd.plan.generate` in, one plan event out.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bus::{answer, Envelope, Publisher, Worker, WorkerError};
+use serde_json::{json, Value};
 use workflow::messages::{topic, PlanCommand, PlanEvent};
 
-use crate::templates::generate;
+use crate::llm::{LlmPlanner, ModelPlan, LLM_TEMPLATE};
+use crate::templates::{chosen_template, generate, PlanError};
 
 /// The CloudEvents `source` of the planner's events unless configured otherwise.
 pub const DEFAULT_SOURCE: &str = "opscase/planner";
@@ -12,18 +16,74 @@ pub const DEFAULT_SOURCE: &str = "opscase/planner";
 /// Answers `cmd.plan.generate` with `evt.plan.proposed.v1` (a plan that passed the ChangePlan
 /// guard, `actor` = `planner/<template>`) or `evt.plan.failed.v1` (`actor` = `planner`, with
 /// the reason and the field errors). The answer's id is
-/// `bus::answer_id(command, <topic>, "")` and the plan is deterministic, so a redelivered
-/// command publishes the same message again and the bus drops it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `bus::answer_id(command, <topic>, "")`, so a redelivered command publishes under the same
+/// id and the bus drops it; a template's plan is deterministic as well.
+#[derive(Clone)]
 pub struct Planner {
     /// The CloudEvents `source` of the events it publishes.
     pub source: String,
+    /// The model behind the `llm` template, when one is configured.
+    model: Option<Arc<LlmPlanner>>,
+}
+
+impl std::fmt::Debug for Planner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planner")
+            .field("source", &self.source)
+            .field("model", &self.model.is_some())
+            .finish()
+    }
 }
 
 impl Planner {
     pub fn new(source: impl Into<String>) -> Self {
         Self {
             source: source.into(),
+            model: None,
+        }
+    }
+
+    /// Answer the `llm` template with `model`.
+    pub fn with_model(mut self, model: Arc<LlmPlanner>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// The plan event for `request`: a template's plan, or the model's.
+    async fn propose(&self, request: &PlanCommand) -> (&'static str, PlanEvent) {
+        match (&self.model, chosen_template(request)) {
+            (Some(model), LLM_TEMPLATE) => self.model_plan(model, request).await,
+            _ => template_plan(request, None),
+        }
+    }
+
+    async fn model_plan(
+        &self,
+        model: &LlmPlanner,
+        request: &PlanCommand,
+    ) -> (&'static str, PlanEvent) {
+        match model.plan(request).await {
+            Ok(ModelPlan { plan, llm }) => {
+                tracing::info!(case_id = %request.case.id, "plan proposed by the model");
+                proposed(request, LLM_TEMPLATE, plan, Some(llm))
+            }
+            Err(failure) => match model.fallback_template() {
+                Some(fallback) if failure.unavailable => {
+                    tracing::warn!(case_id = %request.case.id, reason = %failure.error.reason,
+                        fallback, "the model is unavailable: the fallback template plans");
+                    let mut llm = failure.llm;
+                    llm["fallback"] = json!(fallback);
+                    llm["reason"] = json!(failure.error.reason);
+                    let mut instead = request.clone();
+                    instead.template = Some(fallback.to_string());
+                    template_plan(&instead, Some(llm))
+                }
+                _ => {
+                    tracing::warn!(case_id = %request.case.id, reason = %failure.error.reason,
+                        "no plan from the model");
+                    failed(failure.error, Some(failure.llm))
+                }
+            },
         }
     }
 }
@@ -32,6 +92,51 @@ impl Default for Planner {
     fn default() -> Self {
         Self::new(DEFAULT_SOURCE)
     }
+}
+
+fn template_plan(request: &PlanCommand, llm: Option<Value>) -> (&'static str, PlanEvent) {
+    match generate(request) {
+        Ok((template, plan)) => {
+            tracing::info!(case_id = %request.case.id, %template, "plan proposed");
+            proposed(request, &template, plan, llm)
+        }
+        Err(error) => {
+            tracing::warn!(case_id = %request.case.id, reason = %error.reason, "no plan");
+            failed(error, llm)
+        }
+    }
+}
+
+fn proposed(
+    request: &PlanCommand,
+    template: &str,
+    plan: Value,
+    llm: Option<Value>,
+) -> (&'static str, PlanEvent) {
+    (
+        topic::PLAN_PROPOSED,
+        PlanEvent {
+            actor: format!("planner/{template}"),
+            requested_by: Some(request.requested_by.clone()),
+            plan: Some(plan),
+            template: Some(template.to_string()),
+            llm,
+            ..PlanEvent::default()
+        },
+    )
+}
+
+fn failed(error: PlanError, llm: Option<Value>) -> (&'static str, PlanEvent) {
+    (
+        topic::PLAN_FAILED,
+        PlanEvent {
+            actor: "planner".into(),
+            reason: Some(error.reason),
+            errors: error.errors,
+            llm,
+            ..PlanEvent::default()
+        },
+    )
 }
 
 #[async_trait]
@@ -55,34 +160,7 @@ impl Worker for Planner {
         let request: PlanCommand = serde_json::from_value(command.data.clone()).map_err(|e| {
             WorkerError::Poison(format!("{} data is malformed: {e}", topic::PLAN_GENERATE))
         })?;
-
-        let (kind, event) = match generate(&request) {
-            Ok((template, plan)) => {
-                tracing::info!(case_id = %command.subject, %template, "plan proposed");
-                (
-                    topic::PLAN_PROPOSED,
-                    PlanEvent {
-                        actor: format!("planner/{template}"),
-                        requested_by: Some(request.requested_by.clone()),
-                        plan: Some(plan),
-                        template: Some(template),
-                        ..PlanEvent::default()
-                    },
-                )
-            }
-            Err(error) => {
-                tracing::warn!(case_id = %command.subject, reason = %error.reason, "no plan");
-                (
-                    topic::PLAN_FAILED,
-                    PlanEvent {
-                        actor: "planner".into(),
-                        reason: Some(error.reason),
-                        errors: error.errors,
-                        ..PlanEvent::default()
-                    },
-                )
-            }
-        };
+        let (kind, event) = self.propose(&request).await;
         let data = serde_json::to_value(&event)
             .map_err(|e| WorkerError::Poison(format!("plan event is not JSON: {e}")))?;
         out.publish(answer(command, &self.source, kind, "", data))

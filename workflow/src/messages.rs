@@ -150,6 +150,10 @@ pub struct PlanEvent {
     /// Validation errors of a rejected proposal, field by field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<Value>,
+    /// The model's part when a model proposed (or failed to): `model`, `calls` (each `id`,
+    /// `outcome`, `latency_ms`), `attempts`, and `fallback` when a template stood in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<Value>,
 }
 
 /// `evt.plan.approved.v1`, `evt.plan.rejected.v1`, `evt.plan.held.v1`.
