@@ -419,11 +419,12 @@ fn worker(
         return ExitCode::from(2);
     };
     let audits_model_calls =
-        opscase::workers::Role::runs_planner(roles) && config.llm.base_url.is_some();
+        opscase::workers::Role::uses_model(roles) && config.llm.base_url.is_some();
     if audits_model_calls && config.database.url.is_none() {
         eprintln!(
-            "opscase: configuration: the planner's model calls are audited in the service's \
-             database (llm_call); set database.url (OPSCASE_DATABASE_URL)"
+            "opscase: configuration: the planner's and the gatekeeper's model calls are \
+             audited in the service's database (llm_call); set database.url \
+             (OPSCASE_DATABASE_URL)"
         );
         return ExitCode::from(2);
     }

@@ -39,10 +39,13 @@ impl Role {
             .any(|role| matches!(role, Role::Verifier | Role::Analyst))
     }
 
-    /// Whether `roles` runs the planner (whose `llm` template audits its calls in the
-    /// service's database when a model is configured).
-    pub fn runs_planner(roles: &[Role]) -> bool {
-        Role::expand(roles).contains(&Role::Planner)
+    /// Whether `roles` runs a role that asks the model when one is configured (the planner's
+    /// `llm` template, the gatekeeper's explanations), whose calls are audited in the
+    /// service's database.
+    pub fn uses_model(roles: &[Role]) -> bool {
+        Role::expand(roles)
+            .iter()
+            .any(|role| matches!(role, Role::Planner | Role::Gatekeeper))
     }
 
     fn expand(roles: &[Role]) -> Vec<Role> {
@@ -75,6 +78,8 @@ pub fn build(
     claims: Arc<dyn Claims>,
 ) -> anyhow::Result<Vec<Arc<dyn Worker>>> {
     let mut workers: Vec<Arc<dyn Worker>> = Vec::new();
+    // One client for every purpose: one concurrency limit, one breaker.
+    let model = model_client(config, orchestrator)?;
     for role in Role::expand(roles) {
         workers.push(match role {
             Role::Analyst => Arc::new(analyst::worker::AnalystWorker::new(
@@ -82,10 +87,17 @@ pub fn build(
                 config.analyst.analysis.settings(),
             )),
             Role::Planner => Arc::new(PlannerWithDefaults {
-                planner: planner_worker(config, orchestrator)?,
+                planner: planner_worker(config, model.clone())?,
                 defaults: config.planner.defaults.clone(),
             }),
-            Role::Gatekeeper => Arc::new(gatekeeper::Gatekeeper::new(policy_source(config)?)),
+            Role::Gatekeeper => {
+                let mut gate = gatekeeper::Gatekeeper::new(policy_source(config)?);
+                if let Some(client) = &model {
+                    let explainer = gatekeeper::explain::Explainer::new(client.clone());
+                    gate = gate.with_explainer(Arc::new(explainer));
+                }
+                Arc::new(gate)
+            }
             Role::Executor => {
                 let mut executor =
                     executor::Executor::new(runner(config)?, claims.clone(), "opscase/executor");
@@ -107,18 +119,12 @@ pub fn build(
 /// checks.
 fn planner_worker(
     config: &Config,
-    orchestrator: &Orchestrator,
+    model: Option<Arc<llm::LlmClient>>,
 ) -> anyhow::Result<planner::Planner> {
     let planner = planner::Planner::default();
-    let Some(settings) = config.llm.settings(&config.redaction.patterns) else {
+    let Some(client) = model else {
         return Ok(planner);
     };
-    let client = llm::LlmClient::new(
-        settings,
-        orchestrator.store().pool(),
-        &orchestrator.metrics().registry,
-    )
-    .map_err(anyhow::Error::msg)?;
     let policy = policy_source(config)?;
     let limits: planner::llm::LimitsOf = Arc::new(move |tenant: &str| {
         let limits = policy.current().policy.limits_for(tenant);
@@ -128,9 +134,26 @@ fn planner_worker(
             human_actions: limits.human_actions,
         }
     });
-    let model =
-        planner::LlmPlanner::new(Arc::new(client), limits, config.executor.script_dir.clone());
+    let model = planner::LlmPlanner::new(client, limits, config.executor.script_dir.clone());
     Ok(planner.with_model(Arc::new(model)))
+}
+
+/// The model client, when `[llm]` names a server and a model; its calls are audited in the
+/// service's database.
+fn model_client(
+    config: &Config,
+    orchestrator: &Orchestrator,
+) -> anyhow::Result<Option<Arc<llm::LlmClient>>> {
+    let Some(settings) = config.llm.settings(&config.redaction.patterns) else {
+        return Ok(None);
+    };
+    let client = llm::LlmClient::new(
+        settings,
+        orchestrator.store().pool(),
+        &orchestrator.metrics().registry,
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(client)))
 }
 
 /// The gate policy from `gatekeeper.policy_file`, or the built-in one.

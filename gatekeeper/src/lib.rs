@@ -13,6 +13,7 @@
 //! policy file's bytes.
 
 mod decide;
+pub mod explain;
 pub mod freeze;
 mod policy;
 mod source;

@@ -1,12 +1,15 @@
 //! The gatekeeper worker: `cmd.gate.eval` in, one `evt.plan.approved.v1` /
 //! `evt.plan.rejected.v1` / `evt.plan.held.v1` out.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bus::{Envelope, Publisher, Worker, WorkerError};
 use chrono::{DateTime, Utc};
 use workflow::messages::{topic, GateCommand, GateEvent};
 
-use crate::decide::{evaluate, Decision, GateInput};
+use crate::decide::{evaluate, Decision, GateInput, Outcome};
+use crate::explain::Explainer;
 use crate::source::PolicySource;
 
 /// The worker role name (also the `actor` of its events).
@@ -14,11 +17,23 @@ pub const ROLE: &str = "gatekeeper";
 /// The default CloudEvents `source` of its events.
 pub const SOURCE: &str = "opscase/gatekeeper";
 
-/// The gate worker: evaluates each `cmd.gate.eval` against the current policy.
-#[derive(Debug, Clone)]
+/// The gate worker: evaluates each `cmd.gate.eval` against the current policy; with a model
+/// configured, a held plan's risk is then explained for the approver.
+#[derive(Clone)]
 pub struct Gatekeeper {
     policy: PolicySource,
     source: String,
+    explainer: Option<Arc<Explainer>>,
+}
+
+impl std::fmt::Debug for Gatekeeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gatekeeper")
+            .field("policy", &self.policy)
+            .field("source", &self.source)
+            .field("explainer", &self.explainer.is_some())
+            .finish()
+    }
 }
 
 impl Gatekeeper {
@@ -32,7 +47,14 @@ impl Gatekeeper {
         Gatekeeper {
             policy,
             source: source.into(),
+            explainer: None,
         }
+    }
+
+    /// Explain held plans to their approver with `explainer`.
+    pub fn with_explainer(mut self, explainer: Arc<Explainer>) -> Gatekeeper {
+        self.explainer = Some(explainer);
+        self
     }
 
     /// Its policy source (shared: the API may use it for ad-hoc checks).
@@ -104,6 +126,22 @@ impl Worker for Gatekeeper {
         let answer = bus::answer(command, &self.source, decision.outcome.topic(), "", data);
         out.publish(answer).await.map_err(|e| {
             WorkerError::Retry(format!("publishing {}: {e}", decision.outcome.topic()))
-        })
+        })?;
+        // The decision is out; an explanation, if any, follows it.
+        if let (Some(explainer), Outcome::Hold) = (&self.explainer, decision.outcome) {
+            let explained = explainer.explain(&gate, &decision).await;
+            let note = bus::answer(
+                command,
+                &self.source,
+                topic::PLAN_EXPLAINED,
+                "",
+                explained.data,
+            );
+            if let Err(error) = out.publish(note).await {
+                tracing::warn!(case_id = %command.subject, %error,
+                    "the plan's explanation was not published");
+            }
+        }
+        Ok(())
     }
 }

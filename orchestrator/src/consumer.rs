@@ -16,13 +16,14 @@ use crate::store::{LockedCase, Tx};
 
 /// The worker events the orchestrator acts on: those that move a case, and those it only
 /// records on the timeline (`NOTED_EVENTS`).
-pub const WORKER_EVENTS: [&str; 11] = [
+pub const WORKER_EVENTS: [&str; 12] = [
     topic::ANALYSIS_FINDINGS,
     topic::PLAN_PROPOSED,
     topic::PLAN_FAILED,
     topic::PLAN_APPROVED,
     topic::PLAN_REJECTED,
     topic::PLAN_HELD,
+    topic::PLAN_EXPLAINED,
     topic::STEP_RESULT,
     topic::EXEC_DONE,
     topic::EXEC_FAILED,
@@ -34,6 +35,7 @@ pub const WORKER_EVENTS: [&str; 11] = [
 fn noted_event(kind: &str) -> Option<&'static str> {
     match kind {
         topic::PLAN_HELD => Some("gate_held"),
+        topic::PLAN_EXPLAINED => Some("gate_explanation"),
         topic::STEP_RESULT => Some("step_result"),
         _ => None,
     }

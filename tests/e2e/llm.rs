@@ -430,3 +430,133 @@ async fn without_a_model_the_llm_template_fails_the_plan_with_a_clear_reason() {
         .iter()
         .any(|t| t["name"] == "llm"));
 }
+
+fn noop_needs_a_human(config: &mut Config) {
+    let path = config.database.data_dir.join("policy.toml");
+    std::fs::write(&path, "human_actions = [\"noop\"]\n").unwrap();
+    config.gatekeeper.policy_file = Some(path);
+    config.llm.retries = 0;
+}
+
+fn schema_named(name: &str) -> wiremock::matchers::BodyPartialJsonMatcher {
+    wiremock::matchers::body_partial_json(
+        json!({"response_format": {"json_schema": {"name": name}}}),
+    )
+}
+
+on_both!(a_held_plan_is_explained_to_the_approver_after_the_decision);
+async fn a_held_plan_is_explained_to_the_approver_after_the_decision(backend: Backend) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(schema_named("ChangePlan"))
+        .respond_with(completion(&noop_plan()))
+        .mount(&server)
+        .await;
+    let explanation = json!({
+        "summary": "A no-op: nothing changes; only the error rate is watched.",
+        "risks": ["none beyond the time it takes"], "blast_radius": "none",
+        "rollback": "nothing to undo", "watch": ["checkout err_rate"]
+    });
+    Mock::given(method("POST"))
+        .and(schema_named("GateExplanation"))
+        .respond_with(completion(&explanation))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let Some((app, database)) = start(backend, &server, noop_needs_a_human).await else {
+        return;
+    };
+    let case = app
+        .model_case("checkout errors", json!({"service": "checkout"}))
+        .await;
+    eventually("the explanation on the timeline", 30, async || {
+        app.timeline_events(case)
+            .await
+            .contains(&"gate_explanation".to_string())
+    })
+    .await;
+    let events = app.timeline_events(case).await;
+    let held = events.iter().position(|e| e == "gate_held").expect("held");
+    let explained = events.iter().position(|e| e == "gate_explanation").unwrap();
+    assert!(held < explained, "the decision comes first: {events:?}");
+    assert_eq!(
+        app.case(case).await["status"],
+        "WAIT_GATE",
+        "an explanation moves nothing"
+    );
+    let row = app
+        .timeline(case)
+        .await
+        .into_iter()
+        .find(|row| row["event"] == "gate_explanation")
+        .unwrap();
+    assert_eq!(row["meta"]["explanation"], explanation);
+    assert!(row["actor"].as_str().unwrap().starts_with("gatekeeper/llm"));
+
+    let sent = bodies(&server.received_requests().await.unwrap());
+    let asked = sent
+        .iter()
+        .find(|b| b["response_format"]["json_schema"]["name"] == "GateExplanation")
+        .unwrap();
+    let user = asked["messages"][1]["content"].as_str().unwrap();
+    assert!(user.contains("<data name=\"plan\">"), "{user}");
+    assert!(
+        user.contains("human_actions"),
+        "the rule that held it: {user}"
+    );
+    let purposes: Vec<Value> = app
+        .llm_calls(case)
+        .await
+        .iter()
+        .map(|c| c["purpose"].clone())
+        .collect();
+    assert_eq!(purposes, [json!("plan"), json!("gate_explanation")]);
+    database.drop_database().await;
+}
+
+on_both!(a_failing_model_leaves_the_decision_alone);
+async fn a_failing_model_leaves_the_decision_alone(backend: Backend) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(schema_named("ChangePlan"))
+        .respond_with(completion(&noop_plan()))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(schema_named("GateExplanation"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&server)
+        .await;
+    let Some((app, database)) = start(backend, &server, noop_needs_a_human).await else {
+        return;
+    };
+    let case = app
+        .model_case("checkout errors", json!({"service": "checkout"}))
+        .await;
+    eventually("the gate's note without an explanation", 30, async || {
+        app.timeline_events(case)
+            .await
+            .contains(&"gate_explanation".to_string())
+    })
+    .await;
+    let row = app
+        .timeline(case)
+        .await
+        .into_iter()
+        .find(|row| row["event"] == "gate_explanation")
+        .unwrap();
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no explanation"),
+        "{row:#}"
+    );
+    assert!(row["meta"].get("explanation").is_none());
+    assert!(app
+        .timeline_events(case)
+        .await
+        .contains(&"gate_held".to_string()));
+    assert_eq!(app.case(case).await["status"], "WAIT_GATE");
+    database.drop_database().await;
+}

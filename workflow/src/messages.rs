@@ -25,6 +25,8 @@ pub mod topic {
     pub const PLAN_REJECTED: &str = "evt.plan.rejected.v1";
     /// The gate wants a human: the case stays in WAIT_GATE, the decision is recorded.
     pub const PLAN_HELD: &str = "evt.plan.held.v1";
+    /// A model's explanation of a held plan's risk, for the approver (a timeline note).
+    pub const PLAN_EXPLAINED: &str = "evt.plan.explained.v1";
     pub const STEP_RESULT: &str = "evt.exec.step_result.v1";
     pub const EXEC_DONE: &str = "evt.exec.done.v1";
     pub const EXEC_FAILED: &str = "evt.exec.failed.v1";
