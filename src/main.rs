@@ -422,8 +422,8 @@ fn worker(
         opscase::workers::Role::uses_model(roles) && config.llm.base_url.is_some();
     if audits_model_calls && config.database.url.is_none() {
         eprintln!(
-            "opscase: configuration: the planner's and the gatekeeper's model calls are \
-             audited in the service's database (llm_call); set database.url \
+            "opscase: configuration: the model calls of the planner, the gatekeeper and the \
+             analyst are audited in the service's database (llm_call); set database.url \
              (OPSCASE_DATABASE_URL)"
         );
         return ExitCode::from(2);

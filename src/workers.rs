@@ -40,12 +40,12 @@ impl Role {
     }
 
     /// Whether `roles` runs a role that asks the model when one is configured (the planner's
-    /// `llm` template, the gatekeeper's explanations), whose calls are audited in the
-    /// service's database.
+    /// `llm` template, the gatekeeper's explanations, the analyst's summaries), whose calls are
+    /// audited in the service's database.
     pub fn uses_model(roles: &[Role]) -> bool {
         Role::expand(roles)
             .iter()
-            .any(|role| matches!(role, Role::Planner | Role::Gatekeeper))
+            .any(|role| matches!(role, Role::Planner | Role::Gatekeeper | Role::Analyst))
     }
 
     fn expand(roles: &[Role]) -> Vec<Role> {
@@ -82,10 +82,16 @@ pub fn build(
     let model = model_client(config, orchestrator)?;
     for role in Role::expand(roles) {
         workers.push(match role {
-            Role::Analyst => Arc::new(analyst::worker::AnalystWorker::new(
-                orchestrator.store().pool(),
-                config.analyst.analysis.settings(),
-            )),
+            Role::Analyst => {
+                let mut analyst = analyst::worker::AnalystWorker::new(
+                    orchestrator.store().pool(),
+                    config.analyst.analysis.settings(),
+                );
+                if let Some(client) = &model {
+                    analyst = analyst.with_model(client.clone());
+                }
+                Arc::new(analyst)
+            }
             Role::Planner => Arc::new(PlannerWithDefaults {
                 planner: planner_worker(config, model.clone())?,
                 defaults: config.planner.defaults.clone(),

@@ -53,6 +53,7 @@ pub mod series;
 pub mod span;
 pub mod stats;
 pub mod store;
+pub mod summary;
 pub mod worker;
 
 pub use alarm::{AlarmParams, Transition};

@@ -88,6 +88,25 @@ impl CallPoint {
     }
 }
 
+/// A model's summary of a run's findings, stored beside them (never a state change).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FindingsSummary {
+    /// The analysis run summarised.
+    pub run_id: String,
+    pub case_id: Uuid,
+    pub headline: String,
+    pub suspected_cause: String,
+    /// 0 to 1, as the model put it.
+    pub confidence: f64,
+    /// Evidence of the case (`GET /v1/cases/{id}/evidence`) the summary rests on; each one
+    /// was checked to be the case's.
+    pub evidence_ids: Vec<Uuid>,
+    pub model: String,
+    /// Its `llm_call`.
+    pub call_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
 /// A finding as stored and as `GET /v1/cases/{id}/findings` returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct StoredFinding {
@@ -129,6 +148,14 @@ const INSERT_FINDING: &str = "INSERT INTO analysis_finding \
 
 const SELECT_FINDINGS: &str = "SELECT run_id, idx, case_id, tenant, kind, title, score, detail, \
     evidence, created_at FROM analysis_finding WHERE case_id = $1 ORDER BY created_at, run_id, idx";
+
+const INSERT_SUMMARY: &str = "INSERT INTO analysis_summary \
+    (run_id, case_id, headline, suspected_cause, confidence, evidence_ids, model, call_id, created_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (run_id) DO NOTHING";
+
+const SELECT_SUMMARIES: &str = "SELECT run_id, headline, suspected_cause, confidence, \
+    evidence_ids, model, call_id, created_at FROM analysis_summary WHERE case_id = $1 \
+    ORDER BY created_at, run_id";
 
 /// Bind the same values on either backend's query (`$q` is the query).
 macro_rules! on_pool {
@@ -273,6 +300,57 @@ impl AnalysisStore {
     }
 
     /// A case's findings, run by run, oldest first.
+    /// Keep a model's summary of a run's findings (the first one kept: a redelivered command
+    /// does not replace it).
+    pub async fn insert_summary(&self, summary: &FindingsSummary) -> Result<(), StoreError> {
+        macro_rules! insert {
+            ($pool:expr) => {
+                sqlx::query(INSERT_SUMMARY)
+                    .bind(&summary.run_id)
+                    .bind(summary.case_id.to_string())
+                    .bind(&summary.headline)
+                    .bind(&summary.suspected_cause)
+                    .bind(summary.confidence)
+                    .bind(Json(&summary.evidence_ids))
+                    .bind(&summary.model)
+                    .bind(summary.call_id.to_string())
+                    .bind(summary.created_at)
+                    .execute($pool)
+                    .await?
+                    .rows_affected()
+            };
+        }
+        match &self.pool {
+            SqlPool::Sqlite(pool) => insert!(pool),
+            SqlPool::Postgres(pool) => insert!(pool),
+        };
+        Ok(())
+    }
+
+    /// The model's summaries of a case's analysis runs, oldest first.
+    pub async fn summaries_of(&self, case_id: Uuid) -> Result<Vec<FindingsSummary>, StoreError> {
+        let rows = on_pool!(&self.pool, SELECT_SUMMARIES, fetch_all, |q| q
+            .bind(case_id.to_string()));
+        rows.iter()
+            .map(|row| {
+                let call_id = get!(row, String, "call_id")?;
+                Ok(FindingsSummary {
+                    run_id: get!(row, String, "run_id")?,
+                    case_id,
+                    headline: get!(row, String, "headline")?,
+                    suspected_cause: get!(row, String, "suspected_cause")?,
+                    confidence: get!(row, f64, "confidence")?,
+                    evidence_ids: get!(row, Json<Vec<Uuid>>, "evidence_ids")?.0,
+                    model: get!(row, String, "model")?,
+                    call_id: Uuid::parse_str(&call_id)
+                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    created_at: get!(row, DateTime<Utc>, "created_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     pub async fn findings_of(&self, case_id: Uuid) -> Result<Vec<StoredFinding>, StoreError> {
         let rows = on_pool!(&self.pool, SELECT_FINDINGS, fetch_all, |q| q
             .bind(case_id.to_string()));

@@ -17,6 +17,7 @@ use verifier::Metric1mStore;
 
 use crate::analysis::{analyse, service_of, AnalysisSettings, Change, Inputs, MetricSeries};
 use crate::store::AnalysisStore;
+use crate::summary::Summarizer;
 
 /// The role's name, and the actor of its events.
 pub const ROLE: &str = "analyst";
@@ -32,6 +33,8 @@ pub struct AnalystWorker {
     metrics: Metric1mStore,
     analysis: AnalysisStore,
     changes: SensorStore,
+    /// The model that summarises findings, when one is configured.
+    summarizer: Option<Summarizer>,
 }
 
 impl AnalystWorker {
@@ -47,7 +50,18 @@ impl AnalystWorker {
             metrics,
             analysis: AnalysisStore::new(pool.clone()),
             changes: SensorStore::new(pool),
+            summarizer: None,
         }
+    }
+
+    /// Have `client` summarise each run's findings after they are published.
+    pub fn with_model(mut self, client: std::sync::Arc<llm::LlmClient>) -> Self {
+        self.summarizer = Some(Summarizer::new(
+            client,
+            self.analysis.clone(),
+            self.changes.clone(),
+        ));
+        self
     }
 
     /// Analyse the case of `command` as of `now`: the event to publish, its findings stored.
@@ -214,6 +228,15 @@ impl Worker for AnalystWorker {
             data,
         ))
         .await
-        .map_err(|e| WorkerError::Retry(format!("publishing the findings: {e}")))
+        .map_err(|e| WorkerError::Retry(format!("publishing the findings: {e}")))?;
+        // The findings are out; a summary, if any, follows them.
+        if let (Some(summarizer), false) = (&self.summarizer, event.findings.is_empty()) {
+            let data = summarizer.summarize(&request, &event).await;
+            let note = bus::answer(command, SOURCE, topic::ANALYSIS_SUMMARY, "", data);
+            if let Err(error) = out.publish(note).await {
+                tracing::warn!(case = %request.case.id, %error, "the summary was not published");
+            }
+        }
+        Ok(())
     }
 }

@@ -111,6 +111,8 @@ pub async fn list_evidence(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FindingsPage {
     pub items: Vec<analyst::store::StoredFinding>,
+    /// A model's summary of each run's findings, when a model is configured and answered.
+    pub summaries: Vec<analyst::store::FindingsSummary>,
 }
 
 /// What the analyst found about a case, run by run (oldest first), each finding strongest
@@ -129,11 +131,10 @@ pub async fn list_findings(
     let case_id = extract::parse_uuid("id", &id.0)?;
     let context = request_context(caller.principal, None);
     app.orchestrator.get_case(case_id, &context).await?;
-    let items = analyst::store::AnalysisStore::new(app.orchestrator.store().pool())
-        .findings_of(case_id)
-        .await
-        .map_err(Problem::from)?;
-    Ok(Json(FindingsPage { items }))
+    let store = analyst::store::AnalysisStore::new(app.orchestrator.store().pool());
+    let items = store.findings_of(case_id).await.map_err(Problem::from)?;
+    let summaries = store.summaries_of(case_id).await.map_err(Problem::from)?;
+    Ok(Json(FindingsPage { items, summaries }))
 }
 
 /// A case's model calls.

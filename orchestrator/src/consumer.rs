@@ -16,8 +16,9 @@ use crate::store::{LockedCase, Tx};
 
 /// The worker events the orchestrator acts on: those that move a case, and those it only
 /// records on the timeline (`NOTED_EVENTS`).
-pub const WORKER_EVENTS: [&str; 12] = [
+pub const WORKER_EVENTS: [&str; 13] = [
     topic::ANALYSIS_FINDINGS,
+    topic::ANALYSIS_SUMMARY,
     topic::PLAN_PROPOSED,
     topic::PLAN_FAILED,
     topic::PLAN_APPROVED,
@@ -36,6 +37,7 @@ fn noted_event(kind: &str) -> Option<&'static str> {
     match kind {
         topic::PLAN_HELD => Some("gate_held"),
         topic::PLAN_EXPLAINED => Some("gate_explanation"),
+        topic::ANALYSIS_SUMMARY => Some("findings_summary"),
         topic::STEP_RESULT => Some("step_result"),
         _ => None,
     }

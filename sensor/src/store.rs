@@ -224,9 +224,19 @@ pub struct Seen {
 /// Fingerprints per statement of [`latest_states`] (well under both backends' bind limits).
 const FINGERPRINTS_PER_READ: usize = 500;
 
+/// [`latest_states_sql`] on PostgreSQL: the fingerprints as one array (one prepared
+/// statement whatever their number), each alert's latest envelope by a backward scan of the
+/// `(tenant, source, fingerprint, id)` index that stops at its first row.
+const LATEST_STATES_PG: &str = "SELECT f.fingerprint, e.state_key, e.group_key, g.case_id \
+    FROM unnest($3::text[]) AS f(fingerprint) \
+    CROSS JOIN LATERAL (SELECT state_key, group_key FROM event_envelope \
+        WHERE tenant = $1 AND source = $2 AND fingerprint = f.fingerprint \
+        ORDER BY id DESC LIMIT 1) e \
+    LEFT JOIN signal_group g ON g.group_key = e.group_key";
+
 /// The latest envelope of each alert (one `tenant`, one `source`), by fingerprint: one
 /// statement per 500 fingerprints, each alert found through the `(tenant, source,
-/// fingerprint, id)` index.
+/// fingerprint, id)` index (SQLite; PostgreSQL takes [`LATEST_STATES_PG`]).
 fn latest_states_sql(fingerprints: usize) -> String {
     format!(
         "SELECT e.fingerprint, e.state_key, e.group_key, g.case_id FROM event_envelope e \
@@ -260,6 +270,19 @@ pub async fn latest_states_in(
     fingerprints: &[&str],
 ) -> Result<HashMap<String, Seen>, StoreError> {
     let mut seen = HashMap::new();
+    if let TxConnection::Postgres(conn) = conn {
+        let rows = sqlx::query(LATEST_STATES_PG)
+            .bind(tenant)
+            .bind(source)
+            .bind(fingerprints)
+            .fetch_all(&mut **conn)
+            .await?;
+        for row in &rows {
+            let (fingerprint, state) = seen_from!(row)?;
+            seen.insert(fingerprint, state);
+        }
+        return Ok(seen);
+    }
     for chunk in fingerprints.chunks(FINGERPRINTS_PER_READ) {
         let sql = latest_states_sql(chunk.len());
         let rows = on_tx!(conn, &sql, fetch_all, |q| chunk
@@ -617,6 +640,19 @@ impl SensorStore {
         fingerprints: &[&str],
     ) -> Result<HashMap<String, Seen>, StoreError> {
         let mut seen = HashMap::new();
+        if let SqlPool::Postgres(pool) = &self.pool {
+            let rows = sqlx::query(LATEST_STATES_PG)
+                .bind(tenant)
+                .bind(source)
+                .bind(fingerprints)
+                .fetch_all(pool)
+                .await?;
+            for row in &rows {
+                let (fingerprint, state) = seen_from!(row)?;
+                seen.insert(fingerprint, state);
+            }
+            return Ok(seen);
+        }
         for chunk in fingerprints.chunks(FINGERPRINTS_PER_READ) {
             let sql = latest_states_sql(chunk.len());
             let rows = on_pool!(&self.pool, &sql, fetch_all, |q| chunk

@@ -560,3 +560,151 @@ async fn a_failing_model_leaves_the_decision_alone(backend: Backend) {
     assert_eq!(app.case(case).await["status"], "WAIT_GATE");
     database.drop_database().await;
 }
+
+impl TestApp {
+    /// A deploy of `service` ten minutes ago: the analysis finds it (`recent_change`).
+    async fn deployed(&self, service: &str) {
+        let response = self
+            .client
+            .post(self.url("/v1/signals/changes"))
+            .json(&json!({"service": service, "kind": "deploy",
+                          "payload": {"summary": format!("{service} 1.4.2 rolled out"),
+                                      "timestamp": (Utc::now() - Duration::minutes(10)).to_rfc3339(),
+                                      "custom_details": {"tenant": "t-001"}}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+
+    /// A case opened for the model, not yet started, with one piece of evidence: its id.
+    async fn case_with_evidence(&self, title: &str) -> (Uuid, Uuid) {
+        let response = self
+            .client
+            .post(self.url("/v1/cases"))
+            .json(
+                &json!({"title": title, "tenant": "t-001", "automation": "auto",
+                          "labels": {"service": "checkout", "template": "llm"}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let case: Uuid = response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let response = self
+            .client
+            .post(self.url(&format!("/v1/cases/{case}/evidence")))
+            .json(&json!({"kind": "url", "title": "deploy dashboard",
+                          "url": "https://grafana.example/d/deploys"}))
+            .send()
+            .await
+            .unwrap();
+        let evidence: Uuid = response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (case, evidence)
+    }
+}
+
+on_both!(findings_get_a_summary_whose_citations_are_checked);
+async fn findings_get_a_summary_whose_citations_are_checked(backend: Backend) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(schema_named("ChangePlan"))
+        .respond_with(completion(&noop_plan()))
+        .mount(&server)
+        .await;
+    let Some((app, database)) = start(backend, &server, |_| {}).await else {
+        return;
+    };
+    app.deployed("checkout").await;
+    let (cited, evidence) = app
+        .case_with_evidence("checkout errors after a deploy")
+        .await;
+    let (invented, other_evidence) = app.case_with_evidence("checkout errors again").await;
+    let summary = |evidence: Uuid| {
+        json!({"headline": "checkout errors began after the 1.4.2 deploy",
+               "suspected_cause": "the checkout 1.4.2 rollout ten minutes ago",
+               "confidence": 0.7, "evidence_ids": [evidence]})
+    };
+    // Each case's request lists its own evidence: that tells them apart.
+    for (listed, answer) in [
+        (evidence, summary(evidence)),
+        (other_evidence, summary(Uuid::now_v7())),
+    ] {
+        Mock::given(method("POST"))
+            .and(schema_named("FindingsSummary"))
+            .and(wiremock::matchers::body_string_contains(listed.to_string()))
+            .respond_with(completion(&answer))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    for case in [cited, invented] {
+        app.advance(
+            case,
+            json!({"event": "start_analysis", "actor": "oncall@svc"}),
+        )
+        .await;
+    }
+    for case in [cited, invented] {
+        eventually("the summary note", 30, async || {
+            app.timeline_events(case)
+                .await
+                .contains(&"findings_summary".to_string())
+        })
+        .await;
+    }
+
+    let (_, findings) = app.get_json(&format!("/v1/cases/{cited}/findings")).await;
+    assert!(
+        findings["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "recent_change"),
+        "{findings:#}"
+    );
+    let summaries = findings["summaries"].as_array().unwrap();
+    assert_eq!(summaries.len(), 1, "{findings:#}");
+    assert_eq!(summaries[0]["evidence_ids"], json!([evidence]));
+    assert_eq!(summaries[0]["confidence"], 0.7);
+    let note = app
+        .timeline(cited)
+        .await
+        .into_iter()
+        .find(|row| row["event"] == "findings_summary")
+        .unwrap();
+    assert!(note["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("findings summarised"));
+    assert!(app
+        .llm_calls(cited)
+        .await
+        .iter()
+        .any(|c| c["purpose"] == "findings_summary"));
+
+    let (_, findings) = app
+        .get_json(&format!("/v1/cases/{invented}/findings"))
+        .await;
+    assert_eq!(
+        findings["summaries"],
+        json!([]),
+        "an invented citation is refused"
+    );
+    let note = app
+        .timeline(invented)
+        .await
+        .into_iter()
+        .find(|row| row["event"] == "findings_summary")
+        .unwrap();
+    let reason = note["reason"].as_str().unwrap();
+    assert!(reason.contains("is not evidence of this case"), "{reason}");
+    database.drop_database().await;
+}

@@ -19,6 +19,8 @@ pub mod topic {
 
     /// The analyst's findings about a case (possibly none): ends ANALYZING.
     pub const ANALYSIS_FINDINGS: &str = "evt.analysis.findings.v1";
+    /// A model's summary of the findings (a timeline note; the summary is stored beside them).
+    pub const ANALYSIS_SUMMARY: &str = "evt.analysis.summary.v1";
     pub const PLAN_PROPOSED: &str = "evt.plan.proposed.v1";
     pub const PLAN_FAILED: &str = "evt.plan.failed.v1";
     pub const PLAN_APPROVED: &str = "evt.plan.approved.v1";
