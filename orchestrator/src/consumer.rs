@@ -79,6 +79,8 @@ struct WorkerData {
     checks: Option<Value>,
     /// A refused plan's validation errors.
     errors: Option<Value>,
+    /// What the Librarian found for a proposed plan's case.
+    references: Option<workflow::references::References>,
 }
 
 impl Orchestrator {
@@ -237,6 +239,7 @@ impl Orchestrator {
             policy_rev: None,
             decision_inputs: None,
             plan_requester: None,
+            plan_references: None,
         });
         if case.status != Status::Analyzing {
             tx.record_timeline(&crate::model::NewTimelineEntry {
@@ -397,6 +400,9 @@ fn request_of(
     if !data.rollback.is_empty() {
         meta.insert("rollback".into(), json!(data.rollback));
     }
+    if let (Event::PlanReady, Some(references)) = (event, &data.references) {
+        meta.insert("references".into(), references.summary());
+    }
     for (key, value) in [
         ("verdict", &data.verdict),
         ("checks", &data.checks),
@@ -427,6 +433,9 @@ fn request_of(
         expected_version: None,
         policy_rev: data.policy_rev.clone(),
         plan_requester: data.requested_by.clone(),
+        plan_references: (event == Event::PlanReady)
+            .then(|| data.references.clone())
+            .flatten(),
         decision_inputs: data.inputs.clone().map(|mut inputs| {
             if let (Value::Object(map), Some(rule)) = (&mut inputs, &data.rule) {
                 map.insert("rule".into(), json!(rule));

@@ -217,6 +217,9 @@ pub struct TransitionRequest {
     /// `plan_ready` from the planner: who asked for the plan (a key identity or an actor),
     /// recorded as its requester for four eyes. Otherwise the request's own key is.
     pub plan_requester: Option<String>,
+    /// `plan_ready` from the planner: what the Librarian found for the case, stored with the
+    /// plan.
+    pub plan_references: Option<workflow::references::References>,
 }
 
 /// Turns the outcome of a request into the response stored for idempotent replay. Supplied by
@@ -918,6 +921,7 @@ async fn apply(
                         .clone()
                         .or_else(|| context.principal_identity()),
                     created_at: now,
+                    references: request.plan_references.clone(),
                 };
                 tx.insert_plan(&record).await?;
                 case.current_plan_id = Some(record.id);

@@ -644,6 +644,7 @@ fn plain_request(
         policy_rev: None,
         decision_inputs: None,
         plan_requester: None,
+        plan_references: None,
     }
 }
 

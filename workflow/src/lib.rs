@@ -11,6 +11,7 @@ pub mod integer;
 mod machine;
 pub mod messages;
 pub mod plan;
+pub mod references;
 mod table;
 pub mod watchdog;
 

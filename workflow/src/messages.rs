@@ -150,6 +150,10 @@ pub struct PlanEvent {
     /// Validation errors of a rejected proposal, field by field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<Value>,
+    /// What the Librarian found for the case (runbooks, past cases and their rollback
+    /// hints), stored with the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<crate::references::References>,
 }
 
 /// `evt.plan.approved.v1`, `evt.plan.rejected.v1`, `evt.plan.held.v1`.
