@@ -198,6 +198,7 @@ pub async fn list_docs(
     let filter = SearchFilter {
         tenant: caller.principal.tenant.clone(),
         source: query.source,
+        ..SearchFilter::default()
     };
     let items = store_of(&app)
         .list(&filter, i64::from(limit))
@@ -271,6 +272,7 @@ pub async fn search(
     let filter = SearchFilter {
         tenant: caller.principal.tenant.clone(),
         source: query.source,
+        ..SearchFilter::default()
     };
     let started = Instant::now();
     let hits = store_of(&app)

@@ -1,0 +1,203 @@
+//! The Librarian's thin part for cases: it reads a case's history (the orchestrator's tables
+//! and the sensor's alerts, read only) to write the case's document when it closes or parks,
+//! and to find any case's references. [`CaseDocuments`] is its consumer of
+//! `evt.case.transition.v1`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bus::{Envelope, Handled, Handler};
+use chrono::Utc;
+use serde_json::Value;
+use uuid::Uuid;
+
+use orchestrator::store::{first_findings, FINDINGS_EVENTS};
+use orchestrator::{Store, StoreError};
+use sensor::store::SensorStore;
+use workflow::references::References;
+use workflow::{Status, TOPIC_CASE_TRANSITION};
+
+use crate::cases::{case_document, CaseFacts, CaseHistory};
+use crate::related::{references, Limits};
+use crate::store::{KbStore, Upserted};
+
+/// The consumer name of the case documents on the bus.
+pub const CONSUMER: &str = "librarian";
+
+/// Timeline rows read per page.
+const TIMELINE_PAGE: u32 = 500;
+
+#[derive(Clone)]
+pub struct Librarian {
+    cases: Arc<dyn Store>,
+    kb: KbStore,
+    alerts: SensorStore,
+    limits: Limits,
+}
+
+impl Librarian {
+    /// Over the orchestrator's store (whose database also holds the knowledge base and the
+    /// sensor's alerts).
+    pub fn new(cases: Arc<dyn Store>) -> Self {
+        let pool = cases.pool();
+        Self {
+            kb: KbStore::new(pool.clone()),
+            alerts: SensorStore::new(pool),
+            cases,
+            limits: Limits::default(),
+        }
+    }
+
+    pub fn kb(&self) -> &KbStore {
+        &self.kb
+    }
+
+    /// What the case is about, or `None` when there is no such case.
+    pub async fn facts(&self, id: Uuid) -> Result<Option<CaseFacts>, StoreError> {
+        let Some(case) = self.cases.get_case(id).await? else {
+            return Ok(None);
+        };
+        let timeline = self.timeline(id).await?;
+        Ok(Some(self.facts_of(&case, &timeline).await?))
+    }
+
+    async fn facts_of(
+        &self,
+        case: &orchestrator::model::Case,
+        timeline: &[orchestrator::model::TimelineEntry],
+    ) -> Result<CaseFacts, StoreError> {
+        let mut annotations = std::collections::BTreeMap::new();
+        for envelope in self.alerts.envelopes_of(case.id).await? {
+            for (name, value) in envelope.annotations {
+                annotations.entry(name).or_insert(value);
+            }
+        }
+        let findings = first_findings(
+            timeline
+                .iter()
+                .rev()
+                .filter(|row| FINDINGS_EVENTS.contains(&row.event.as_str()))
+                .map(|row| row.meta.clone()),
+        )
+        .unwrap_or_default();
+        Ok(CaseFacts {
+            id: case.id,
+            tenant: case.tenant.clone(),
+            title: case.title.clone(),
+            labels: case.labels.clone(),
+            annotations,
+            findings,
+        })
+    }
+
+    async fn timeline(
+        &self,
+        id: Uuid,
+    ) -> Result<Vec<orchestrator::model::TimelineEntry>, StoreError> {
+        let mut rows = Vec::new();
+        loop {
+            let page = self
+                .cases
+                .timeline(
+                    id,
+                    rows.last()
+                        .map(|r: &orchestrator::model::TimelineEntry| r.id),
+                    TIMELINE_PAGE,
+                )
+                .await?;
+            let full = page.len() == TIMELINE_PAGE as usize;
+            rows.extend(page);
+            if !full {
+                return Ok(rows);
+            }
+        }
+    }
+
+    /// The references of the case `id` (`None`: no such case).
+    pub async fn references_of(&self, id: Uuid) -> Result<Option<References>, StoreError> {
+        match self.facts(id).await? {
+            Some(facts) => Ok(Some(references(&self.kb, &facts, self.limits).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Write the document of case `id` if it is CLOSED or PARKED: what the upsert did, or
+    /// `None` when there is nothing to write (no such case, or it is open).
+    pub async fn write_case(&self, id: Uuid) -> Result<Option<Upserted>, StoreError> {
+        let Some(case) = self.cases.get_case(id).await? else {
+            return Ok(None);
+        };
+        if !matches!(case.status, Status::Closed | Status::Parked) {
+            return Ok(None);
+        }
+        let timeline = self.timeline(id).await?;
+        let facts = self.facts_of(&case, &timeline).await?;
+        let plan = match case.current_plan_id {
+            Some(plan_id) => self
+                .cases
+                .plans(id)
+                .await?
+                .into_iter()
+                .find(|plan| plan.id == plan_id)
+                .map(|plan| plan.plan),
+            None => None,
+        };
+        let history = CaseHistory {
+            case,
+            facts,
+            plan,
+            timeline,
+        };
+        let Some(doc) = case_document(&history) else {
+            return Ok(None);
+        };
+        // The document's time is the case's last change, so writing it again is a no-op.
+        let upserted = self.kb.upsert(&doc, history.case.updated_at).await?;
+        tracing::info!(case_id = %id, doc_id = %doc.id, result = ?upserted, "case document written");
+        Ok(Some(upserted))
+    }
+}
+
+/// Writes a case's document when a transition takes it to CLOSED or PARKED.
+pub struct CaseDocuments(pub Librarian);
+
+/// Whether a transition event ends in a state whose case is written down.
+fn ends_in_kept_state(data: &Value) -> bool {
+    matches!(data["to"].as_str(), Some("CLOSED" | "PARKED"))
+}
+
+#[async_trait]
+impl Handler for CaseDocuments {
+    async fn handle(&self, envelope: &Envelope) -> Handled {
+        if envelope.kind != TOPIC_CASE_TRANSITION || !ends_in_kept_state(&envelope.data) {
+            return Handled::Done;
+        }
+        let Ok(case_id) = Uuid::parse_str(&envelope.subject) else {
+            return Handled::Poison(format!("subject {:?} is not a case id", envelope.subject));
+        };
+        let started = Utc::now();
+        match self.0.write_case(case_id).await {
+            Ok(_) => Handled::Done,
+            Err(error) if error.is_unavailable() => Handled::Retry(error.to_string()),
+            Err(error) => {
+                tracing::warn!(%case_id, %error, since = %started, "case document not written");
+                Handled::Retry(error.to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn only_closing_and_parking_write_a_document() {
+        assert!(ends_in_kept_state(&json!({"to": "CLOSED"})));
+        assert!(ends_in_kept_state(&json!({"to": "PARKED"})));
+        assert!(!ends_in_kept_state(&json!({"to": "PLANNING"})));
+        assert!(!ends_in_kept_state(&json!({})));
+    }
+}
