@@ -145,6 +145,13 @@ enum KbAction {
         #[arg(long)]
         prune: bool,
     },
+    /// Write down every CLOSED and PARKED case as a document of source `cases` (the service
+    /// does this as each case closes or parks; this catches up on cases that ended before).
+    Cases {
+        /// Only this tenant's cases.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -359,6 +366,15 @@ fn kb(config_file: &Option<PathBuf>, overrides: Overrides, action: KbAction) -> 
                     report.unchanged,
                     report.pruned,
                     report.chunks_written
+                );
+            }
+            KbAction::Cases { tenant } => {
+                let report = librarian::Librarian::new(orchestrator.store().clone())
+                    .sweep(tenant.as_deref())
+                    .await?;
+                println!(
+                    "cases written down: {} created, {} updated, {} unchanged",
+                    report.created, report.updated, report.unchanged
                 );
             }
         }

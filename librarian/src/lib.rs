@@ -21,7 +21,7 @@ pub mod store;
 pub use cases::{case_document, CaseFacts, CaseHistory, CASES_SOURCE};
 pub use chunk::{parse_markdown, query_terms, Chunk, ParsedDoc};
 pub use import::{import_dir, ImportError, ImportReport};
-pub use librarian::{CaseDocuments, Librarian};
+pub use librarian::{CaseDocuments, Librarian, SweepReport};
 pub use metrics::KbMetrics;
 pub use related::{references, Limits};
 pub use store::{

@@ -158,6 +158,52 @@ impl Librarian {
     }
 }
 
+/// What a sweep over the closed and parked cases did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SweepReport {
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+}
+
+impl Librarian {
+    /// Write (or confirm) the document of every CLOSED and PARKED case, of `tenant` or of
+    /// all: the catch-up for cases that ended before the Librarian consumed transitions, or
+    /// whose document was deleted. Idempotent: a second sweep finds everything unchanged.
+    pub async fn sweep(&self, tenant: Option<&str>) -> Result<SweepReport, StoreError> {
+        const PAGE: u32 = 200;
+        let mut report = SweepReport::default();
+        for status in [Status::Closed, Status::Parked] {
+            let mut before = None;
+            loop {
+                let page = self
+                    .cases
+                    .list_cases(&orchestrator::model::CaseFilter {
+                        status: Some(status),
+                        tenant: tenant.map(str::to_string),
+                        before,
+                        limit: PAGE,
+                        ..Default::default()
+                    })
+                    .await?;
+                for case in &page {
+                    match self.write_case(case.id).await? {
+                        Some(Upserted::Created) => report.created += 1,
+                        Some(Upserted::Updated) => report.updated += 1,
+                        Some(Upserted::Unchanged) => report.unchanged += 1,
+                        None => {}
+                    }
+                }
+                if page.len() < PAGE as usize {
+                    break;
+                }
+                before = page.last().map(|case| case.id);
+            }
+        }
+        Ok(report)
+    }
+}
+
 /// Writes a case's document when a transition takes it to CLOSED or PARKED.
 pub struct CaseDocuments(pub Librarian);
 

@@ -321,6 +321,20 @@ async fn a_parked_case_is_knowledge_too_and_closing_it_replaces_its_document(app
         "an open case"
     );
 
+    // A lost document comes back with a sweep, which otherwise finds everything in place.
+    assert!(store(&app)
+        .delete(&case_doc_id("t-001", parked))
+        .await
+        .unwrap());
+    let swept = librarian.sweep(Some("t-001")).await.unwrap();
+    assert_eq!((swept.created, swept.updated, swept.unchanged), (1, 0, 0));
+    let swept = librarian.sweep(None).await.unwrap();
+    assert_eq!((swept.created, swept.updated, swept.unchanged), (0, 0, 1));
+    assert_eq!(
+        librarian.sweep(Some("t-002")).await.unwrap(),
+        Default::default()
+    );
+
     // Closing it replaces its document: one document still, now cancelled.
     app.advance(
         parked,
