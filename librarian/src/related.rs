@@ -57,7 +57,7 @@ pub async fn references(
             .await?;
         let named = match facts.runbook_url() {
             Some(url) => store
-                .by_url(url, &facts.tenant)
+                .by_runbook_url(url, &facts.tenant)
                 .await?
                 .into_iter()
                 .find(|doc| doc.source != CASES_SOURCE),

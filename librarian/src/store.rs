@@ -464,6 +464,49 @@ impl KbStore {
         rows.iter().map(doc_summary).collect()
     }
 
+    /// The document an alert's `runbook_url` names, as `tenant` may see it: one imported from
+    /// exactly that URL, else an imported page whose path without `.md` is the URL's path
+    /// tail (`https://runbooks.prometheus-operator.dev/runbooks/kubernetes/kubepodcrashlooping`
+    /// names `kubernetes/KubePodCrashLooping.md`), letter case aside.
+    pub async fn by_runbook_url(
+        &self,
+        url: &str,
+        tenant: &str,
+    ) -> Result<Vec<DocSummary>, StoreError> {
+        let exact = self.by_url(url, tenant).await?;
+        if !exact.is_empty() {
+            return Ok(exact);
+        }
+        let path = url_path(url).to_lowercase();
+        let Some(last) = path.rsplit('/').find(|segment| !segment.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT {DOC_COLUMNS} FROM kb_doc d WHERE lower(d.path_or_url) LIKE $1 \
+             AND (d.tenant IS NULL OR d.tenant = $2) \
+             ORDER BY CASE WHEN d.tenant IS NULL THEN 1 ELSE 0 END, d.updated_at DESC, d.id"
+        );
+        let pattern = format!("%{last}.md");
+        let rows = on_pool!(&self.pool, &sql, fetch_all, |q| q
+            .bind(pattern)
+            .bind(tenant));
+        let path = path.trim_end_matches('/');
+        let mut docs = Vec::new();
+        for row in &rows {
+            let doc = doc_summary(row)?;
+            let stem = doc.url.to_lowercase();
+            let stem = stem
+                .strip_suffix(".md")
+                .unwrap_or(&stem)
+                .trim_start_matches('/');
+            let tail = path.strip_suffix(stem);
+            if tail.is_some_and(|rest| rest.is_empty() || rest.ends_with('/')) {
+                docs.push(doc);
+            }
+        }
+        Ok(docs)
+    }
+
     /// A document with its chunks.
     pub async fn get(&self, id: &str) -> Result<Option<StoredDoc>, StoreError> {
         let Some(doc) = self.summary(id).await? else {
@@ -564,6 +607,15 @@ impl KbStore {
     }
 }
 
+/// The path of a URL (`https://host/a/b?x#y` → `/a/b`); a bare path as it is.
+fn url_path(url: &str) -> &str {
+    let rest = match url.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("", |at| &rest[at..]),
+        None => url,
+    };
+    rest.split(['?', '#']).next().unwrap_or_default()
+}
+
 fn doc_summary(row: &Rows) -> Result<DocSummary, StoreError> {
     Ok(DocSummary {
         id: get!(row, String, "id")?,
@@ -582,6 +634,19 @@ fn doc_summary(row: &Rows) -> Result<DocSummary, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_path_drops_scheme_host_query_and_fragment() {
+        assert_eq!(
+            url_path("https://runbooks.prometheus-operator.dev/runbooks/kubernetes/kubepodcrashlooping?x=1#m"),
+            "/runbooks/kubernetes/kubepodcrashlooping"
+        );
+        assert_eq!(url_path("https://example.com"), "");
+        assert_eq!(
+            url_path("kubernetes/KubePodCrashLooping.md"),
+            "kubernetes/KubePodCrashLooping.md"
+        );
+    }
 
     #[test]
     fn an_imported_page_keeps_its_id_and_hashes_what_it_shows() {

@@ -384,7 +384,16 @@ async fn the_runbook_an_alert_names_comes_first(app: TestApp) {
         })
     };
     let mut cases = Vec::new();
-    for (url, pod) in [(Some(team_runbook), "a"), (None, "b")] {
+    // kube-prometheus' runbook_url names the runbooks site's page of an imported path; here one
+    // whose words would not come first, and one that only ends like a page's name.
+    let upstream = "https://runbooks.prometheus-operator.dev/runbooks/kubernetes/kubepodnotready";
+    let lookalike = "https://runbooks.example.com/runbooks/kubernetes/notkubepodnotready";
+    for (url, pod) in [
+        (Some(team_runbook), "a"),
+        (None, "b"),
+        (Some(upstream), "c"),
+        (Some(lookalike), "d"),
+    ] {
         let response = app
             .client
             .post(app.url("/v1/signals/alertmanager"))
@@ -407,6 +416,28 @@ async fn the_runbook_an_alert_names_comes_first(app: TestApp) {
     assert_eq!(runbooks[0]["heading_path"], "Checkout pods › Restart");
     assert_eq!(runbooks[1]["title"], CRASH_LOOP);
     assert!(runbooks[1..].iter().all(|r| r["url"] != team_runbook));
+
+    let (_, site) = app
+        .get_json(&format!("/v1/cases/{}/related", cases[2]))
+        .await;
+    assert_eq!(
+        site["runbooks"][0]["url"], "kubernetes/KubePodNotReady.md",
+        "{site:#}"
+    );
+    assert_eq!(site["runbooks"][0]["matched_by"], "runbook_url");
+    assert_eq!(site["runbooks"][1]["title"], CRASH_LOOP);
+    let (_, lookalike) = app
+        .get_json(&format!("/v1/cases/{}/related", cases[3]))
+        .await;
+    assert_eq!(
+        lookalike["runbooks"][0]["title"], CRASH_LOOP,
+        "{lookalike:#}"
+    );
+    assert!(lookalike["runbooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["matched_by"] == "search"));
 
     // Without the annotation, the search's order.
     let (_, unnamed) = app
