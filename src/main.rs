@@ -438,8 +438,8 @@ fn worker(
         // A local SQLite file would hold no metrics: the API writes them to the shared database.
         eprintln!(
             "opscase: configuration: the verifier and the analyst read metric_1m (and the \
-             analyst its other tables) from the service's database; set database.url \
-             (OPSCASE_DATABASE_URL)"
+             analyst its other tables), and the planner the knowledge base, from the service's \
+             database; set database.url (OPSCASE_DATABASE_URL)"
         );
         return ExitCode::from(2);
     }

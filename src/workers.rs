@@ -32,11 +32,12 @@ pub enum Role {
 }
 
 impl Role {
-    /// Whether `roles` runs the verifier or the analyst, which read the service's database.
+    /// Whether `roles` runs the verifier, the analyst or the planner, which read the service's
+    /// database (the planner: the knowledge base, for the references of its plans).
     pub fn reads_database(roles: &[Role]) -> bool {
         Role::expand(roles)
             .iter()
-            .any(|role| matches!(role, Role::Verifier | Role::Analyst))
+            .any(|role| matches!(role, Role::Verifier | Role::Analyst | Role::Planner))
     }
 
     fn expand(roles: &[Role]) -> Vec<Role> {
@@ -411,7 +412,8 @@ mod tests {
         );
         assert!(Role::reads_database(&[All]));
         assert!(Role::reads_database(&[Analyst]));
-        assert!(!Role::reads_database(&[Planner, Executor]));
+        assert!(Role::reads_database(&[Planner]));
+        assert!(!Role::reads_database(&[Gatekeeper, Executor]));
     }
 
     #[test]
