@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bus::{Envelope, Handled, Handler};
-use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -221,12 +220,11 @@ impl Handler for CaseDocuments {
         let Ok(case_id) = Uuid::parse_str(&envelope.subject) else {
             return Handled::Poison(format!("subject {:?} is not a case id", envelope.subject));
         };
-        let started = Utc::now();
         match self.0.write_case(case_id).await {
             Ok(_) => Handled::Done,
-            Err(error) if error.is_unavailable() => Handled::Retry(error.to_string()),
+            // Retried, and dead-lettered (visibly) when it keeps failing.
             Err(error) => {
-                tracing::warn!(%case_id, %error, since = %started, "case document not written");
+                tracing::warn!(%case_id, %error, "case document not written");
                 Handled::Retry(error.to_string())
             }
         }

@@ -234,6 +234,17 @@ async fn a_closed_case_is_the_top_related_case_of_the_next_one_with_its_rollback
         "kubernetes/KubePodCrashLooping.md"
     );
 
+    // The gate is asked about the plan alone: its references never reach a decision.
+    let gate = app
+        .outbox(next)
+        .await
+        .into_iter()
+        .find(|message| message.topic == "cmd.gate.eval")
+        .expect("the auto case asked the gate");
+    assert_eq!(gate.payload["plan"]["steps"], plan["plan"]["steps"]);
+    assert!(gate.payload.get("references").is_none());
+    assert!(gate.payload["plan"].get("references").is_none());
+
     // The same, any time, from /related (the case itself may have closed meanwhile: never
     // its own past case).
     let (status, related) = app.get_json(&format!("/v1/cases/{next}/related")).await;
