@@ -45,8 +45,8 @@ pub struct PastCaseRef {
     pub title: String,
     /// `CLOSED` or `PARKED` when the document was written.
     pub status: String,
-    /// How it ended: `resolved`, `cancelled`, `gate_rejected`, `exec_failed` or
-    /// `verify_failed`.
+    /// How it ended: `resolved` or `cancelled` (CLOSED), else the event that parked it:
+    /// `plan_failed`, `gate_rejected`, `exec_failed` or `verify_failed`.
     pub outcome: String,
     /// Why, as the timeline says (the failure, the verdict, the cancel reason).
     #[serde(default, skip_serializing_if = "Option::is_none")]
