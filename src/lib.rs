@@ -137,7 +137,7 @@ impl Application {
         let case_documents = bus::ConsumerSettings::new(
             librarian::librarian::CONSUMER,
             bus::STREAM_EVENTS,
-            workflow::TOPIC_CASE_TRANSITION,
+            workflow::TOPIC_CASE_OUTCOME,
         );
         event_consumers()
             .into_iter()
@@ -164,8 +164,8 @@ impl Application {
             .collect()
     }
 
-    /// The Librarian's consumer of transitions: a case that closes or parks is written down as
-    /// a knowledge-base document.
+    /// The Librarian's consumer of outcomes (`evt.case.outcome.v1`): a case that closes or parks
+    /// is written down as a knowledge-base document.
     fn case_documents(&self) -> Arc<dyn bus::Handler> {
         Arc::new(librarian::CaseDocuments(librarian::Librarian::new(
             self.orchestrator.store().clone(),
@@ -242,7 +242,7 @@ impl Application {
                     },
                     Subscription {
                         consumer: librarian::librarian::CONSUMER.into(),
-                        topics: vec![workflow::TOPIC_CASE_TRANSITION.into()],
+                        topics: vec![workflow::TOPIC_CASE_OUTCOME.into()],
                         handler: self.case_documents(),
                     },
                 ];

@@ -1,20 +1,19 @@
 //! The Librarian's thin part for cases: it reads a case's history (the orchestrator's tables
 //! and the sensor's alerts, read only) to write the case's document when it closes or parks,
 //! and to find any case's references. [`CaseDocuments`] is its consumer of
-//! `evt.case.transition.v1`.
+//! `evt.case.outcome.v1`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bus::{Envelope, Handled, Handler};
-use serde_json::Value;
 use uuid::Uuid;
 
 use orchestrator::store::{first_findings, FINDINGS_EVENTS};
 use orchestrator::{Store, StoreError};
 use sensor::store::SensorStore;
 use workflow::references::References;
-use workflow::{Status, TOPIC_CASE_TRANSITION};
+use workflow::{Status, TOPIC_CASE_OUTCOME};
 
 use crate::cases::{case_document, CaseFacts, CaseHistory};
 use crate::related::{references, Limits};
@@ -203,18 +202,15 @@ impl Librarian {
     }
 }
 
-/// Writes a case's document when a transition takes it to CLOSED or PARKED.
+/// Writes a case's document on `evt.case.outcome.v1` (its transition to CLOSED or PARKED). The
+/// case is read as it is then: if it moved on (resumed), there is nothing to write until its
+/// next outcome.
 pub struct CaseDocuments(pub Librarian);
-
-/// Whether a transition event ends in a state whose case is written down.
-fn ends_in_kept_state(data: &Value) -> bool {
-    matches!(data["to"].as_str(), Some("CLOSED" | "PARKED"))
-}
 
 #[async_trait]
 impl Handler for CaseDocuments {
     async fn handle(&self, envelope: &Envelope) -> Handled {
-        if envelope.kind != TOPIC_CASE_TRANSITION || !ends_in_kept_state(&envelope.data) {
+        if envelope.kind != TOPIC_CASE_OUTCOME {
             return Handled::Done;
         }
         let Ok(case_id) = Uuid::parse_str(&envelope.subject) else {
@@ -228,20 +224,5 @@ impl Handler for CaseDocuments {
                 Handled::Retry(error.to_string())
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn only_closing_and_parking_write_a_document() {
-        assert!(ends_in_kept_state(&json!({"to": "CLOSED"})));
-        assert!(ends_in_kept_state(&json!({"to": "PARKED"})));
-        assert!(!ends_in_kept_state(&json!({"to": "PLANNING"})));
-        assert!(!ends_in_kept_state(&json!({})));
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 use workflow::{
     Accepted, ApprovalInput, CaseView, Effect, Event, EventInput, GuardFailure, IllegalTransition,
-    PlanRef, Rejection, Status, StepResult, TOPIC_CASE_TRANSITION,
+    PlanRef, Rejection, Status, StepResult, TOPIC_CASE_OUTCOME, TOPIC_CASE_TRANSITION,
 };
 
 use crate::access::{self, ApiKey, NewApiKey, Principal, MIN_SUPPLIED_KEY_LEN};
@@ -366,6 +366,7 @@ impl Orchestrator {
         })
         .await?;
         tx.append_outbox(&transition_message(
+            TOPIC_CASE_TRANSITION,
             &case,
             "open",
             None,
@@ -970,8 +971,9 @@ async fn apply(
     .map(|_| ())?;
     for effect in &accepted.effects {
         if let Effect::Publish { topic } = effect {
-            let message = if *topic == TOPIC_CASE_TRANSITION {
+            let message = if *topic == TOPIC_CASE_TRANSITION || *topic == TOPIC_CASE_OUTCOME {
                 transition_message(
+                    topic,
                     &case,
                     request.event.as_str(),
                     Some(from),
@@ -1065,7 +1067,11 @@ fn message_id(case: &Case, topic: &str) -> Uuid {
     )
 }
 
+/// The transition's fact (`evt.case.transition.v1`), or the outcome (`evt.case.outcome.v1`)
+/// published beside it on entering CLOSED or PARKED: the same payload.
+#[allow(clippy::too_many_arguments)]
 fn transition_message(
+    topic: &str,
     case: &Case,
     event: &str,
     from: Option<Status>,
@@ -1075,8 +1081,8 @@ fn transition_message(
     now: DateTime<Utc>,
 ) -> OutboxMessage {
     OutboxMessage {
-        message_id: message_id(case, TOPIC_CASE_TRANSITION),
-        topic: TOPIC_CASE_TRANSITION.into(),
+        message_id: message_id(case, topic),
+        topic: topic.into(),
         key: case.id.to_string(),
         payload: json!({
             "case_id": case.id,
