@@ -134,10 +134,18 @@ impl Application {
             bus::STREAM_EVENTS,
             sensor::outputs::STEP_RESULT,
         );
+        let case_documents = bus::ConsumerSettings::new(
+            librarian::librarian::CONSUMER,
+            bus::STREAM_EVENTS,
+            workflow::TOPIC_CASE_OUTCOME,
+        );
         event_consumers()
             .into_iter()
             .map(|settings| (settings, handler.clone()))
-            .chain([(step_outputs, outputs)])
+            .chain([
+                (step_outputs, outputs),
+                (case_documents, self.case_documents()),
+            ])
             .map(|(mut settings, handler)| {
                 settings.max_deliver = self.max_deliver;
                 let run = bus::run_consumer(
@@ -154,6 +162,14 @@ impl Application {
                 })
             })
             .collect()
+    }
+
+    /// The Librarian's consumer of outcomes (`evt.case.outcome.v1`): a case that closes or parks
+    /// is written down as a knowledge-base document.
+    fn case_documents(&self) -> Arc<dyn bus::Handler> {
+        Arc::new(librarian::CaseDocuments(librarian::Librarian::new(
+            self.orchestrator.store().clone(),
+        )))
     }
 
     /// The admin key a first start generated, if it did: to be shown once, then forgotten.
@@ -223,6 +239,11 @@ impl Application {
                         consumer: sensor::outputs::CONSUMER.into(),
                         topics: vec![sensor::outputs::STEP_RESULT.into()],
                         handler: Arc::new(sensor::outputs::StepOutputs::new(self.sensor.clone())),
+                    },
+                    Subscription {
+                        consumer: librarian::librarian::CONSUMER.into(),
+                        topics: vec![workflow::TOPIC_CASE_OUTCOME.into()],
+                        handler: self.case_documents(),
                     },
                 ];
                 for handler in &worker_handlers {

@@ -145,6 +145,13 @@ enum KbAction {
         #[arg(long)]
         prune: bool,
     },
+    /// Write down every CLOSED and PARKED case as a document of source `cases` (the service
+    /// does this as each case closes or parks; this catches up on cases that ended before).
+    Cases {
+        /// Only this tenant's cases.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -361,6 +368,15 @@ fn kb(config_file: &Option<PathBuf>, overrides: Overrides, action: KbAction) -> 
                     report.chunks_written
                 );
             }
+            KbAction::Cases { tenant } => {
+                let report = librarian::Librarian::new(orchestrator.store().clone())
+                    .sweep(tenant.as_deref())
+                    .await?;
+                println!(
+                    "cases written down: {} created, {} updated, {} unchanged",
+                    report.created, report.updated, report.unchanged
+                );
+            }
         }
         orchestrator.store().close().await;
         Ok(())
@@ -432,8 +448,8 @@ fn worker(
         // A local SQLite file would hold no metrics: the API writes them to the shared database.
         eprintln!(
             "opscase: configuration: the verifier and the analyst read metric_1m (and the \
-             analyst its other tables) from the service's database; set database.url \
-             (OPSCASE_DATABASE_URL)"
+             analyst its other tables), and the planner the knowledge base, from the service's \
+             database; set database.url (OPSCASE_DATABASE_URL)"
         );
         return ExitCode::from(2);
     }

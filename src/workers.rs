@@ -32,11 +32,12 @@ pub enum Role {
 }
 
 impl Role {
-    /// Whether `roles` runs the verifier or the analyst, which read the service's database.
+    /// Whether `roles` runs the verifier, the analyst or the planner, which read the service's
+    /// database (the planner: the knowledge base, for the references of its plans).
     pub fn reads_database(roles: &[Role]) -> bool {
         Role::expand(roles)
             .iter()
-            .any(|role| matches!(role, Role::Verifier | Role::Analyst))
+            .any(|role| matches!(role, Role::Verifier | Role::Analyst | Role::Planner))
     }
 
     /// Whether `roles` runs a role that asks the model when one is configured (the planner's
@@ -95,6 +96,7 @@ pub fn build(
             Role::Planner => Arc::new(PlannerWithDefaults {
                 planner: planner_worker(config, model.clone())?,
                 defaults: config.planner.defaults.clone(),
+                librarian: librarian::Librarian::new(orchestrator.store().clone()),
             }),
             Role::Gatekeeper => {
                 let mut gate = gatekeeper::Gatekeeper::new(policy_source(config)?);
@@ -287,10 +289,47 @@ impl executor::OutputStore for LokiOutputs {
     }
 }
 
-/// The planner, with the configured template inputs filled in below the case's labels.
+/// The planner, with the configured template inputs filled in below the case's labels, and
+/// the Librarian's references for the case attached to the plan it proposes.
 struct PlannerWithDefaults {
     planner: planner::Planner,
     defaults: std::collections::BTreeMap<String, serde_json::Map<String, Value>>,
+    librarian: librarian::Librarian,
+}
+
+impl PlannerWithDefaults {
+    /// The case's references; none (said in the log) when they cannot be read: they inform a
+    /// plan, they never hold one up.
+    async fn references(&self, command: &Envelope) -> Option<workflow::references::References> {
+        let case_id = uuid::Uuid::parse_str(&command.subject).ok()?;
+        match self.librarian.references_of(case_id).await {
+            Ok(references) => references,
+            Err(error) => {
+                tracing::warn!(%case_id, %error, "plan proposed without references");
+                None
+            }
+        }
+    }
+}
+
+/// Publishes through `out`, with `references` added to a proposed plan.
+struct WithReferences<'a> {
+    out: &'a dyn Publisher,
+    references: workflow::references::References,
+}
+
+#[async_trait]
+impl Publisher for WithReferences<'_> {
+    async fn publish(&self, mut envelope: Envelope) -> Result<(), bus::BusError> {
+        if envelope.kind == workflow::messages::topic::PLAN_PROPOSED {
+            if let (Value::Object(data), Ok(references)) =
+                (&mut envelope.data, serde_json::to_value(&self.references))
+            {
+                data.insert("references".into(), references);
+            }
+        }
+        self.out.publish(envelope).await
+    }
 }
 
 #[async_trait]
@@ -306,7 +345,19 @@ impl Worker for PlannerWithDefaults {
     async fn handle(&self, command: &Envelope, out: &dyn Publisher) -> Result<(), WorkerError> {
         let mut command = command.clone();
         fill_defaults(&mut command.data, &self.defaults);
-        self.planner.handle(&command, out).await
+        match self.references(&command).await {
+            Some(references) => {
+                // The `llm` template shows them to the model; the event carries them on.
+                if let (Value::Object(data), Ok(value)) =
+                    (&mut command.data, serde_json::to_value(&references))
+                {
+                    data.insert("references".into(), value);
+                }
+                let out = WithReferences { out, references };
+                self.planner.handle(&command, &out).await
+            }
+            None => self.planner.handle(&command, out).await,
+        }
     }
 }
 
@@ -433,7 +484,8 @@ mod tests {
         );
         assert!(Role::reads_database(&[All]));
         assert!(Role::reads_database(&[Analyst]));
-        assert!(!Role::reads_database(&[Planner, Executor]));
+        assert!(Role::reads_database(&[Planner]));
+        assert!(!Role::reads_database(&[Gatekeeper, Executor]));
     }
 
     #[test]

@@ -442,6 +442,7 @@ async fn transition_at(
         policy_rev: None,
         decision_inputs: None,
         plan_requester: None,
+        plan_references: None,
     };
     let route = route.replace("{id}", &case_id.to_string());
     let claim = IdempotencyClaim::new(&principal.identity(), &key, "PATCH", &route, &raw);

@@ -16,12 +16,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use librarian::metrics::MODE_LEXICAL;
+use librarian::metrics::{MODE_LEXICAL, MODE_RELATED};
 use librarian::store::doc_id;
-use librarian::{DocInput, DocSummary, Hit, KbStore, SearchFilter, StoredDoc, Upserted};
+use librarian::{DocInput, DocSummary, Hit, KbStore, Librarian, SearchFilter, StoredDoc, Upserted};
 use orchestrator::Principal;
+use workflow::references::References;
 
-use crate::auth::{Allowed, Curate, ReadKnowledge};
+use crate::auth::{Allowed, Curate, Read, ReadKnowledge};
+use crate::contract::CaseNotFound;
 use crate::contract::{self, BodyLimit, Malformed};
 use crate::extract::{self, JsonBody, PathId, QueryParams};
 use crate::problem::Problem;
@@ -198,6 +200,7 @@ pub async fn list_docs(
     let filter = SearchFilter {
         tenant: caller.principal.tenant.clone(),
         source: query.source,
+        ..SearchFilter::default()
     };
     let items = store_of(&app)
         .list(&filter, i64::from(limit))
@@ -271,6 +274,7 @@ pub async fn search(
     let filter = SearchFilter {
         tenant: caller.principal.tenant.clone(),
         source: query.source,
+        ..SearchFilter::default()
     };
     let started = Instant::now();
     let hits = store_of(&app)
@@ -280,6 +284,36 @@ pub async fn search(
     app.kb_metrics
         .observe_search(MODE_LEXICAL, started.elapsed().as_secs_f64());
     Ok(Json(KbSearchResult { hits }))
+}
+
+/// What the Librarian finds for a case now: the runbook chunks that fit it (the runbook its
+/// alert's `runbook_url` names first) and the most similar past cases of its tenant, each with
+/// what its plan did, its rollback steps and how it ended. A proposed plan carries the same,
+/// as they were when it was proposed.
+#[utoipa::path(get, path = "/v1/cases/{id}/related", tag = "cases",
+    params(("id" = Uuid, Path, description = "Case id")),
+    responses(
+        (status = 200, description = "The case's references", body = References),
+        Malformed, CaseNotFound,
+    ))]
+pub async fn related(
+    State(app): State<AppState>,
+    caller: Allowed<Read>,
+    PathId(id): PathId,
+) -> Result<Json<References>, Problem> {
+    let case_id = extract::parse_uuid("id", &id)?;
+    let context = crate::cases::request_context(caller.principal, None);
+    // 404 for a case the key may not see, as every case route.
+    app.orchestrator.get_case(case_id, &context).await?;
+    let started = Instant::now();
+    let references = Librarian::new(app.orchestrator.store().clone())
+        .references_of(case_id)
+        .await
+        .map_err(Problem::from)?
+        .unwrap_or_default();
+    app.kb_metrics
+        .observe_search(MODE_RELATED, started.elapsed().as_secs_f64());
+    Ok(Json(references))
 }
 
 fn store_of(app: &AppState) -> KbStore {

@@ -173,6 +173,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cases/{id}/decisions", get(cases::decisions))
         .route("/v1/cases/{id}/executions", get(cases::executions))
         .route("/v1/cases/{id}/verifications", get(cases::verifications))
+        .route("/v1/cases/{id}/related", get(kb::related))
         .route("/v1/schemas/change-plan", get(system::change_plan_schema))
         .route("/v1/adapters", get(system::adapters))
         .route("/v1/metrics/1m", post(ingest::ingest_metric_1m))

@@ -28,7 +28,7 @@ use crate::{cases, commands, evidence, ingest, kb, keys, problem, signals, syste
         evidence::add_evidence, evidence::list_evidence, evidence::evidence_lines,
         evidence::list_findings,
         evidence::list_llm_calls,
-        kb::add_doc, kb::list_docs, kb::get_doc, kb::delete_doc, kb::search,
+        kb::add_doc, kb::list_docs, kb::get_doc, kb::delete_doc, kb::search, kb::related,
         system::change_plan_schema, system::adapters, system::templates, system::livez, system::readyz, system::metrics,
         keys::create_key, keys::list_keys, keys::revoke_key,
     ),

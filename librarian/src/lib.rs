@@ -4,15 +4,26 @@
 //! [`chunk`] is pure: front matter, heading-structured chunks with their heading paths, token
 //! counts, content hashes and query normalisation. [`store`] is the thin part: `kb_doc`,
 //! `kb_chunk` and the lexical index on SQLite (FTS5) and PostgreSQL (`tsvector`).
+//!
+//! Past cases are knowledge too: [`cases`] writes a CLOSED or PARKED case down as a document
+//! (pure), [`related`] finds a case's references (runbook chunks, similar past cases with their
+//! rollback hints), and [`librarian::Librarian`] reads the case tables (never writes them) for
+//! both.
 
+pub mod cases;
 pub mod chunk;
 pub mod import;
+pub mod librarian;
 pub mod metrics;
+pub mod related;
 pub mod store;
 
+pub use cases::{case_document, CaseFacts, CaseHistory, CASES_SOURCE};
 pub use chunk::{parse_markdown, query_terms, Chunk, ParsedDoc};
 pub use import::{import_dir, ImportError, ImportReport};
+pub use librarian::{CaseDocuments, Librarian, SweepReport};
 pub use metrics::KbMetrics;
+pub use related::{references, Limits};
 pub use store::{
     DocInput, DocSummary, Hit, KbStore, SearchFilter, StoredChunk, StoredDoc, Upserted,
 };

@@ -9,6 +9,9 @@ use crate::store::KbStore;
 /// The search mode label of lexical search.
 pub const MODE_LEXICAL: &str = "lexical";
 
+/// The mode label of a case's references (its runbook and past-case searches together).
+pub const MODE_RELATED: &str = "related";
+
 #[derive(Debug, Clone)]
 pub struct KbMetrics {
     documents: IntGauge,

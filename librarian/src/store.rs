@@ -150,6 +150,8 @@ pub struct SearchFilter {
     /// A tenant-scoped caller: its tenant's documents and the global ones. `None`: all.
     pub tenant: Option<String>,
     pub source: Option<String>,
+    /// Every source but this one (runbooks without the past cases).
+    pub not_source: Option<String>,
 }
 
 /// Reads and writes the Librarian's tables.
@@ -205,7 +207,8 @@ const SQLITE_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx,
     CASE WHEN lower(d.title) IN (SELECT value FROM json_each(?5)) THEN 1.0 ELSE 0.0 END AS exact \
     FROM kb_fts JOIN kb_chunk c ON c.rowid = kb_fts.rowid JOIN kb_doc d ON d.id = c.doc_id \
     WHERE kb_fts MATCH ?1 AND (?2 IS NULL OR d.tenant IS NULL OR d.tenant = ?2) \
-    AND (?3 IS NULL OR d.source = ?3)) ORDER BY score DESC, id, idx LIMIT ?4";
+    AND (?3 IS NULL OR d.source = ?3) AND (?6 IS NULL OR d.source <> ?6)) \
+    ORDER BY score DESC, id, idx LIMIT ?4";
 
 /// ts_rank_cd() weighs A (title) 1.0, B (heading path) 0.4, C (body) 0.2, divided by 1 + the
 /// log of the chunk's length (normalization 1: a long chunk does not win by length); the score
@@ -217,7 +220,8 @@ const PG_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, hea
     CASE WHEN lower(d.title) IN (SELECT jsonb_array_elements_text($5)) THEN 1.0 ELSE 0.0 END::float8 AS exact \
     FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id, to_tsquery('english', $1) q \
     WHERE c.tsv @@ q AND ($2::text IS NULL OR d.tenant IS NULL OR d.tenant = $2) \
-    AND ($3::text IS NULL OR d.source = $3)) hits ORDER BY score DESC, id, idx LIMIT $4";
+    AND ($3::text IS NULL OR d.source = $3) AND ($6::text IS NULL OR d.source <> $6)) hits \
+    ORDER BY score DESC, id, idx LIMIT $4";
 
 /// Bind the same values on either backend's query (`$q` is the query).
 macro_rules! on_pool {
@@ -441,14 +445,73 @@ impl KbStore {
         rows.iter().map(doc_summary).collect()
     }
 
-    /// A document with its chunks.
-    pub async fn get(&self, id: &str) -> Result<Option<StoredDoc>, StoreError> {
+    /// A document without its chunks.
+    pub async fn summary(&self, id: &str) -> Result<Option<DocSummary>, StoreError> {
         let sql = format!("SELECT {DOC_COLUMNS} FROM kb_doc d WHERE d.id = $1");
         let rows = on_pool!(&self.pool, &sql, fetch_all, |q| q.bind(id));
-        let Some(row) = rows.first() else {
+        rows.first().map(doc_summary).transpose()
+    }
+
+    /// The documents imported from exactly `url` that `tenant` may see (its own first, then
+    /// the global ones), without their chunks.
+    pub async fn by_url(&self, url: &str, tenant: &str) -> Result<Vec<DocSummary>, StoreError> {
+        let sql = format!(
+            "SELECT {DOC_COLUMNS} FROM kb_doc d WHERE d.path_or_url = $1 \
+             AND (d.tenant IS NULL OR d.tenant = $2) \
+             ORDER BY CASE WHEN d.tenant IS NULL THEN 1 ELSE 0 END, d.updated_at DESC, d.id"
+        );
+        let rows = on_pool!(&self.pool, &sql, fetch_all, |q| q.bind(url).bind(tenant));
+        rows.iter().map(doc_summary).collect()
+    }
+
+    /// The document an alert's `runbook_url` names, as `tenant` may see it: one imported from
+    /// exactly that URL, else an imported page whose path without `.md` is the URL's path
+    /// tail (`https://runbooks.prometheus-operator.dev/runbooks/kubernetes/kubepodcrashlooping`
+    /// names `kubernetes/KubePodCrashLooping.md`), letter case aside.
+    pub async fn by_runbook_url(
+        &self,
+        url: &str,
+        tenant: &str,
+    ) -> Result<Vec<DocSummary>, StoreError> {
+        let exact = self.by_url(url, tenant).await?;
+        if !exact.is_empty() {
+            return Ok(exact);
+        }
+        let path = url_path(url).to_lowercase();
+        let Some(last) = path.rsplit('/').find(|segment| !segment.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT {DOC_COLUMNS} FROM kb_doc d WHERE lower(d.path_or_url) LIKE $1 \
+             AND (d.tenant IS NULL OR d.tenant = $2) \
+             ORDER BY CASE WHEN d.tenant IS NULL THEN 1 ELSE 0 END, d.updated_at DESC, d.id"
+        );
+        let pattern = format!("%{last}.md");
+        let rows = on_pool!(&self.pool, &sql, fetch_all, |q| q
+            .bind(pattern)
+            .bind(tenant));
+        let path = path.trim_end_matches('/');
+        let mut docs = Vec::new();
+        for row in &rows {
+            let doc = doc_summary(row)?;
+            let stem = doc.url.to_lowercase();
+            let stem = stem
+                .strip_suffix(".md")
+                .unwrap_or(&stem)
+                .trim_start_matches('/');
+            let tail = path.strip_suffix(stem);
+            if tail.is_some_and(|rest| rest.is_empty() || rest.ends_with('/')) {
+                docs.push(doc);
+            }
+        }
+        Ok(docs)
+    }
+
+    /// A document with its chunks.
+    pub async fn get(&self, id: &str) -> Result<Option<StoredDoc>, StoreError> {
+        let Some(doc) = self.summary(id).await? else {
             return Ok(None);
         };
-        let doc = doc_summary(row)?;
         let rows = on_pool!(
             &self.pool,
             "SELECT idx, heading_path, content, token_count FROM kb_chunk WHERE doc_id = $1 \
@@ -495,7 +558,8 @@ impl KbStore {
                     .bind(&filter.tenant)
                     .bind(&filter.source)
                     .bind(k)
-                    .bind(Json(&terms)))
+                    .bind(Json(&terms))
+                    .bind(&filter.not_source))
             }
             SqlPool::Postgres(_) => {
                 let expr = terms.join(" | ");
@@ -504,7 +568,8 @@ impl KbStore {
                     .bind(&filter.tenant)
                     .bind(&filter.source)
                     .bind(k)
-                    .bind(Json(&terms)))
+                    .bind(Json(&terms))
+                    .bind(&filter.not_source))
             }
         };
         rows.iter()
@@ -542,6 +607,15 @@ impl KbStore {
     }
 }
 
+/// The path of a URL (`https://host/a/b?x#y` → `/a/b`); a bare path as it is.
+fn url_path(url: &str) -> &str {
+    let rest = match url.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("", |at| &rest[at..]),
+        None => url,
+    };
+    rest.split(['?', '#']).next().unwrap_or_default()
+}
+
 fn doc_summary(row: &Rows) -> Result<DocSummary, StoreError> {
     Ok(DocSummary {
         id: get!(row, String, "id")?,
@@ -560,6 +634,19 @@ fn doc_summary(row: &Rows) -> Result<DocSummary, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_path_drops_scheme_host_query_and_fragment() {
+        assert_eq!(
+            url_path("https://runbooks.prometheus-operator.dev/runbooks/kubernetes/kubepodcrashlooping?x=1#m"),
+            "/runbooks/kubernetes/kubepodcrashlooping"
+        );
+        assert_eq!(url_path("https://example.com"), "");
+        assert_eq!(
+            url_path("kubernetes/KubePodCrashLooping.md"),
+            "kubernetes/KubePodCrashLooping.md"
+        );
+    }
 
     #[test]
     fn an_imported_page_keeps_its_id_and_hashes_what_it_shows() {

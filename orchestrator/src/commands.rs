@@ -309,6 +309,7 @@ pub(crate) fn command_message(
             requested_by: requested_by.to_string(),
             template: options.template.clone(),
             params: options.params.clone(),
+            references: None,
         }),
         topic::GATE_EVAL => json!(GateCommand {
             case: case_brief,

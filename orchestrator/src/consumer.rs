@@ -85,6 +85,8 @@ struct WorkerData {
     errors: Option<Value>,
     /// The model calls behind a plan (or its failure).
     llm: Option<Value>,
+    /// What the Librarian found for a proposed plan's case.
+    references: Option<workflow::references::References>,
 }
 
 impl Orchestrator {
@@ -243,6 +245,7 @@ impl Orchestrator {
             policy_rev: None,
             decision_inputs: None,
             plan_requester: None,
+            plan_references: None,
         });
         if case.status != Status::Analyzing {
             tx.record_timeline(&crate::model::NewTimelineEntry {
@@ -403,6 +406,9 @@ fn request_of(
     if !data.rollback.is_empty() {
         meta.insert("rollback".into(), json!(data.rollback));
     }
+    if let (Event::PlanReady, Some(references)) = (event, &data.references) {
+        meta.insert("references".into(), references.summary());
+    }
     for (key, value) in [
         ("verdict", &data.verdict),
         ("checks", &data.checks),
@@ -434,6 +440,9 @@ fn request_of(
         expected_version: None,
         policy_rev: data.policy_rev.clone(),
         plan_requester: data.requested_by.clone(),
+        plan_references: (event == Event::PlanReady)
+            .then(|| data.references.clone())
+            .flatten(),
         decision_inputs: data.inputs.clone().map(|mut inputs| {
             if let (Value::Object(map), Some(rule)) = (&mut inputs, &data.rule) {
                 map.insert("rule".into(), json!(rule));

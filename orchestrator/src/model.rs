@@ -195,6 +195,10 @@ pub struct PlanRecord {
     /// The key that proposed it (`key:<id>`): four eyes compares this, not `requested_by`.
     pub requested_by_key: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// What the Librarian found for the case when the plan was proposed: runbook chunks and
+    /// past cases with their rollback hints. Informative: no gate decision reads them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub references: Option<workflow::references::References>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 use workflow::{
     Accepted, ApprovalInput, CaseView, Effect, Event, EventInput, GuardFailure, IllegalTransition,
-    PlanRef, Rejection, Status, StepResult, TOPIC_CASE_TRANSITION,
+    PlanRef, Rejection, Status, StepResult, TOPIC_CASE_OUTCOME, TOPIC_CASE_TRANSITION,
 };
 
 use crate::access::{self, ApiKey, NewApiKey, Principal, MIN_SUPPLIED_KEY_LEN};
@@ -217,6 +217,9 @@ pub struct TransitionRequest {
     /// `plan_ready` from the planner: who asked for the plan (a key identity or an actor),
     /// recorded as its requester for four eyes. Otherwise the request's own key is.
     pub plan_requester: Option<String>,
+    /// `plan_ready` from the planner: what the Librarian found for the case, stored with the
+    /// plan.
+    pub plan_references: Option<workflow::references::References>,
 }
 
 /// Turns the outcome of a request into the response stored for idempotent replay. Supplied by
@@ -363,6 +366,7 @@ impl Orchestrator {
         })
         .await?;
         tx.append_outbox(&transition_message(
+            TOPIC_CASE_TRANSITION,
             &case,
             "open",
             None,
@@ -918,6 +922,7 @@ async fn apply(
                         .clone()
                         .or_else(|| context.principal_identity()),
                     created_at: now,
+                    references: request.plan_references.clone(),
                 };
                 tx.insert_plan(&record).await?;
                 case.current_plan_id = Some(record.id);
@@ -966,8 +971,9 @@ async fn apply(
     .map(|_| ())?;
     for effect in &accepted.effects {
         if let Effect::Publish { topic } = effect {
-            let message = if *topic == TOPIC_CASE_TRANSITION {
+            let message = if *topic == TOPIC_CASE_TRANSITION || *topic == TOPIC_CASE_OUTCOME {
                 transition_message(
+                    topic,
                     &case,
                     request.event.as_str(),
                     Some(from),
@@ -1061,7 +1067,11 @@ fn message_id(case: &Case, topic: &str) -> Uuid {
     )
 }
 
+/// The transition's fact (`evt.case.transition.v1`), or the outcome (`evt.case.outcome.v1`)
+/// published beside it on entering CLOSED or PARKED: the same payload.
+#[allow(clippy::too_many_arguments)]
 fn transition_message(
+    topic: &str,
     case: &Case,
     event: &str,
     from: Option<Status>,
@@ -1071,8 +1081,8 @@ fn transition_message(
     now: DateTime<Utc>,
 ) -> OutboxMessage {
     OutboxMessage {
-        message_id: message_id(case, TOPIC_CASE_TRANSITION),
-        topic: TOPIC_CASE_TRANSITION.into(),
+        message_id: message_id(case, topic),
+        topic: topic.into(),
         key: case.id.to_string(),
         payload: json!({
             "case_id": case.id,

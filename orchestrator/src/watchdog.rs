@@ -310,6 +310,7 @@ fn failure(
         policy_rev: None,
         decision_inputs: None,
         plan_requester: None,
+        plan_references: None,
     }
 }
 

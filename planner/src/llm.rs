@@ -238,6 +238,10 @@ impl LlmPlanner {
         if !command.params.is_empty() {
             sections.push(Section::json("operator_params", &json!(command.params)));
         }
+        if let Some(references) = &command.references {
+            // Runbooks and similar past cases, with what their plans did and how they ended.
+            sections.push(Section::json("references", &json!(references)));
+        }
         let mut instructions = INSTRUCTIONS.to_string();
         instructions.push_str(&format!(
             "\n\nAdapters (action, what it does, params schema):\n{}\n\nPolicy limits:\n{}",

@@ -233,6 +233,7 @@ mod tests {
             requested_by: "alice".into(),
             template: template.map(str::to_string),
             params: Default::default(),
+            references: None,
         })
         .unwrap()
     }

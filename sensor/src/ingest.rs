@@ -682,6 +682,7 @@ fn plain_request(
         policy_rev: None,
         decision_inputs: None,
         plan_requester: None,
+        plan_references: None,
     }
 }
 

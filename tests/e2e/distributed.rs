@@ -368,6 +368,7 @@ async fn separate_worker_processes_close_a_case() {
     let case = open_and_start_auto_case(&client, &base).await;
     expect_closed_with_the_auto_timeline(&client, &base, case).await;
     expect_commands_acked(&nats.url).await;
+    expect_written_down_with_references(&client, &base, case).await;
 
     let status = worker.terminate(30).await;
     assert_eq!(
@@ -382,6 +383,45 @@ async fn separate_worker_processes_close_a_case() {
         "SIGTERM stops serve cleanly, got {status}"
     );
     database.drop_database().await;
+}
+
+/// The planner in the worker process attached references to its plan, and the Librarian's
+/// durable consumer of transitions (in `serve`) wrote the closed case down.
+async fn expect_written_down_with_references(client: &Client, base: &str, case: Uuid) {
+    let plans: Value = client
+        .get(format!("{base}/v1/cases/{case}/plans"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let references = &plans["items"][0]["references"];
+    assert!(
+        references["runbooks"].is_array() && references["past_cases"].is_array(),
+        "{plans:#}"
+    );
+    eventually(
+        "the closed case's knowledge-base document",
+        30,
+        async || {
+            let docs: Value = client
+                .get(format!("{base}/v1/kb/docs?source=cases"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            docs["items"].as_array().is_some_and(|items| {
+                items.iter().any(|doc| {
+                    doc["metadata"]["case_id"] == case.to_string()
+                        && doc["metadata"]["outcome"] == "resolved"
+                })
+            })
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -159,6 +159,16 @@ async fn a_model_plans_an_auto_case_to_closed_through_the_same_gate(backend: Bac
         return;
     };
     app.ingest_err_rate("checkout", 0.001).await;
+    let runbook = app
+        .client
+        .post(app.url("/v1/kb/docs"))
+        .json(&json!({"title": "CheckoutErrors",
+                      "content": "# CheckoutErrors\n\n## Mitigation\n\nRoll back the last checkout deploy.",
+                      "url": "https://wiki.example.com/checkout-errors"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(runbook.status().is_success());
     let case = app
         .model_case(
             "checkout errors; runbook says token=abc123secretvalue",
@@ -201,6 +211,11 @@ async fn a_model_plans_an_auto_case_to_closed_through_the_same_gate(backend: Bac
     assert!(user.contains("<data name=\"case\">"), "{user}");
     assert!(user.contains("<data name=\"findings\">"), "{user}");
     assert!(user.contains("checkout errors"), "{user}");
+    assert!(user.contains("<data name=\"references\">"), "{user}");
+    assert!(
+        user.contains("Roll back the last checkout deploy"),
+        "the runbook reached the model: {user}"
+    );
     let raw =
         String::from_utf8_lossy(&server.received_requests().await.unwrap()[0].body).to_string();
     assert!(

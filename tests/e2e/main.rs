@@ -27,6 +27,7 @@ mod nats;
 mod otlp;
 mod outage;
 mod readiness;
+mod related;
 mod relay;
 mod restart;
 mod signals;

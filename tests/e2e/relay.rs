@@ -217,7 +217,8 @@ async fn while_nats_is_down_rows_wait_and_then_drain_in_order(app: TestApp) {
         "publishing fails while NATS is down"
     );
     assert!(transport.check().await.is_err());
-    assert_eq!(app.orchestrator.store().outbox_pending().await.unwrap(), 6);
+    // Six transitions, and the outcome beside the last (CLOSED).
+    assert_eq!(app.orchestrator.store().outbox_pending().await.unwrap(), 7);
 
     nats.resume().await;
     let mut drained = 0;
@@ -232,17 +233,23 @@ async fn while_nats_is_down_rows_wait_and_then_drain_in_order(app: TestApp) {
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }
     }
-    assert_eq!(drained, 6, "the backlog drains once NATS is back");
-    let versions: Vec<i64> = stream_events(&transport)
-        .await
-        .iter()
-        .map(|e| e.data["version"].as_i64().unwrap())
-        .collect();
+    assert_eq!(drained, 7, "the backlog drains once NATS is back");
+    assert_nothing_lost_in_order(&stream_events(&transport).await);
+}
+
+/// The stream holds versions 1 to 7 of the case's transitions in order, and its outcome
+/// (`evt.case.outcome.v1`, written with the last transition, in one transaction) once.
+fn assert_nothing_lost_in_order(events: &[Envelope]) {
+    let version = |e: &Envelope| e.data["version"].as_i64().unwrap();
+    let (outcomes, transitions): (Vec<&Envelope>, Vec<&Envelope>) =
+        events.iter().partition(|e| e.kind == "evt.case.outcome.v1");
+    let versions: Vec<i64> = transitions.iter().map(|e| version(e)).collect();
     assert_eq!(
         versions,
-        vec![1, 2, 3, 4, 5, 6, 7],
+        (1..=7).collect::<Vec<_>>(),
         "nothing lost, order kept"
     );
+    assert_eq!(outcomes.iter().map(|e| version(e)).collect::<Vec<_>>(), [7]);
 }
 
 /// Counts how often each message id is handed to the bus.
@@ -351,8 +358,8 @@ async fn serve_relays_through_an_outage(backend: crate::helpers::Backend) {
     }
     assert_eq!(
         store.outbox_pending().await.unwrap(),
-        6,
-        "the rows wait in the outbox"
+        7,
+        "the rows wait in the outbox (six transitions and the outcome)"
     );
 
     nats.resume().await;
@@ -367,16 +374,7 @@ async fn serve_relays_through_an_outage(backend: crate::helpers::Backend) {
     let reader = JetStreamTransport::connect(&nats.url, &JetStreamSettings::default())
         .await
         .unwrap();
-    let versions: Vec<i64> = stream_events(&reader)
-        .await
-        .iter()
-        .map(|e| e.data["version"].as_i64().unwrap())
-        .collect();
-    assert_eq!(
-        versions,
-        vec![1, 2, 3, 4, 5, 6, 7],
-        "nothing lost, order kept"
-    );
+    assert_nothing_lost_in_order(&stream_events(&reader).await);
     database.drop_database().await;
 }
 

@@ -48,7 +48,14 @@ async fn a_case_walks_from_new_to_closed(app: TestApp) {
     assert_eq!(rows, expected);
     assert!(timeline.iter().all(|row| row["outcome"] == "applied"));
 
-    let outbox = app.outbox(case).await;
+    let (outcomes, outbox): (Vec<_>, Vec<_>) = app
+        .outbox(case)
+        .await
+        .into_iter()
+        .partition(|m| m.topic == "evt.case.outcome.v1");
+    // Entering CLOSED also publishes the outcome, with the closing transition's payload.
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].payload, outbox.last().unwrap().payload);
     assert_eq!(
         outbox.len(),
         7,

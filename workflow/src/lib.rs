@@ -11,6 +11,7 @@ pub mod integer;
 mod machine;
 pub mod messages;
 pub mod plan;
+pub mod references;
 mod table;
 pub mod watchdog;
 
@@ -24,3 +25,7 @@ pub use table::{allowed_events, Event, Source, Status, Transition, TRANSITIONS};
 
 /// Topic of the fact that every accepted transition publishes.
 pub const TOPIC_CASE_TRANSITION: &str = "evt.case.transition.v1";
+
+/// Topic of the fact published beside it when a case enters CLOSED or PARKED (same payload):
+/// the case has an outcome to learn from (the Librarian writes it down).
+pub const TOPIC_CASE_OUTCOME: &str = "evt.case.outcome.v1";

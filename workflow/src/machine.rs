@@ -4,7 +4,7 @@ use serde_json::Value;
 use crate::guards::{GuardFailure, GuardKind};
 use crate::plan::check_change_plan;
 use crate::table::{allowed_events, lookup, Event, Status};
-use crate::TOPIC_CASE_TRANSITION;
+use crate::{TOPIC_CASE_OUTCOME, TOPIC_CASE_TRANSITION};
 
 /// What the state machine needs to know about a case to judge an event.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,6 +275,11 @@ fn effects_of(case: &CaseView, event: Event, to: Status, input: &EventInput) -> 
     effects.push(Effect::Publish {
         topic: TOPIC_CASE_TRANSITION,
     });
+    if matches!(to, Status::Closed | Status::Parked) {
+        effects.push(Effect::Publish {
+            topic: TOPIC_CASE_OUTCOME,
+        });
+    }
     if case.auto {
         if let Some(topic) = command_on_entering(to) {
             effects.push(Effect::Publish { topic });

@@ -98,6 +98,10 @@ pub struct PlanCommand {
     /// Template inputs, e.g. `{"deployment": "checkout", "image": "..."}`.
     #[serde(default)]
     pub params: Map<String, Value>,
+    /// What the Librarian found for the case, added by the planner's process before it plans
+    /// (the `llm` template shows them to the model); never on the bus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<crate::references::References>,
 }
 
 /// `cmd.gate.eval`.
@@ -158,6 +162,10 @@ pub struct PlanEvent {
     /// `outcome`, `latency_ms`), `attempts`, and `fallback` when a template stood in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<Value>,
+    /// What the Librarian found for the case (runbooks, past cases and their rollback
+    /// hints), stored with the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<crate::references::References>,
 }
 
 /// `evt.plan.approved.v1`, `evt.plan.rejected.v1`, `evt.plan.held.v1`.

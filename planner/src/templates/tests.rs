@@ -21,6 +21,7 @@ fn command(template: Option<&str>, labels: &[(&str, &str)], params: Value) -> Pl
         requested_by: "alice".into(),
         template: template.map(str::to_string),
         params: params.as_object().cloned().unwrap_or_default(),
+        references: None,
     }
 }
 

@@ -282,6 +282,45 @@ fn every_transition_publishes_its_fact_and_auto_mode_issues_the_next_command() {
 }
 
 #[test]
+fn entering_closed_or_parked_also_publishes_the_outcome() {
+    let mut case = given(Status::Executing);
+    let failed = evaluate(
+        &case,
+        Event::ExecFailed,
+        &EventInput {
+            reason: Some("rollout timed out".into()),
+            ..EventInput::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(failed.to, Status::Parked);
+    assert_eq!(
+        failed.effects,
+        vec![
+            Effect::Publish {
+                topic: TOPIC_CASE_TRANSITION
+            },
+            Effect::Publish {
+                topic: crate::TOPIC_CASE_OUTCOME
+            }
+        ]
+    );
+    case.status = Status::Parked;
+    let resumed = evaluate(
+        &case,
+        Event::Resume,
+        &EventInput {
+            reason: Some("fixed".into()),
+            ..EventInput::default()
+        },
+    )
+    .unwrap();
+    assert!(!resumed.effects.contains(&Effect::Publish {
+        topic: crate::TOPIC_CASE_OUTCOME
+    }));
+}
+
+#[test]
 fn decide_agrees_with_the_table_for_every_pair() {
     for status in Status::ALL {
         for event in Event::ALL {

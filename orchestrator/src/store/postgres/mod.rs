@@ -12,6 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
+use workflow::references::References;
 
 use super::sqlite::missing_migrations;
 use super::{
@@ -144,7 +145,7 @@ impl Store for PostgresStore {
 
     async fn plans(&self, case_id: Uuid) -> StoreResult<Vec<PlanRecord>> {
         let rows = sqlx::query(
-            "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at FROM plan_proposed \
+            "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at, refs FROM plan_proposed \
              WHERE case_id = $1 ORDER BY created_at, id",
         )
         .bind(case_id)
@@ -763,8 +764,8 @@ impl Tx for PostgresTx {
 
     async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()> {
         self.deferred.push(
-            "INSERT INTO plan_proposed (id, case_id, plan, digest, requested_by, requested_by_key, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO plan_proposed (id, case_id, plan, digest, requested_by, requested_by_key, created_at, refs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(plan.id)
         .bind(plan.case_id)
@@ -772,7 +773,8 @@ impl Tx for PostgresTx {
         .bind(plan.digest.clone())
         .bind(plan.requested_by.clone())
         .bind(plan.requested_by_key.clone())
-        .bind(plan.created_at);
+        .bind(plan.created_at)
+        .bind(plan.references.clone().map(Json));
         Ok(())
     }
 
@@ -796,7 +798,7 @@ impl Tx for PostgresTx {
 
     async fn plan(&mut self, id: Uuid) -> StoreResult<Option<PlanRecord>> {
         let row = sqlx::query(
-            "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at FROM plan_proposed WHERE id = $1",
+            "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at, refs FROM plan_proposed WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.flushed().await?)
@@ -972,6 +974,9 @@ fn plan_from_row(row: &PgRow) -> StoreResult<PlanRecord> {
         requested_by: row.try_get("requested_by")?,
         requested_by_key: row.try_get("requested_by_key")?,
         created_at: row.try_get("created_at")?,
+        references: row
+            .try_get::<Option<Json<References>>, _>("refs")?
+            .map(|references| references.0),
     })
 }
 

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
+use workflow::references::References;
 
 use super::{
     parse_enum, parse_status, Backend, IdempotencyRecord, KeyOrCase, LockedCase, PoolSettings,
@@ -168,7 +169,7 @@ impl Store for SqliteStore {
 
     async fn plans(&self, case_id: Uuid) -> StoreResult<Vec<PlanRecord>> {
         let rows = sqlx::query(
-            "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at FROM plan_proposed \
+            "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at, refs FROM plan_proposed \
              WHERE case_id = ? ORDER BY created_at, id",
         )
         .bind(case_id.to_string())
@@ -757,8 +758,8 @@ impl Tx for SqliteTx {
     async fn insert_plan(&mut self, plan: &PlanRecord) -> StoreResult<()> {
         self.defer(
             Kind::Plain,
-            "INSERT INTO plan_proposed (id, case_id, plan, digest, requested_by, requested_by_key, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO plan_proposed (id, case_id, plan, digest, requested_by, requested_by_key, created_at, refs) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(plan.id.to_string())
         .bind(plan.case_id.to_string())
@@ -766,7 +767,8 @@ impl Tx for SqliteTx {
         .bind(plan.digest.clone())
         .bind(plan.requested_by.clone())
         .bind(plan.requested_by_key.clone())
-        .bind(plan.created_at);
+        .bind(plan.created_at)
+        .bind(plan.references.clone().map(Json));
         Ok(())
     }
 
@@ -792,7 +794,7 @@ impl Tx for SqliteTx {
     async fn plan(&mut self, id: Uuid) -> StoreResult<Option<PlanRecord>> {
         let executed = self
             .run(
-                "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at FROM plan_proposed WHERE id = ?",
+                "SELECT id, case_id, plan, digest, requested_by, requested_by_key, created_at, refs FROM plan_proposed WHERE id = ?",
                 |batch| {
                     batch.bind(id.to_string());
                 },
@@ -960,6 +962,9 @@ fn plan_from_row(row: &SqliteRow) -> StoreResult<PlanRecord> {
         requested_by: row.try_get("requested_by")?,
         requested_by_key: row.try_get("requested_by_key")?,
         created_at: row.try_get("created_at")?,
+        references: row
+            .try_get::<Option<Json<References>>, _>("refs")?
+            .map(|references| references.0),
     })
 }
 
