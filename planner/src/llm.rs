@@ -94,6 +94,15 @@ impl LlmPlanner {
         let mut calls: Vec<Value> = Vec::new();
         let mut history: Vec<(String, String)> = Vec::new();
         let mut problems: Vec<Value> = Vec::new();
+        // Every attempt's problems, each marked with its attempt, for the failed plan.
+        let mut every: Vec<Value> = Vec::new();
+        let keep = |every: &mut Vec<Value>, problems: &[Value], attempt: u32| {
+            every.extend(problems.iter().map(|p| {
+                let mut p = p.clone();
+                p["attempt"] = json!(attempt);
+                p
+            }));
+        };
         for attempt in 1..=attempts {
             let record = |calls: &mut Vec<Value>, id: Option<Uuid>, outcome: &str| {
                 if let Some(id) = id {
@@ -109,6 +118,7 @@ impl LlmPlanner {
                 }) => {
                     record(&mut calls, Some(call_id), "invalid");
                     problems = vec![json!({"field": "plan", "message": message})];
+                    keep(&mut every, &problems, attempt);
                     history.push((text, describe(&problems)));
                     continue;
                 }
@@ -126,7 +136,7 @@ impl LlmPlanner {
                     return Err(ModelFailure {
                         error: PlanError {
                             reason,
-                            errors: problems,
+                            errors: every,
                         },
                         llm: self.summary(&calls, attempt),
                         unavailable: unavailable && history.is_empty(),
@@ -157,6 +167,7 @@ impl LlmPlanner {
                 problems = again;
             }
             record(&mut calls, Some(answer.call_id), "refused");
+            keep(&mut every, &problems, attempt);
             history.push((plan.to_string(), describe(&problems)));
         }
         Err(ModelFailure {
@@ -165,7 +176,7 @@ impl LlmPlanner {
                     "the model's plan was refused {attempts} times; the last answer's problems: {}",
                     describe(&problems)
                 ),
-                errors: problems,
+                errors: every,
             },
             llm: self.summary(&calls, attempts),
             unavailable: false,
@@ -330,6 +341,7 @@ mod tests {
     fn plan(action: &str, params: Value) -> Value {
         json!({
             "title": "t",
+            "risk_score": 0.2,
             "steps": [{"action": action, "params": params, "timeout_s": 60, "retry": 0}],
             "rollback": {"steps": [{"action": "noop", "timeout_s": 60, "retry": 0}]},
             "verify": {"checks": [{"source": "metric_1m", "query": "svc", "threshold": "p95_ms < 300"}]}
@@ -361,7 +373,7 @@ mod tests {
         let problems = check(
             &plan(
                 "k8s.rollout",
-                json!({"deployment": "checkout", "restart": true}),
+                json!({"namespace": "shop", "deployment": "checkout", "restart": true}),
             ),
             &limits(),
             None,

@@ -319,11 +319,26 @@ async fn wrong_answers_are_asked_again_with_their_problems_then_fail_the_plan(ba
     let reason = failed["reason"].as_str().unwrap();
     assert!(reason.contains("refused 3 times"), "{reason}");
     let errors = failed["meta"]["errors"].as_array().unwrap();
+    let attempts: std::collections::BTreeSet<i64> = errors
+        .iter()
+        .map(|e| e["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        attempts,
+        [1, 2, 3].into(),
+        "every attempt's problems: {errors:#?}"
+    );
     assert!(
         errors
             .iter()
-            .any(|e| e["field"].as_str().unwrap().contains("params")),
+            .any(|e| e["attempt"] == 3 && e["field"].as_str().unwrap().contains("params")),
         "the last answer's params error is listed: {errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["attempt"] == 2 && e["field"] == "plan.steps[0].action"),
+        "the unknown adapter is listed: {errors:#?}"
     );
     assert_eq!(failed["meta"]["llm"]["calls"].as_array().unwrap().len(), 3);
     let (_, plans) = app.get_json(&format!("/v1/cases/{case}/plans")).await;

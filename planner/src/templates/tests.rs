@@ -465,11 +465,19 @@ fn every_template_is_listed_with_its_params() {
             "k8s.rollout.canary",
             "script.restart",
             "gateway.flip",
-            "noop.check"
+            "noop.check",
+            "llm"
         ]
     );
     for template in &listed {
         assert!(!template.description.is_empty());
+        if template.name == crate::llm::LLM_TEMPLATE {
+            assert!(
+                template.params.is_empty(),
+                "the model takes no template params"
+            );
+            continue;
+        }
         let params: Vec<&str> = template.params.iter().map(|(name, _)| *name).collect();
         for verify in [
             "window_s",
@@ -502,7 +510,11 @@ fn every_template_passes_the_guard_with_typical_labels() {
         ("image", "checkout:2"),
         ("previous_image", "checkout:1"),
     ];
-    for template in templates() {
+    // `llm` asks a model: the worker's, tested with one (tests/e2e/llm.rs).
+    for template in templates()
+        .into_iter()
+        .filter(|t| t.name != crate::llm::LLM_TEMPLATE)
+    {
         let (name, plan) = checked_plan(Some(template.name), &labels, json!({}));
         assert_eq!(name, template.name);
         assert_eq!(plan["template"], template.name);
@@ -513,4 +525,11 @@ fn every_template_passes_the_guard_with_typical_labels() {
             .contains("p95 spike on checkout"));
         assert!(!plan["summary"].as_str().unwrap().is_empty());
     }
+}
+
+#[test]
+fn the_llm_template_without_a_model_says_how_to_configure_one() {
+    let error = generate(&command(Some("llm"), SHOP, json!({}))).unwrap_err();
+    assert!(error.reason.contains("[llm] base_url and model"), "{error}");
+    assert_eq!(error.errors[0]["field"], "template");
 }
