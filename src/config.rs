@@ -29,7 +29,170 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     pub sensor: SensorConfig,
     pub analyst: AnalystSection,
+    pub librarian: LibrarianConfig,
 }
+
+/// `[librarian]`: the knowledge base.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibrarianConfig {
+    /// `[librarian.embeddings]`: an OpenAI-compatible embeddings endpoint. Absent: search is
+    /// lexical only.
+    pub embeddings: Option<EmbeddingsConfig>,
+}
+
+/// `[librarian.embeddings]` (or the `OPSCASE_LIBRARIAN_EMBEDDINGS_*` variables). The API key
+/// comes only from `OPSCASE_LIBRARIAN_EMBEDDINGS_API_KEY`, never from the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// The API root, usually ending in `/v1`: `POST {base_url}/embeddings` is called.
+    pub base_url: String,
+    pub model: String,
+    /// The length of the model's vectors (768 for nomic-embed-text).
+    pub dimensions: usize,
+    /// Texts per request when chunks are embedded in the background (default 32).
+    #[serde(default = "default_embedding_batch_size")]
+    pub batch_size: usize,
+    /// Seconds to wait for one answer; a search waits this long for its query's vector before
+    /// answering from lexical search alone (default 5).
+    #[serde(default = "default_embedding_timeout_s")]
+    pub timeout_s: f64,
+    /// Send `dimensions` with each request (default true). vLLM refuses it for models without
+    /// Matryoshka support: set false there.
+    #[serde(default = "default_true")]
+    pub send_dimensions: bool,
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
+}
+
+fn default_embedding_batch_size() -> usize {
+    32
+}
+
+fn default_embedding_timeout_s() -> f64 {
+    5.0
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl LibrarianConfig {
+    /// The embeddings client's settings, when configured.
+    pub fn embedding_settings(&self) -> Option<librarian::EmbeddingSettings> {
+        self.embeddings
+            .as_ref()
+            .map(|e| librarian::EmbeddingSettings {
+                base_url: e.base_url.trim_end_matches('/').to_string(),
+                model: e.model.clone(),
+                dimensions: e.dimensions,
+                send_dimensions: e.send_dimensions,
+                batch_size: e.batch_size,
+                timeout: std::time::Duration::from_secs_f64(e.timeout_s),
+                api_key: e.api_key.as_ref().map(|k| k.expose().to_string()),
+            })
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let given = |name: &str| env(name).filter(|v| !v.is_empty());
+        if self.embeddings.is_none() {
+            let base_url = given(EMBEDDINGS_BASE_URL);
+            let model = given(EMBEDDINGS_MODEL);
+            let dimensions = given(EMBEDDINGS_DIMENSIONS);
+            if base_url.is_none() && model.is_none() && dimensions.is_none() {
+                return Ok(());
+            }
+            let (Some(base_url), Some(model), Some(_)) = (base_url, model, dimensions) else {
+                return Err(ConfigError(format!(
+                    "{EMBEDDINGS_BASE_URL}, {EMBEDDINGS_MODEL} and {EMBEDDINGS_DIMENSIONS} turn \
+                     embeddings on together (or write [librarian.embeddings] in the file)"
+                )));
+            };
+            self.embeddings = Some(EmbeddingsConfig {
+                base_url,
+                model,
+                dimensions: 0,
+                batch_size: default_embedding_batch_size(),
+                timeout_s: default_embedding_timeout_s(),
+                send_dimensions: true,
+                api_key: None,
+            });
+        }
+        let Some(embeddings) = &mut self.embeddings else {
+            return Ok(());
+        };
+        if let Some(url) = given(EMBEDDINGS_BASE_URL) {
+            embeddings.base_url = url;
+        }
+        if let Some(model) = given(EMBEDDINGS_MODEL) {
+            embeddings.model = model;
+        }
+        set(&mut embeddings.dimensions, EMBEDDINGS_DIMENSIONS, env)?;
+        set(
+            &mut embeddings.batch_size,
+            "OPSCASE_LIBRARIAN_EMBEDDINGS_BATCH_SIZE",
+            env,
+        )?;
+        set(
+            &mut embeddings.timeout_s,
+            "OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S",
+            env,
+        )?;
+        set(
+            &mut embeddings.send_dimensions,
+            "OPSCASE_LIBRARIAN_EMBEDDINGS_SEND_DIMENSIONS",
+            env,
+        )?;
+        if let Some(key) = given(EMBEDDINGS_API_KEY) {
+            embeddings.api_key = Some(Secret(key));
+        }
+        Ok(())
+    }
+
+    fn validate(&self, request_timeout_s: f64) -> Result<(), ConfigError> {
+        let Some(e) = &self.embeddings else {
+            return Ok(());
+        };
+        if !(e.base_url.starts_with("http://") || e.base_url.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "librarian.embeddings.base_url ({EMBEDDINGS_BASE_URL}) must be an http:// or \
+                 https:// URL, such as http://127.0.0.1:11434/v1"
+            )));
+        }
+        if e.model.trim().is_empty() {
+            return Err(ConfigError(format!(
+                "librarian.embeddings.model ({EMBEDDINGS_MODEL}) must not be empty"
+            )));
+        }
+        if !(1..=16_000).contains(&e.dimensions) {
+            return Err(ConfigError(format!(
+                "librarian.embeddings.dimensions ({EMBEDDINGS_DIMENSIONS}) must be 1 to 16000"
+            )));
+        }
+        if !(1..=2048).contains(&e.batch_size) {
+            return Err(ConfigError(
+                "librarian.embeddings.batch_size (OPSCASE_LIBRARIAN_EMBEDDINGS_BATCH_SIZE) must \
+                 be 1 to 2048"
+                    .into(),
+            ));
+        }
+        if !(e.timeout_s > 0.0 && e.timeout_s < request_timeout_s) {
+            return Err(ConfigError(
+                "librarian.embeddings.timeout_s (OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S) must be \
+                 a positive number of seconds shorter than server.request_timeout_s \
+                 (OPSCASE_REQUEST_TIMEOUT_S)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+const EMBEDDINGS_BASE_URL: &str = "OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL";
+const EMBEDDINGS_MODEL: &str = "OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL";
+const EMBEDDINGS_DIMENSIONS: &str = "OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS";
+const EMBEDDINGS_API_KEY: &str = "OPSCASE_LIBRARIAN_EMBEDDINGS_API_KEY";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -856,6 +1019,7 @@ impl Config {
         if let Some(url) = env("OPSCASE_PROMETHEUS_URL").filter(|u| !u.is_empty()) {
             self.verifier.prometheus_url = Some(url);
         }
+        self.librarian.apply_env(&env)?;
         Ok(())
     }
 
@@ -959,6 +1123,7 @@ impl Config {
         }
         self.sensor.validate()?;
         self.analyst.validate()?;
+        self.librarian.validate(self.server.request_timeout_s)?;
         if self.watchdog.stall_after_s == 0 || self.watchdog.interval_s == 0 {
             return Err(ConfigError(
                 "watchdog.stall_after_s (OPSCASE_WATCHDOG_STALL_AFTER_S) and watchdog.interval_s \

@@ -5,8 +5,6 @@
 //! tenant's; a key without a tenant sees everything and writes global documents unless the
 //! body names a tenant.
 
-use std::time::Instant;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use librarian::metrics::MODE_LEXICAL;
 use librarian::store::doc_id;
 use librarian::{DocInput, DocSummary, Hit, KbStore, SearchFilter, StoredDoc, Upserted};
 use orchestrator::Principal;
@@ -105,9 +102,9 @@ pub struct KbSearchResult {
     pub hits: Vec<Hit>,
 }
 
-/// Add or replace one document: searchable as soon as this answers. The same `url` (for the
-/// same tenant) is the same document: unchanged content writes nothing, changed content
-/// replaces its chunks.
+/// Add or replace one document: searchable lexically as soon as this answers (with embeddings
+/// configured, its vectors follow in the background). The same `url` (for the same tenant) is
+/// the same document: unchanged content writes nothing, changed content replaces its chunks.
 #[utoipa::path(post, path = "/v1/kb/docs", tag = "knowledge",
     request_body(content = NewKbDoc, content_type = "application/json",
         example = json!({"title": "CheckoutLatencyHigh",
@@ -162,8 +159,8 @@ pub async fn add_doc(
     doc.search_title = librarian::chunk::search_title(&title, Some(&doc.title));
     doc.title = title;
     doc.content_hash = librarian::chunk::content_hash(&[&doc.content_hash, &doc.title]);
-    let store = store_of(&app);
-    let result = store
+    let result = app
+        .kb
         .upsert(&doc, Utc::now())
         .await
         .map_err(Problem::from)?;
@@ -252,7 +249,9 @@ pub async fn delete_doc(
 }
 
 /// The `k` chunks that best match `q`: lexical search over titles (alert names), heading
-/// paths and bodies, weighted in that order; a document whose title is a word of `q` first.
+/// paths and bodies, weighted in that order, a document whose title is a word of `q` first.
+/// With embeddings configured, also the chunks nearest to `q`'s embedding, the two lists fused
+/// by reciprocal rank (k = 60); if `q` cannot be embedded in time, the lexical hits alone.
 #[utoipa::path(get, path = "/v1/kb/search", tag = "knowledge",
     params(KbSearchQuery),
     responses(
@@ -272,18 +271,16 @@ pub async fn search(
         tenant: caller.principal.tenant.clone(),
         source: query.source,
     };
-    let started = Instant::now();
-    let hits = store_of(&app)
-        .search(query.q.as_deref().unwrap_or(""), i64::from(k), &filter)
+    let hits = app
+        .kb
+        .search(query.q.as_deref().unwrap_or(""), k as usize, &filter)
         .await
         .map_err(Problem::from)?;
-    app.kb_metrics
-        .observe_search(MODE_LEXICAL, started.elapsed().as_secs_f64());
     Ok(Json(KbSearchResult { hits }))
 }
 
-fn store_of(app: &AppState) -> KbStore {
-    KbStore::new(app.orchestrator.store().pool().clone())
+fn store_of(app: &AppState) -> &KbStore {
+    app.kb.store()
 }
 
 /// The document, if there is one this caller may see (404 otherwise: another tenant's
