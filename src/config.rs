@@ -1386,6 +1386,141 @@ mod tests {
     }
 
     #[test]
+    fn embeddings_are_off_unless_configured_and_come_from_the_file_or_the_environment() {
+        let config = Config::load(None, env_of(&[]), &Overrides::default()).unwrap();
+        assert!(config.librarian.embedding_settings().is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("opscase.toml");
+        std::fs::write(
+            &file,
+            "[librarian.embeddings]\nbase_url = \"http://127.0.0.1:11434/v1/\"\n\
+             model = \"nomic-embed-text\"\ndimensions = 768\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env_of(&[
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_BATCH_SIZE", "8"),
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_API_KEY", "sk-very-secret"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let settings = config.librarian.embedding_settings().unwrap();
+        assert_eq!(settings.base_url, "http://127.0.0.1:11434/v1");
+        assert_eq!(settings.model, "nomic-embed-text");
+        assert_eq!(
+            (
+                settings.dimensions,
+                settings.batch_size,
+                settings.send_dimensions
+            ),
+            (768, 8, true)
+        );
+        assert_eq!(settings.timeout, std::time::Duration::from_secs(5));
+        assert_eq!(settings.api_key.as_deref(), Some("sk-very-secret"));
+        assert!(!format!("{config:?}").contains("very-secret"));
+        assert!(!format!("{settings:?}").contains("very-secret"));
+
+        let config = Config::load(
+            None,
+            env_of(&[
+                (
+                    "OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL",
+                    "https://api.openai.com/v1",
+                ),
+                (
+                    "OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL",
+                    "text-embedding-3-small",
+                ),
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "512"),
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S", "2.5"),
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_SEND_DIMENSIONS", "false"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let settings = config.librarian.embedding_settings().unwrap();
+        assert_eq!(settings.dimensions, 512);
+        assert!(!settings.send_dimensions);
+        assert_eq!(settings.timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(settings.api_key, None);
+    }
+
+    #[test]
+    fn embedding_settings_that_cannot_work_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("opscase.toml");
+        // The key is never read from the file.
+        std::fs::write(
+            &file,
+            "[librarian.embeddings]\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\
+             dimensions = 8\napi_key = \"sk-in-a-file\"\n",
+        )
+        .unwrap();
+        let error = Config::load(Some(&file), env_of(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("api_key"), "{error}");
+        std::fs::write(
+            &file,
+            "[librarian.embeddings]\nbase_url = \"http://x/v1\"\n",
+        )
+        .unwrap();
+        let error = Config::load(Some(&file), env_of(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("model"), "{error}");
+
+        for (pairs, named) in [
+            (
+                &[("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "http://x/v1")][..],
+                "OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL",
+            ),
+            (
+                &[
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "x/v1"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL", "m"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "8"),
+                ][..],
+                "librarian.embeddings.base_url (OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL)",
+            ),
+            (
+                &[
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "http://x/v1"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL", "m"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "0"),
+                ][..],
+                "librarian.embeddings.dimensions (OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS)",
+            ),
+            (
+                &[
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "http://x/v1"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL", "m"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "many"),
+                ][..],
+                "OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS=\"many\"",
+            ),
+            (
+                &[
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "http://x/v1"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL", "m"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "8"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S", "60"),
+                ][..],
+                "librarian.embeddings.timeout_s (OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S)",
+            ),
+        ] {
+            let pairs: &'static [(&'static str, &'static str)] = pairs;
+            let error = Config::load(None, env_of(pairs), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{error}");
+        }
+    }
+
+    #[test]
     fn a_broken_redaction_pattern_is_an_error_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("opscase.toml");

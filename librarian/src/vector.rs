@@ -364,7 +364,7 @@ impl VectorIndex {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|row| hit_of(row))
+                .map(hit_of)
                 .collect::<Result<Vec<_>, sqlx::Error>>()?,
             SqlPool::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -387,7 +387,7 @@ impl VectorIndex {
                     .await?;
                 tx.commit().await?;
                 rows.iter()
-                    .map(|row| hit_of(row))
+                    .map(hit_of)
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
         };
