@@ -39,7 +39,7 @@ impl std::fmt::Debug for EmbeddingSettings {
 }
 
 /// Why texts could not be embedded. None of these fails an import or a search.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EmbedError {
     #[error("the embeddings endpoint could not be reached or did not answer in time: {0}")]
     Transport(String),
@@ -47,6 +47,20 @@ pub enum EmbedError {
     Status { status: u16, body: String },
     #[error("the embeddings endpoint's answer is not usable: {0}")]
     Invalid(String),
+}
+
+impl EmbedError {
+    /// The endpoint refused what was sent (a text too long for the model, say) rather than
+    /// being down, misconfigured or overloaded: other texts may still go through.
+    pub fn refuses_input(&self) -> bool {
+        matches!(
+            self,
+            EmbedError::Status {
+                status: 400 | 413 | 422,
+                ..
+            }
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -248,6 +262,22 @@ mod tests {
             let error = order_and_check(data, inputs, 2).unwrap_err().to_string();
             assert!(error.contains(expected), "{error}");
         }
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_input_is_one() {
+        let status = |status| EmbedError::Status {
+            status,
+            body: String::new(),
+        };
+        for refused in [400, 413, 422] {
+            assert!(status(refused).refuses_input());
+        }
+        for other in [401, 403, 404, 408, 429, 500, 503] {
+            assert!(!status(other).refuses_input(), "{other}");
+        }
+        assert!(!EmbedError::Transport("timed out".into()).refuses_input());
+        assert!(!EmbedError::Invalid("3 dimensions".into()).refuses_input());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The Librarian as the service uses it: documents in (searchable lexically at once, embedded
 //! in the background), and search, hybrid when embeddings are configured and usable.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -186,11 +187,14 @@ impl Librarian {
         };
         let batch = embedder.settings().batch_size.max(1);
         let mut backoff = settings.initial_backoff;
+        // Chunks the endpoint refused, and when to offer them again.
+        let mut refused = HashMap::new();
         loop {
             if *stopped.borrow() {
                 return;
             }
-            let pause = match self.embed_batch(index, embedder, batch).await {
+            let pass = self.embed_batch(index, embedder, batch, &mut refused, &settings);
+            let pause = match pass.await {
                 Ok(0) => {
                     backoff = settings.initial_backoff;
                     settings.idle
@@ -221,20 +225,71 @@ impl Librarian {
         }
     }
 
+    /// Embed up to `batch` chunks without a vector (not those in `refused` until their time
+    /// comes); returns how many were handled. When the endpoint refuses the batch's input
+    /// (400, 413, 422: a text too long for the model, say), each chunk is tried alone and those
+    /// refused again are left aside for `settings.refused_retry`, so one bad chunk does not
+    /// hold up the others.
     async fn embed_batch(
         &self,
         index: &VectorIndex,
         embedder: &Embedder,
         batch: usize,
+        refused: &mut HashMap<(String, i64), Instant>,
+        settings: &EmbedderSettings,
     ) -> Result<u64, BatchError> {
-        let pending = index.pending(batch).await?;
+        let now = Instant::now();
+        refused.retain(|_, until| *until > now);
+        let pending: Vec<_> = index
+            .pending(batch + refused.len())
+            .await?
+            .into_iter()
+            .filter(|chunk| !refused.contains_key(&(chunk.doc_id.clone(), chunk.idx)))
+            .take(batch)
+            .collect();
         if pending.is_empty() {
             return Ok(0);
         }
         let texts: Vec<String> = pending.iter().map(|chunk| chunk.text.clone()).collect();
-        let vectors = embedder.embed(&texts).await?;
-        index.store(&pending, &vectors).await?;
-        // Chunks replaced meanwhile are not stored and come back: the batch still counts.
+        let error = match embedder.embed(&texts).await {
+            Ok(vectors) => {
+                // Chunks replaced meanwhile are not stored and come back: the batch counts.
+                index.store(&pending, &vectors).await?;
+                return Ok(pending.len() as u64);
+            }
+            Err(error) if error.refuses_input() => error,
+            Err(error) => return Err(error.into()),
+        };
+        self.metrics.embedding_error();
+        for chunk in &pending {
+            let alone = if pending.len() == 1 {
+                Err(error.clone())
+            } else {
+                embedder.embed(std::slice::from_ref(&chunk.text)).await
+            };
+            match alone {
+                Ok(vectors) => {
+                    index.store(std::slice::from_ref(chunk), &vectors).await?;
+                }
+                Err(error) if error.refuses_input() => {
+                    if pending.len() > 1 {
+                        self.metrics.embedding_error();
+                    }
+                    tracing::warn!(
+                        doc_id = %chunk.doc_id,
+                        chunk = chunk.idx,
+                        %error,
+                        retry_in_s = settings.refused_retry.as_secs(),
+                        "the embeddings endpoint refuses this chunk; it stays searchable lexically"
+                    );
+                    refused.insert(
+                        (chunk.doc_id.clone(), chunk.idx),
+                        now + settings.refused_retry,
+                    );
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
         Ok(pending.len() as u64)
     }
 }
@@ -261,6 +316,8 @@ pub struct EmbedderSettings {
     /// The first pause after a failure; it doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// How long a chunk the endpoint refused waits before it is offered again.
+    pub refused_retry: Duration,
 }
 
 impl Default for EmbedderSettings {
@@ -269,6 +326,7 @@ impl Default for EmbedderSettings {
             idle: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
+            refused_retry: Duration::from_secs(600),
         }
     }
 }

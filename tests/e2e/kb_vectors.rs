@@ -502,3 +502,79 @@ async fn postgres_without_the_vector_extension_searches_lexically() {
             .await;
     }
 }
+
+/// Refuses (400) any batch holding a text with "poison", as an endpoint refuses a text too
+/// long for its model; embeds the rest.
+struct RefusesPoison;
+
+impl Respond for RefusesPoison {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let poisoned = body["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|text| text.as_str().unwrap().contains("poison"));
+        if poisoned {
+            return ResponseTemplate::new(400).set_body_json(json!({"error": {
+                "message": "input is too long for this model", "type": "invalid_request_error"}}));
+        }
+        FakeEmbeddings.respond(request)
+    }
+}
+
+async fn a_refused_chunk_does_not_hold_up_the_others(backend: Backend) {
+    let Some(database) = TestDatabase::create(backend).await else {
+        return;
+    };
+    let endpoint = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/embeddings"))
+        .respond_with(RefusesPoison)
+        .mount(&endpoint)
+        .await;
+    let app = start(&database, embeddings_at(&endpoint, 5.0)).await;
+    // One document whose second chunk is refused, posted before a good one: all in a batch.
+    let mixed = post_doc(
+        &app,
+        &app.client,
+        json!({"title": "Mixed", "url": "https://wiki.example.com/mixed",
+            "content": "# Mixed\n\n## One\n\nThe quokka part.\n\n## Two\n\nThe poison part.\n"}),
+    )
+    .await;
+    let fleet = post_doc(
+        &app,
+        &app.client,
+        json!({"title": "FleetDown", "url": "https://wiki.example.com/fleet", "content": RUNBOOK}),
+    )
+    .await;
+    eventually("every chunk but the refused one embedded", 60, async || {
+        app.metric("kb_chunks_embedded").await == 2.0
+    })
+    .await;
+    assert_eq!(app.metric("kb_chunks").await, 3.0);
+    assert!(app.metric("kb_embedding_errors_total").await >= 1.0);
+    let hits = search(&app, &app.client, &[("q", "wallaby"), ("k", "3")]).await;
+    let found: Vec<_> = hits.iter().map(|h| h["doc_id"].as_str().unwrap()).collect();
+    assert!(
+        found.contains(&fleet.as_str()) && found.contains(&mixed.as_str()),
+        "{hits:#?}"
+    );
+    // The refused chunk is still there for lexical search.
+    let hits = search(&app, &app.client, &[("q", "poison"), ("k", "3")]).await;
+    assert_eq!(hits[0]["doc_id"], mixed.as_str());
+    assert_eq!(hits[0]["heading_path"], "Mixed › Two");
+    assert!(retrievers(&hits[0]).contains(&"lexical"));
+    drop(app);
+    database.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_chunk_does_not_hold_up_the_others_on_sqlite() {
+    a_refused_chunk_does_not_hold_up_the_others(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_chunk_does_not_hold_up_the_others_on_postgres() {
+    a_refused_chunk_does_not_hold_up_the_others(Backend::Postgres).await;
+}
