@@ -10,6 +10,7 @@ use tokio::sync::{watch, Notify};
 
 use orchestrator::{SqlPool, StoreError};
 
+use crate::chunk::query_terms;
 use crate::embed::{EmbedError, Embedder, EmbeddingSettings};
 use crate::fusion::reciprocal_rank_fusion;
 use crate::metrics::{KbMetrics, MODE_HYBRID, MODE_LEXICAL};
@@ -149,7 +150,8 @@ impl Librarian {
         let depth = candidates(k);
         let lexical = self.store.search(query, depth as i64, filter);
         let vector = async {
-            if query.trim().is_empty() {
+            // No words, no hits: as lexical search answers, so does the hybrid one.
+            if query_terms(query).is_empty() {
                 return Ok(Vec::new());
             }
             let vector = match embed_query(embedder, query).await {

@@ -246,6 +246,13 @@ async fn vectors_are_stored_and_searched(backend: Backend) {
         json!({"model": MODEL, "input": ["wallaby"], "dimensions": DIMENSIONS})
     );
 
+    // No words, no hits, as in lexical search; and no call to the endpoint for them.
+    let calls = endpoint.received_requests().await.unwrap().len();
+    assert!(search(&app, &app.client, &[("q", "%% -- ()")])
+        .await
+        .is_empty());
+    assert_eq!(endpoint.received_requests().await.unwrap().len(), calls);
+
     // Found by both: first, with both retrievers, its score the fused one (two first ranks).
     let hits = search(&app, &app.client, &[("q", "quokka fleet"), ("k", "5")]).await;
     assert_eq!(hits[0]["doc_id"], fleet.as_str());
