@@ -11,7 +11,9 @@
 //! the tenant and source filters then hold by an ordinary join (a `vec0` KNN query filters
 //! only on its own columns, and cannot say "this tenant or global"), the rows live and die
 //! with their chunk through a foreign key, and the database stays readable by any SQLite,
-//! with or without the extension. The scan is linear in the embedded chunks.
+//! with or without the extension. The scan is linear in the embedded chunks: about 0.1 s for
+//! 100,000 chunks of 384 dimensions on a 2-core machine (release build), so a large SQLite
+//! knowledge base wants a `vec0` table (or sqlite-vec built with SIMD) some day.
 
 use sqlx::Row;
 
@@ -73,8 +75,11 @@ const META_TABLE: &str = "CREATE TABLE IF NOT EXISTS kb_vec_meta (\
     singleton INTEGER PRIMARY KEY CHECK (singleton = 1), \
     model TEXT NOT NULL, dimensions INTEGER NOT NULL)";
 
+/// The document's tenant and source are copied beside each vector (a document's id is derived
+/// from them, so they never change under it): the scan filters without a join per row.
 const SQLITE_VECTOR_TABLE: &str = "CREATE TABLE IF NOT EXISTS kb_chunk_vec (\
-    doc_id TEXT NOT NULL, idx INTEGER NOT NULL, embedding BLOB NOT NULL, \
+    doc_id TEXT NOT NULL, idx INTEGER NOT NULL, tenant TEXT, source TEXT NOT NULL, \
+    embedding BLOB NOT NULL, \
     PRIMARY KEY (doc_id, idx), \
     FOREIGN KEY (doc_id, idx) REFERENCES kb_chunk (doc_id, idx) ON DELETE CASCADE)";
 
@@ -86,9 +91,9 @@ const PENDING: &str = "SELECT c.doc_id, c.idx, c.heading_path, c.content, d.titl
 
 /// A vector is stored only for the chunk it was computed from: a chunk replaced meanwhile (same
 /// document and index, other text) is left for the next pass.
-const SQLITE_INSERT: &str = "INSERT INTO kb_chunk_vec (doc_id, idx, embedding) \
-    SELECT doc_id, idx, ?3 FROM kb_chunk \
-    WHERE doc_id = ?1 AND idx = ?2 AND heading_path = ?4 AND content = ?5 \
+const SQLITE_INSERT: &str = "INSERT INTO kb_chunk_vec (doc_id, idx, tenant, source, embedding) \
+    SELECT c.doc_id, c.idx, d.tenant, d.source, ?3 FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id \
+    WHERE c.doc_id = ?1 AND c.idx = ?2 AND c.heading_path = ?4 AND c.content = ?5 \
     ON CONFLICT (doc_id, idx) DO NOTHING";
 
 const PG_INSERT: &str = "INSERT INTO kb_chunk_vec (doc_id, idx, embedding) \
@@ -96,13 +101,15 @@ const PG_INSERT: &str = "INSERT INTO kb_chunk_vec (doc_id, idx, embedding) \
     WHERE doc_id = $1 AND idx = $2 AND heading_path = $4 AND content = $5 \
     ON CONFLICT (doc_id, idx) DO NOTHING";
 
-/// Exact cosine distance over every embedded chunk the filter lets through.
+/// Exact cosine distance over every embedded chunk the filter lets through (filtered on the
+/// vector table's own columns), then the nearest `k` joined to their chunks and documents.
 const SQLITE_SEARCH: &str = "SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, \
-    c.heading_path, c.content, vec_distance_cosine(v.embedding, ?1) AS distance \
-    FROM kb_chunk_vec v JOIN kb_chunk c ON c.doc_id = v.doc_id AND c.idx = v.idx \
-    JOIN kb_doc d ON d.id = v.doc_id \
-    WHERE (?2 IS NULL OR d.tenant IS NULL OR d.tenant = ?2) AND (?3 IS NULL OR d.source = ?3) \
-    ORDER BY distance, d.id, c.idx LIMIT ?4";
+    c.heading_path, c.content, v.distance FROM (\
+    SELECT doc_id, idx, vec_distance_cosine(embedding, ?1) AS distance FROM kb_chunk_vec \
+    WHERE (?2 IS NULL OR tenant IS NULL OR tenant = ?2) AND (?3 IS NULL OR source = ?3) \
+    ORDER BY distance, doc_id, idx LIMIT ?4) v \
+    JOIN kb_chunk c ON c.doc_id = v.doc_id AND c.idx = v.idx JOIN kb_doc d ON d.id = v.doc_id \
+    ORDER BY v.distance, d.id, c.idx";
 
 /// Ordered by the distance expression itself, so the HNSW index serves it.
 const PG_SEARCH: &str = "SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, \
