@@ -30,7 +30,170 @@ pub struct Config {
     pub sensor: SensorConfig,
     pub analyst: AnalystSection,
     pub llm: LlmConfig,
+    pub librarian: LibrarianConfig,
 }
+
+/// `[librarian]`: the knowledge base.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibrarianConfig {
+    /// `[librarian.embeddings]`: an OpenAI-compatible embeddings endpoint. Absent: search is
+    /// lexical only.
+    pub embeddings: Option<EmbeddingsConfig>,
+}
+
+/// `[librarian.embeddings]` (or the `OPSCASE_LIBRARIAN_EMBEDDINGS_*` variables). The API key
+/// comes only from `OPSCASE_LIBRARIAN_EMBEDDINGS_API_KEY`, never from the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// The API root, usually ending in `/v1`: `POST {base_url}/embeddings` is called.
+    pub base_url: String,
+    pub model: String,
+    /// The length of the model's vectors (768 for nomic-embed-text).
+    pub dimensions: usize,
+    /// Texts per request when chunks are embedded in the background (default 32).
+    #[serde(default = "default_embedding_batch_size")]
+    pub batch_size: usize,
+    /// Seconds to wait for one answer; a search waits this long for its query's vector before
+    /// answering from lexical search alone (default 5).
+    #[serde(default = "default_embedding_timeout_s")]
+    pub timeout_s: f64,
+    /// Send `dimensions` with each request (default true). vLLM refuses it for models without
+    /// Matryoshka support: set false there.
+    #[serde(default = "default_true")]
+    pub send_dimensions: bool,
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
+}
+
+fn default_embedding_batch_size() -> usize {
+    32
+}
+
+fn default_embedding_timeout_s() -> f64 {
+    5.0
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl LibrarianConfig {
+    /// The embeddings client's settings, when configured.
+    pub fn embedding_settings(&self) -> Option<librarian::EmbeddingSettings> {
+        self.embeddings
+            .as_ref()
+            .map(|e| librarian::EmbeddingSettings {
+                base_url: e.base_url.trim_end_matches('/').to_string(),
+                model: e.model.clone(),
+                dimensions: e.dimensions,
+                send_dimensions: e.send_dimensions,
+                batch_size: e.batch_size,
+                timeout: std::time::Duration::from_secs_f64(e.timeout_s),
+                api_key: e.api_key.as_ref().map(|k| k.expose().to_string()),
+            })
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let given = |name: &str| env(name).filter(|v| !v.is_empty());
+        if self.embeddings.is_none() {
+            let base_url = given(EMBEDDINGS_BASE_URL);
+            let model = given(EMBEDDINGS_MODEL);
+            let dimensions = given(EMBEDDINGS_DIMENSIONS);
+            if base_url.is_none() && model.is_none() && dimensions.is_none() {
+                return Ok(());
+            }
+            let (Some(base_url), Some(model), Some(_)) = (base_url, model, dimensions) else {
+                return Err(ConfigError(format!(
+                    "{EMBEDDINGS_BASE_URL}, {EMBEDDINGS_MODEL} and {EMBEDDINGS_DIMENSIONS} turn \
+                     embeddings on together (or write [librarian.embeddings] in the file)"
+                )));
+            };
+            self.embeddings = Some(EmbeddingsConfig {
+                base_url,
+                model,
+                dimensions: 0,
+                batch_size: default_embedding_batch_size(),
+                timeout_s: default_embedding_timeout_s(),
+                send_dimensions: true,
+                api_key: None,
+            });
+        }
+        let Some(embeddings) = &mut self.embeddings else {
+            return Ok(());
+        };
+        if let Some(url) = given(EMBEDDINGS_BASE_URL) {
+            embeddings.base_url = url;
+        }
+        if let Some(model) = given(EMBEDDINGS_MODEL) {
+            embeddings.model = model;
+        }
+        set(&mut embeddings.dimensions, EMBEDDINGS_DIMENSIONS, env)?;
+        set(
+            &mut embeddings.batch_size,
+            "OPSCASE_LIBRARIAN_EMBEDDINGS_BATCH_SIZE",
+            env,
+        )?;
+        set(
+            &mut embeddings.timeout_s,
+            "OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S",
+            env,
+        )?;
+        set(
+            &mut embeddings.send_dimensions,
+            "OPSCASE_LIBRARIAN_EMBEDDINGS_SEND_DIMENSIONS",
+            env,
+        )?;
+        if let Some(key) = given(EMBEDDINGS_API_KEY) {
+            embeddings.api_key = Some(Secret(key));
+        }
+        Ok(())
+    }
+
+    fn validate(&self, request_timeout_s: f64) -> Result<(), ConfigError> {
+        let Some(e) = &self.embeddings else {
+            return Ok(());
+        };
+        if !(e.base_url.starts_with("http://") || e.base_url.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "librarian.embeddings.base_url ({EMBEDDINGS_BASE_URL}) must be an http:// or \
+                 https:// URL, such as http://127.0.0.1:11434/v1"
+            )));
+        }
+        if e.model.trim().is_empty() {
+            return Err(ConfigError(format!(
+                "librarian.embeddings.model ({EMBEDDINGS_MODEL}) must not be empty"
+            )));
+        }
+        if !(1..=16_000).contains(&e.dimensions) {
+            return Err(ConfigError(format!(
+                "librarian.embeddings.dimensions ({EMBEDDINGS_DIMENSIONS}) must be 1 to 16000"
+            )));
+        }
+        if !(1..=2048).contains(&e.batch_size) {
+            return Err(ConfigError(
+                "librarian.embeddings.batch_size (OPSCASE_LIBRARIAN_EMBEDDINGS_BATCH_SIZE) must \
+                 be 1 to 2048"
+                    .into(),
+            ));
+        }
+        if !(e.timeout_s > 0.0 && e.timeout_s < request_timeout_s) {
+            return Err(ConfigError(
+                "librarian.embeddings.timeout_s (OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S) must be \
+                 a positive number of seconds shorter than server.request_timeout_s \
+                 (OPSCASE_REQUEST_TIMEOUT_S)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+const EMBEDDINGS_BASE_URL: &str = "OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL";
+const EMBEDDINGS_MODEL: &str = "OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL";
+const EMBEDDINGS_DIMENSIONS: &str = "OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS";
+const EMBEDDINGS_API_KEY: &str = "OPSCASE_LIBRARIAN_EMBEDDINGS_API_KEY";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1014,6 +1177,7 @@ impl Config {
         if let Some(url) = env("OPSCASE_PROMETHEUS_URL").filter(|u| !u.is_empty()) {
             self.verifier.prometheus_url = Some(url);
         }
+        self.librarian.apply_env(&env)?;
         Ok(())
     }
 
@@ -1118,6 +1282,7 @@ impl Config {
         self.sensor.validate()?;
         self.llm.validate()?;
         self.analyst.validate()?;
+        self.librarian.validate(self.server.request_timeout_s)?;
         if self.watchdog.stall_after_s == 0 || self.watchdog.interval_s == 0 {
             return Err(ConfigError(
                 "watchdog.stall_after_s (OPSCASE_WATCHDOG_STALL_AFTER_S) and watchdog.interval_s \
@@ -1377,6 +1542,141 @@ mod tests {
             "osk_very_secret_value_0123456789ab"
         );
         assert!(!format!("{config:?}").contains("very_secret"));
+    }
+
+    #[test]
+    fn embeddings_are_off_unless_configured_and_come_from_the_file_or_the_environment() {
+        let config = Config::load(None, env_of(&[]), &Overrides::default()).unwrap();
+        assert!(config.librarian.embedding_settings().is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("opscase.toml");
+        std::fs::write(
+            &file,
+            "[librarian.embeddings]\nbase_url = \"http://127.0.0.1:11434/v1/\"\n\
+             model = \"nomic-embed-text\"\ndimensions = 768\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env_of(&[
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_BATCH_SIZE", "8"),
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_API_KEY", "sk-very-secret"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let settings = config.librarian.embedding_settings().unwrap();
+        assert_eq!(settings.base_url, "http://127.0.0.1:11434/v1");
+        assert_eq!(settings.model, "nomic-embed-text");
+        assert_eq!(
+            (
+                settings.dimensions,
+                settings.batch_size,
+                settings.send_dimensions
+            ),
+            (768, 8, true)
+        );
+        assert_eq!(settings.timeout, std::time::Duration::from_secs(5));
+        assert_eq!(settings.api_key.as_deref(), Some("sk-very-secret"));
+        assert!(!format!("{config:?}").contains("very-secret"));
+        assert!(!format!("{settings:?}").contains("very-secret"));
+
+        let config = Config::load(
+            None,
+            env_of(&[
+                (
+                    "OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL",
+                    "https://api.openai.com/v1",
+                ),
+                (
+                    "OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL",
+                    "text-embedding-3-small",
+                ),
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "512"),
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S", "2.5"),
+                ("OPSCASE_LIBRARIAN_EMBEDDINGS_SEND_DIMENSIONS", "false"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let settings = config.librarian.embedding_settings().unwrap();
+        assert_eq!(settings.dimensions, 512);
+        assert!(!settings.send_dimensions);
+        assert_eq!(settings.timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(settings.api_key, None);
+    }
+
+    #[test]
+    fn embedding_settings_that_cannot_work_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("opscase.toml");
+        // The key is never read from the file.
+        std::fs::write(
+            &file,
+            "[librarian.embeddings]\nbase_url = \"http://x/v1\"\nmodel = \"m\"\n\
+             dimensions = 8\napi_key = \"sk-in-a-file\"\n",
+        )
+        .unwrap();
+        let error = Config::load(Some(&file), env_of(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("api_key"), "{error}");
+        std::fs::write(
+            &file,
+            "[librarian.embeddings]\nbase_url = \"http://x/v1\"\n",
+        )
+        .unwrap();
+        let error = Config::load(Some(&file), env_of(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("model"), "{error}");
+
+        for (pairs, named) in [
+            (
+                &[("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "http://x/v1")][..],
+                "OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL",
+            ),
+            (
+                &[
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "x/v1"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL", "m"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "8"),
+                ][..],
+                "librarian.embeddings.base_url (OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL)",
+            ),
+            (
+                &[
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "http://x/v1"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL", "m"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "0"),
+                ][..],
+                "librarian.embeddings.dimensions (OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS)",
+            ),
+            (
+                &[
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "http://x/v1"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL", "m"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "many"),
+                ][..],
+                "OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS=\"many\"",
+            ),
+            (
+                &[
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_BASE_URL", "http://x/v1"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_MODEL", "m"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_DIMENSIONS", "8"),
+                    ("OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S", "60"),
+                ][..],
+                "librarian.embeddings.timeout_s (OPSCASE_LIBRARIAN_EMBEDDINGS_TIMEOUT_S)",
+            ),
+        ] {
+            let pairs: &'static [(&'static str, &'static str)] = pairs;
+            let error = Config::load(None, env_of(pairs), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{error}");
+        }
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Application {
     /// The analyst's rules over metric_1m.
     analyst: Arc<analyst::live::Watcher>,
     log_stores: Arc<sensor::logs::LogStores>,
+    /// The knowledge base, with its vectors when `[librarian.embeddings]` is set.
+    librarian: Arc<librarian::KnowledgeBase>,
 }
 
 impl Application {
@@ -84,6 +86,17 @@ impl Application {
             )
             .context("analyst.rules")?,
         );
+        let librarian = Arc::new(
+            librarian::KnowledgeBase::open(
+                orchestrator.store().pool(),
+                Arc::new(librarian::KbMetrics::register(
+                    &orchestrator.metrics().registry,
+                )),
+                config.librarian.embedding_settings(),
+            )
+            .await
+            .context("knowledge base vectors (librarian.embeddings)")?,
+        );
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| {
@@ -113,6 +126,7 @@ impl Application {
             max_deliver: config.bus.max_deliver,
             sensor,
             analyst,
+            librarian,
             log_stores: Arc::new(log_stores(config)),
             config: config.clone(),
         })
@@ -304,6 +318,10 @@ impl Application {
             ))
         });
         let analyst = tokio::spawn(self.analyst.clone().run(relay_stopped.clone()));
+        let embedder = tokio::spawn(self.librarian.clone().run_embedder(
+            librarian::EmbedderSettings::default(),
+            relay_stopped.clone(),
+        ));
         let relay = self.relay_in_process.then(|| {
             let relay = Relay::new(
                 self.orchestrator.store().clone(),
@@ -318,7 +336,8 @@ impl Application {
             .with_policy(Arc::new(workers::policy_source(&self.config)?))
             .with_metric_store(Arc::new(workers::metric_store(&self.orchestrator)))
             .with_sensor(self.sensor.clone(), self.log_stores.clone())
-            .with_analyst(self.analyst.clone());
+            .with_analyst(self.analyst.clone())
+            .with_librarian(self.librarian.clone());
         let router = api::app(state);
         match self.tls {
             None => serve::serve(self.listener, router, shutdown).await,
@@ -340,6 +359,7 @@ impl Application {
             let _ = watchdog.await;
         }
         let _ = analyst.await;
+        let _ = embedder.await;
         for run in in_progress_runs {
             let _ = run.await;
         }
@@ -486,6 +506,8 @@ pub async fn connect_bus(url: &str, config: &Config) -> anyhow::Result<JetStream
 
 /// The orchestrator on the configured database, migrated.
 pub async fn open_orchestrator(config: &Config) -> anyhow::Result<Orchestrator> {
+    // Before any SQLite connection opens: each one then has sqlite-vec's functions.
+    librarian::sqlite_vec::register();
     let url = config.database_url();
     let store = orchestrator::connect_with(
         &url,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use librarian::metrics::{MODE_LEXICAL, MODE_RELATED};
+use librarian::metrics::MODE_RELATED;
 use librarian::store::doc_id;
 use librarian::{DocInput, DocSummary, Hit, KbStore, Librarian, SearchFilter, StoredDoc, Upserted};
 use orchestrator::Principal;
@@ -107,9 +107,9 @@ pub struct KbSearchResult {
     pub hits: Vec<Hit>,
 }
 
-/// Add or replace one document: searchable as soon as this answers. The same `url` (for the
-/// same tenant) is the same document: unchanged content writes nothing, changed content
-/// replaces its chunks.
+/// Add or replace one document: searchable lexically as soon as this answers (with embeddings
+/// configured, its vectors follow in the background). The same `url` (for the same tenant) is
+/// the same document: unchanged content writes nothing, changed content replaces its chunks.
 #[utoipa::path(post, path = "/v1/kb/docs", tag = "knowledge",
     request_body(content = NewKbDoc, content_type = "application/json",
         example = json!({"title": "CheckoutLatencyHigh",
@@ -164,8 +164,8 @@ pub async fn add_doc(
     doc.search_title = librarian::chunk::search_title(&title, Some(&doc.title));
     doc.title = title;
     doc.content_hash = librarian::chunk::content_hash(&[&doc.content_hash, &doc.title]);
-    let store = store_of(&app);
-    let result = store
+    let result = app
+        .kb
         .upsert(&doc, Utc::now())
         .await
         .map_err(Problem::from)?;
@@ -255,7 +255,9 @@ pub async fn delete_doc(
 }
 
 /// The `k` chunks that best match `q`: lexical search over titles (alert names), heading
-/// paths and bodies, weighted in that order; a document whose title is a word of `q` first.
+/// paths and bodies, weighted in that order, a document whose title is a word of `q` first.
+/// With embeddings configured, also the chunks nearest to `q`'s embedding, the two lists fused
+/// by reciprocal rank (k = 60); if `q` cannot be embedded in time, the lexical hits alone.
 #[utoipa::path(get, path = "/v1/kb/search", tag = "knowledge",
     params(KbSearchQuery),
     responses(
@@ -276,13 +278,11 @@ pub async fn search(
         source: query.source,
         ..SearchFilter::default()
     };
-    let started = Instant::now();
-    let hits = store_of(&app)
-        .search(query.q.as_deref().unwrap_or(""), i64::from(k), &filter)
+    let hits = app
+        .kb
+        .search(query.q.as_deref().unwrap_or(""), k as usize, &filter)
         .await
         .map_err(Problem::from)?;
-    app.kb_metrics
-        .observe_search(MODE_LEXICAL, started.elapsed().as_secs_f64());
     Ok(Json(KbSearchResult { hits }))
 }
 
@@ -316,8 +316,8 @@ pub async fn related(
     Ok(Json(references))
 }
 
-fn store_of(app: &AppState) -> KbStore {
-    KbStore::new(app.orchestrator.store().pool().clone())
+fn store_of(app: &AppState) -> &KbStore {
+    app.kb.store()
 }
 
 /// The document, if there is one this caller may see (404 otherwise: another tenant's

@@ -101,6 +101,8 @@ pub struct AppState {
     pub analyst: Option<Arc<analyst::live::Watcher>>,
     /// `kb_documents`, `kb_chunks`, `kb_search_seconds` in the service's registry.
     pub kb_metrics: Arc<librarian::KbMetrics>,
+    /// The knowledge base: lexical search, hybrid when embeddings are configured.
+    pub kb: Arc<librarian::KnowledgeBase>,
 }
 
 impl AppState {
@@ -116,9 +118,14 @@ impl AppState {
         let kb_metrics = Arc::new(librarian::KbMetrics::register(
             &orchestrator.metrics().registry,
         ));
+        let kb = Arc::new(librarian::KnowledgeBase::lexical(
+            orchestrator.store().pool(),
+            kb_metrics.clone(),
+        ));
         Self {
             orchestrator,
             kb_metrics,
+            kb,
             settings: Arc::new(settings),
             rate_limiter,
             bus,
@@ -144,6 +151,13 @@ impl AppState {
     /// Judge ingested buckets with the analyst's rules as they arrive.
     pub fn with_analyst(mut self, analyst: Arc<analyst::live::Watcher>) -> Self {
         self.analyst = Some(analyst);
+        self
+    }
+
+    /// Use `librarian` (and its metrics) for the knowledge base.
+    pub fn with_librarian(mut self, librarian: Arc<librarian::KnowledgeBase>) -> Self {
+        self.kb_metrics = librarian.metrics().clone();
+        self.kb = librarian;
         self
     }
 

@@ -41,7 +41,7 @@ use crate::{cases, commands, evidence, ingest, kb, keys, problem, signals, syste
         (name = "metrics", description = "1-minute aggregates the verifier checks and the analyst watches; calls between services"),
         (name = "signals", description = "Alerts and events in: each opens a case or joins its group's open case; deploys and configuration changes, recorded for the analysis"),
         (name = "evidence", description = "What justifies a case: log, metric and trace locators, references, links; the analyst's findings"),
-        (name = "knowledge", description = "The knowledge base (the Librarian): runbooks and other documents, chunked along their headings and searched lexically"),
+        (name = "knowledge", description = "The knowledge base (the Librarian): runbooks and other documents, chunked along their headings and searched lexically and, with an embeddings endpoint configured, by their embeddings (hybrid, fused by reciprocal rank)"),
         (name = "seed aliases", description = "The paths of the source design's curl demo"),
         (name = "contracts", description = "Schemas artifacts must satisfy"),
         (name = "system", description = "Health and metrics"),

@@ -37,7 +37,7 @@ pub async fn livez() -> Json<Health> {
 
 #[utoipa::path(get, path = "/readyz", tag = "system", security(()),
     responses(
-        (status = 200, description = "The database is reachable and migrated, and the bus (when configured) is connected", body = Health),
+        (status = 200, description = "The database is reachable and migrated, and the bus (when configured) is connected; with embeddings configured, `kb_vectors` says `ok` or why knowledge base search is lexical only", body = Health),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
@@ -63,6 +63,10 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
             }
             Err(error) => failures.push(format!("bus: {error}")),
         }
+    }
+    // Vectors that cannot be used leave search lexical: a detail, never unready.
+    if let Some(vectors) = app.kb.vector_status() {
+        checks.insert("kb_vectors".into(), vectors.into());
     }
     if failures.is_empty() {
         return Json(Health {
@@ -91,9 +95,8 @@ pub async fn metrics(State(app): State<AppState>, _caller: Allowed<Scrape>) -> R
 /// `/metrics` without a key, when `metrics.auth = false` says so.
 pub async fn open_metrics(State(app): State<AppState>) -> Response {
     // The knowledge base may have changed from another process (`opscase kb import`).
-    let store = librarian::KbStore::new(app.orchestrator.store().pool().clone());
-    if let Err(error) = app.kb_metrics.refresh(&store).await {
-        tracing::warn!(%error, "kb_documents and kb_chunks could not be counted");
+    if let Err(error) = app.kb.refresh_metrics().await {
+        tracing::warn!(%error, "kb_documents, kb_chunks and kb_chunks_embedded could not be counted");
     }
     (
         [(

@@ -2,8 +2,11 @@
 //! comes back by search.
 //!
 //! [`chunk`] is pure: front matter, heading-structured chunks with their heading paths, token
-//! counts, content hashes and query normalisation. [`store`] is the thin part: `kb_doc`,
-//! `kb_chunk` and the lexical index on SQLite (FTS5) and PostgreSQL (`tsvector`).
+//! counts, content hashes and query normalisation; so is [`fusion`], reciprocal rank fusion of
+//! ranked lists. [`store`] is the thin part: `kb_doc`, `kb_chunk` and the lexical index on
+//! SQLite (FTS5) and PostgreSQL (`tsvector`); [`vector`] holds chunk embeddings (sqlite-vec,
+//! pgvector) computed through [`embed`], an OpenAI-compatible embeddings client; [`service`]
+//! ties them together ([`KnowledgeBase`]: hybrid search and the background embedder).
 //!
 //! Past cases are knowledge too: [`cases`] writes a CLOSED or PARKED case down as a document
 //! (pure), [`related`] finds a case's references (runbook chunks, similar past cases with their
@@ -12,18 +15,27 @@
 
 pub mod cases;
 pub mod chunk;
+pub mod embed;
+pub mod fusion;
 pub mod import;
 pub mod librarian;
 pub mod metrics;
 pub mod related;
+pub mod service;
+pub mod sqlite_vec;
 pub mod store;
+pub mod vector;
 
 pub use cases::{case_document, CaseFacts, CaseHistory, CASES_SOURCE};
 pub use chunk::{parse_markdown, query_terms, Chunk, ParsedDoc};
+pub use embed::{EmbedError, Embedder, EmbeddingSettings};
+pub use fusion::reciprocal_rank_fusion;
 pub use import::{import_dir, ImportError, ImportReport};
 pub use librarian::{CaseDocuments, Librarian, SweepReport};
 pub use metrics::KbMetrics;
 pub use related::{references, Limits};
+pub use service::{EmbedderSettings, KnowledgeBase, Vectors};
 pub use store::{
     DocInput, DocSummary, Hit, KbStore, SearchFilter, StoredChunk, StoredDoc, Upserted,
 };
+pub use vector::{Prepared, VectorIndex};

@@ -1,6 +1,7 @@
-//! The Librarian's metrics: `kb_documents`, `kb_chunks` and `kb_search_seconds{mode}`.
+//! The Librarian's metrics: `kb_documents`, `kb_chunks`, `kb_chunks_embedded`,
+//! `kb_search_seconds{mode}` and `kb_embedding_errors_total`.
 
-use prometheus::{HistogramOpts, HistogramVec, IntGauge, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry};
 
 use orchestrator::StoreError;
 
@@ -11,12 +12,17 @@ pub const MODE_LEXICAL: &str = "lexical";
 
 /// The mode label of a case's references (its runbook and past-case searches together).
 pub const MODE_RELATED: &str = "related";
+/// The search mode label of a search that also asked the vectors (embeddings configured and
+/// usable), whether or not the query's embedding came back.
+pub const MODE_HYBRID: &str = "hybrid";
 
 #[derive(Debug, Clone)]
 pub struct KbMetrics {
     documents: IntGauge,
     chunks: IntGauge,
+    chunks_embedded: IntGauge,
     search_seconds: HistogramVec,
+    embedding_errors: IntCounter,
 }
 
 impl KbMetrics {
@@ -25,6 +31,17 @@ impl KbMetrics {
             .expect("valid metric");
         let chunks =
             IntGauge::new("kb_chunks", "Chunks in the knowledge base.").expect("valid metric");
+        let chunks_embedded = IntGauge::new(
+            "kb_chunks_embedded",
+            "Chunks in the knowledge base that have an embedding (0 without embeddings).",
+        )
+        .expect("valid metric");
+        let embedding_errors = IntCounter::new(
+            "kb_embedding_errors_total",
+            "Calls to the embeddings endpoint that failed, timed out or answered unusably \
+             (chunks are embedded again later; searches fall back to lexical).",
+        )
+        .expect("valid metric");
         let search_seconds = HistogramVec::new(
             HistogramOpts::new("kb_search_seconds", "Knowledge base searches by mode.").buckets(
                 vec![
@@ -38,10 +55,14 @@ impl KbMetrics {
         let _ = registry.register(Box::new(documents.clone()));
         let _ = registry.register(Box::new(chunks.clone()));
         let _ = registry.register(Box::new(search_seconds.clone()));
+        let _ = registry.register(Box::new(chunks_embedded.clone()));
+        let _ = registry.register(Box::new(embedding_errors.clone()));
         Self {
             documents,
             chunks,
+            chunks_embedded,
             search_seconds,
+            embedding_errors,
         }
     }
 
@@ -51,6 +72,18 @@ impl KbMetrics {
         self.documents.set(documents);
         self.chunks.set(chunks);
         Ok(())
+    }
+
+    pub fn set_chunks_embedded(&self, chunks: i64) {
+        self.chunks_embedded.set(chunks);
+    }
+
+    pub fn embedding_error(&self) {
+        self.embedding_errors.inc();
+    }
+
+    pub fn embedding_errors(&self) -> u64 {
+        self.embedding_errors.get()
     }
 
     pub fn observe_search(&self, mode: &str, seconds: f64) {

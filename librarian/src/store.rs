@@ -138,9 +138,11 @@ pub struct Hit {
     pub chunk_idx: i64,
     pub heading_path: String,
     pub content: String,
-    /// Higher is better; comparable within one answer only.
+    /// Higher is better; comparable within one answer only. Lexical search alone: the
+    /// lexical relevance; hybrid: the fused score, the sum of `1 / (60 + rank)` over the
+    /// retrievers that found the chunk.
     pub score: f64,
-    /// Which retrievers found it: `lexical`.
+    /// Which retrievers found it: `lexical` (its words), `vector` (its embedding), or both.
     pub retrievers: Vec<String>,
 }
 

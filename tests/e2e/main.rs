@@ -20,6 +20,7 @@ mod embedded;
 mod http;
 mod incident;
 mod kb;
+mod kb_vectors;
 mod llm;
 mod logstores;
 mod monitoring;

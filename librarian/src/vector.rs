@@ -1,0 +1,493 @@
+//! Chunk embeddings and nearest-neighbour search: pgvector on PostgreSQL (a `vector(N)` column
+//! with an HNSW index on cosine distance), sqlite-vec on SQLite (`vec_distance_cosine` over
+//! float32 blobs).
+//!
+//! The tables are made at start-up by [`VectorIndex::prepare`], not by the static migrations:
+//! their dimension is known only from the configuration, PostgreSQL may lack the extension
+//! (lexical search then carries on alone), and a change of model or dimension empties them so
+//! that every chunk is embedded again with the new model.
+//!
+//! On SQLite the vectors are plain blobs scanned exactly rather than a `vec0` virtual table:
+//! the tenant and source filters then hold by an ordinary join (a `vec0` KNN query filters
+//! only on its own columns, and cannot say "this tenant or global"), the rows live and die
+//! with their chunk through a foreign key, and the database stays readable by any SQLite,
+//! with or without the extension. The scan is linear in the embedded chunks: about 0.1 s for
+//! 100,000 chunks of 384 dimensions on a 2-core machine (release build), so a large SQLite
+//! knowledge base wants a `vec0` table (or sqlite-vec built with SIMD) some day.
+
+use sqlx::Row;
+
+use orchestrator::{SqlPool, StoreError};
+
+use crate::store::{Hit, SearchFilter};
+
+/// The retriever that found a hit by its embedding.
+pub const VECTOR: &str = "vector";
+
+/// pgvector's HNSW index takes `vector` columns of at most this many dimensions.
+const PG_HNSW_MAX_DIMENSIONS: usize = 2000;
+
+/// A chunk without an embedding, and the text to embed for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingChunk {
+    pub doc_id: String,
+    pub idx: i64,
+    pub heading_path: String,
+    pub content: String,
+    /// What is sent to the embeddings endpoint (see [`embedding_text`]).
+    pub text: String,
+}
+
+/// The text embedded for a chunk: its document's title (when its heading path does not begin
+/// with it), its heading path and its content.
+pub fn embedding_text(title: &str, heading_path: &str, content: &str) -> String {
+    let mut text = String::new();
+    if !heading_path.starts_with(title) {
+        text.push_str(title);
+        text.push('\n');
+    }
+    if !heading_path.is_empty() {
+        text.push_str(heading_path);
+        text.push_str("\n\n");
+    }
+    text.push_str(content);
+    text
+}
+
+/// The embeddings of chunks, for one model and dimension.
+#[derive(Debug, Clone)]
+pub struct VectorIndex {
+    pool: SqlPool,
+    dimensions: usize,
+    /// pgvector 0.8 and later: filtered HNSW scans go on until enough rows pass the filter.
+    pg_iterative_scan: bool,
+}
+
+/// Whether vector search can run on this database.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    Ready(VectorIndex),
+    /// Lexical search only, and why (said once in the log and in `/readyz`).
+    Unavailable(String),
+}
+
+const META_TABLE: &str = "CREATE TABLE IF NOT EXISTS kb_vec_meta (\
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1), \
+    model TEXT NOT NULL, dimensions INTEGER NOT NULL)";
+
+/// The document's tenant and source are copied beside each vector (a document's id is derived
+/// from them, so they never change under it): the scan filters without a join per row.
+const SQLITE_VECTOR_TABLE: &str = "CREATE TABLE IF NOT EXISTS kb_chunk_vec (\
+    doc_id TEXT NOT NULL, idx INTEGER NOT NULL, tenant TEXT, source TEXT NOT NULL, \
+    embedding BLOB NOT NULL, \
+    PRIMARY KEY (doc_id, idx), \
+    FOREIGN KEY (doc_id, idx) REFERENCES kb_chunk (doc_id, idx) ON DELETE CASCADE)";
+
+/// Chunks whose vector is missing, in a stable order.
+const PENDING: &str = "SELECT c.doc_id, c.idx, c.heading_path, c.content, d.title \
+    FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id \
+    WHERE NOT EXISTS (SELECT 1 FROM kb_chunk_vec v WHERE v.doc_id = c.doc_id AND v.idx = c.idx) \
+    ORDER BY c.doc_id, c.idx LIMIT $1";
+
+/// A vector is stored only for the chunk it was computed from: a chunk replaced meanwhile (same
+/// document and index, other text) is left for the next pass.
+const SQLITE_INSERT: &str = "INSERT INTO kb_chunk_vec (doc_id, idx, tenant, source, embedding) \
+    SELECT c.doc_id, c.idx, d.tenant, d.source, ?3 FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id \
+    WHERE c.doc_id = ?1 AND c.idx = ?2 AND c.heading_path = ?4 AND c.content = ?5 \
+    ON CONFLICT (doc_id, idx) DO NOTHING";
+
+const PG_INSERT: &str = "INSERT INTO kb_chunk_vec (doc_id, idx, embedding) \
+    SELECT doc_id, idx, $3::vector FROM kb_chunk \
+    WHERE doc_id = $1 AND idx = $2 AND heading_path = $4 AND content = $5 \
+    ON CONFLICT (doc_id, idx) DO NOTHING";
+
+/// Exact cosine distance over every embedded chunk the filter lets through (filtered on the
+/// vector table's own columns), then the nearest `k` joined to their chunks and documents.
+const SQLITE_SEARCH: &str = "SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, \
+    c.heading_path, c.content, v.distance FROM (\
+    SELECT doc_id, idx, vec_distance_cosine(embedding, ?1) AS distance FROM kb_chunk_vec \
+    WHERE (?2 IS NULL OR tenant IS NULL OR tenant = ?2) AND (?3 IS NULL OR source = ?3) \
+    ORDER BY distance, doc_id, idx LIMIT ?4) v \
+    JOIN kb_chunk c ON c.doc_id = v.doc_id AND c.idx = v.idx JOIN kb_doc d ON d.id = v.doc_id \
+    ORDER BY v.distance, d.id, c.idx";
+
+/// Ordered by the distance expression itself, so the HNSW index serves it.
+const PG_SEARCH: &str = "SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, \
+    c.heading_path, c.content, (v.embedding <=> $1::vector)::float8 AS distance \
+    FROM kb_chunk_vec v JOIN kb_chunk c ON c.doc_id = v.doc_id AND c.idx = v.idx \
+    JOIN kb_doc d ON d.id = v.doc_id \
+    WHERE ($2::text IS NULL OR d.tenant IS NULL OR d.tenant = $2) \
+    AND ($3::text IS NULL OR d.source = $3) \
+    ORDER BY v.embedding <=> $1::vector LIMIT $4";
+
+impl VectorIndex {
+    /// Make the vector tables for `model` at `dimensions` (emptied when either changed since
+    /// the last start), or say why vectors cannot be used here. On PostgreSQL the `vector`
+    /// extension is created when the server has it and this role may; otherwise it is
+    /// `Unavailable`, never an error.
+    pub async fn prepare(
+        pool: SqlPool,
+        model: &str,
+        dimensions: usize,
+    ) -> Result<Prepared, StoreError> {
+        match &pool {
+            SqlPool::Sqlite(sqlite) => {
+                let version: Result<String, _> = sqlx::query_scalar("SELECT vec_version()")
+                    .fetch_one(sqlite)
+                    .await;
+                if let Err(error) = version {
+                    return Ok(Prepared::Unavailable(format!(
+                        "sqlite-vec is not loaded in this SQLite ({error})"
+                    )));
+                }
+                let mut tx = sqlite.begin().await?;
+                sqlx::query(META_TABLE).execute(&mut *tx).await?;
+                sqlx::query(SQLITE_VECTOR_TABLE).execute(&mut *tx).await?;
+                let stored: Option<(String, i64)> =
+                    sqlx::query_as("SELECT model, dimensions FROM kb_vec_meta")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if stored.as_ref().map(|(m, d)| (m.as_str(), *d))
+                    != Some((model, dimensions as i64))
+                {
+                    if let Some((old_model, old_dimensions)) = &stored {
+                        tracing::warn!(
+                            old_model, old_dimensions, model, dimensions,
+                            "the embedding model or dimension changed: every chunk is embedded again"
+                        );
+                    }
+                    sqlx::query("DELETE FROM kb_chunk_vec")
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO kb_vec_meta (singleton, model, dimensions) VALUES (1, $1, $2) \
+                         ON CONFLICT (singleton) DO UPDATE SET model = excluded.model, \
+                         dimensions = excluded.dimensions",
+                    )
+                    .bind(model)
+                    .bind(dimensions as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Prepared::Ready(Self {
+                    pool: pool.clone(),
+                    dimensions,
+                    pg_iterative_scan: false,
+                }))
+            }
+            SqlPool::Postgres(pg) => {
+                let mut tx = pg.begin().await?;
+                // Replicas starting together take turns.
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext('opscase.kb_chunk_vec'))")
+                    .execute(&mut *tx)
+                    .await?;
+                let mut version: Option<String> = sqlx::query_scalar(
+                    "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                if version.is_none() {
+                    let available: Option<String> = sqlx::query_scalar(
+                        "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'",
+                    )
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if available.is_none() {
+                        return Ok(Prepared::Unavailable(
+                            "the vector extension (pgvector) is not installed on this PostgreSQL \
+                             server"
+                                .into(),
+                        ));
+                    }
+                    if let Err(error) = sqlx::query("CREATE EXTENSION IF NOT EXISTS vector")
+                        .execute(&mut *tx)
+                        .await
+                    {
+                        return Ok(Prepared::Unavailable(format!(
+                            "the vector extension (pgvector) is installed on this PostgreSQL \
+                             server but not created in this database, and this role cannot \
+                             create it ({error})"
+                        )));
+                    }
+                    version = sqlx::query_scalar(
+                        "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+                    )
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(META_TABLE).execute(&mut *tx).await?;
+                let stored: Option<(String, i32)> =
+                    sqlx::query_as("SELECT model, dimensions FROM kb_vec_meta")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if stored.as_ref().map(|(m, d)| (m.as_str(), *d as usize))
+                    != Some((model, dimensions))
+                {
+                    if let Some((old_model, old_dimensions)) = &stored {
+                        tracing::warn!(
+                            old_model, old_dimensions, model, dimensions,
+                            "the embedding model or dimension changed: every chunk is embedded again"
+                        );
+                    }
+                    sqlx::query("DROP TABLE IF EXISTS kb_chunk_vec")
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "INSERT INTO kb_vec_meta (singleton, model, dimensions) VALUES (1, $1, $2) \
+                         ON CONFLICT (singleton) DO UPDATE SET model = excluded.model, \
+                         dimensions = excluded.dimensions",
+                    )
+                    .bind(model)
+                    .bind(dimensions as i32)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(&format!(
+                    "CREATE TABLE IF NOT EXISTS kb_chunk_vec (\
+                     doc_id TEXT NOT NULL, idx BIGINT NOT NULL, embedding vector({dimensions}) NOT NULL, \
+                     PRIMARY KEY (doc_id, idx), \
+                     FOREIGN KEY (doc_id, idx) REFERENCES kb_chunk (doc_id, idx) ON DELETE CASCADE)"
+                ))
+                .execute(&mut *tx)
+                .await?;
+                if dimensions <= PG_HNSW_MAX_DIMENSIONS {
+                    sqlx::query(
+                        "CREATE INDEX IF NOT EXISTS kb_chunk_vec_hnsw ON kb_chunk_vec \
+                         USING hnsw (embedding vector_cosine_ops)",
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                } else {
+                    tracing::warn!(
+                        dimensions,
+                        "pgvector indexes at most {PG_HNSW_MAX_DIMENSIONS} dimensions: vector \
+                         search scans every embedded chunk"
+                    );
+                }
+                tx.commit().await?;
+                let pg_iterative_scan = version.as_deref().is_some_and(at_least_0_8);
+                Ok(Prepared::Ready(Self {
+                    pool: pool.clone(),
+                    dimensions,
+                    pg_iterative_scan,
+                }))
+            }
+        }
+    }
+
+    pub fn dimensions(&self) -> usize {
+        self.dimensions
+    }
+
+    /// Up to `limit` chunks that have no vector yet.
+    pub async fn pending(&self, limit: usize) -> Result<Vec<PendingChunk>, StoreError> {
+        let limit = limit as i64;
+        let rows: Vec<(String, i64, String, String, String)> = match &self.pool {
+            SqlPool::Sqlite(pool) => sqlx::query_as(PENDING).bind(limit).fetch_all(pool).await?,
+            SqlPool::Postgres(pool) => sqlx::query_as(PENDING).bind(limit).fetch_all(pool).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(doc_id, idx, heading_path, content, title)| PendingChunk {
+                text: embedding_text(&title, &heading_path, &content),
+                doc_id,
+                idx,
+                heading_path,
+                content,
+            })
+            .collect())
+    }
+
+    /// Store the vectors of `chunks` (in order), in one transaction; returns how many were
+    /// stored (a chunk replaced or removed meanwhile is skipped).
+    pub async fn store(
+        &self,
+        chunks: &[PendingChunk],
+        vectors: &[Vec<f32>],
+    ) -> Result<u64, StoreError> {
+        let mut stored = 0;
+        match &self.pool {
+            SqlPool::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                for (chunk, vector) in chunks.iter().zip(vectors) {
+                    stored += sqlx::query(SQLITE_INSERT)
+                        .bind(&chunk.doc_id)
+                        .bind(chunk.idx)
+                        .bind(blob(vector))
+                        .bind(&chunk.heading_path)
+                        .bind(&chunk.content)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+            }
+            SqlPool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for (chunk, vector) in chunks.iter().zip(vectors) {
+                    stored += sqlx::query(PG_INSERT)
+                        .bind(&chunk.doc_id)
+                        .bind(chunk.idx)
+                        .bind(literal(vector))
+                        .bind(&chunk.heading_path)
+                        .bind(&chunk.content)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(stored)
+    }
+
+    /// How many chunks have a vector.
+    pub async fn count(&self) -> Result<i64, StoreError> {
+        let sql = "SELECT COUNT(*) FROM kb_chunk_vec";
+        Ok(match &self.pool {
+            SqlPool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+            SqlPool::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+        })
+    }
+
+    /// The `k` embedded chunks nearest to `vector` by cosine distance that `filter` lets see,
+    /// nearest first; each hit's score is its cosine similarity.
+    pub async fn search(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: &SearchFilter,
+    ) -> Result<Vec<Hit>, StoreError> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = match &self.pool {
+            SqlPool::Sqlite(pool) => sqlx::query(SQLITE_SEARCH)
+                .bind(blob(vector))
+                .bind(&filter.tenant)
+                .bind(&filter.source)
+                .bind(k as i64)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(hit_of)
+                .collect::<Result<Vec<_>, sqlx::Error>>()?,
+            SqlPool::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                if self.pg_iterative_scan {
+                    // The filter may reject many of the index's first candidates: keep
+                    // scanning, in exact distance order, until `k` rows pass.
+                    sqlx::query("SET LOCAL hnsw.iterative_scan = strict_order")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(&format!("SET LOCAL hnsw.ef_search = {}", k.clamp(40, 1000)))
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sqlx::query(PG_SEARCH)
+                    .bind(literal(vector))
+                    .bind(&filter.tenant)
+                    .bind(&filter.source)
+                    .bind(k as i64)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows.iter()
+                    .map(hit_of)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            }
+        };
+        Ok(rows)
+    }
+}
+
+fn hit_of<R: Row>(row: &R) -> Result<Hit, sqlx::Error>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let distance: f64 = row.try_get("distance")?;
+    Ok(Hit {
+        doc_id: row.try_get("id")?,
+        title: row.try_get("title")?,
+        url: row.try_get("path_or_url")?,
+        source: row.try_get("source")?,
+        tenant: row.try_get("tenant")?,
+        chunk_idx: row.try_get("idx")?,
+        heading_path: row.try_get("heading_path")?,
+        content: row.try_get("content")?,
+        score: 1.0 - distance,
+        retrievers: vec![VECTOR.to_string()],
+    })
+}
+
+/// A vector as sqlite-vec reads it: little-endian float32s.
+fn blob(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A vector as pgvector reads it: `[1,0.5,-2]` (each float printed to round-trip).
+fn literal(vector: &[f32]) -> String {
+    let mut text = String::with_capacity(vector.len() * 10 + 2);
+    text.push('[');
+    for (i, x) in vector.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&x.to_string());
+    }
+    text.push(']');
+    text
+}
+
+/// Whether an extension version `major.minor[.patch]` is 0.8 or later.
+fn at_least_0_8(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= (0, 8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_text_names_where_the_chunk_sits() {
+        assert_eq!(
+            embedding_text(
+                "KubePodCrashLooping",
+                "KubePodCrashLooping › Mitigation",
+                "Roll back."
+            ),
+            "KubePodCrashLooping › Mitigation\n\nRoll back."
+        );
+        assert_eq!(
+            embedding_text("Checkout latency", "Mitigation", "Roll back."),
+            "Checkout latency\nMitigation\n\nRoll back."
+        );
+        assert_eq!(embedding_text("T", "", "Body."), "T\nBody.");
+    }
+
+    #[test]
+    fn vectors_are_written_as_each_extension_reads_them() {
+        assert_eq!(literal(&[1.0, 0.5, -2.25]), "[1,0.5,-2.25]");
+        assert_eq!(literal(&[0.1]), "[0.1]");
+        let bytes = blob(&[1.0, -0.5]);
+        assert_eq!(bytes.len(), 8);
+        assert_eq!(&bytes[..4], &1.0f32.to_le_bytes());
+    }
+
+    #[test]
+    fn iterative_scans_need_pgvector_0_8() {
+        assert!(at_least_0_8("0.8.6"));
+        assert!(at_least_0_8("0.8.0"));
+        assert!(at_least_0_8("1.0"));
+        assert!(!at_least_0_8("0.7.4"));
+        assert!(!at_least_0_8("0.5"));
+    }
+}
