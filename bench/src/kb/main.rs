@@ -458,15 +458,21 @@ fn markdown(report: &Value) -> String {
     let settings = &report["settings"];
     out.push_str(&format!(
         "Searches one at a time, k = {}, over the alert set's {} queries (each alert with its \
-         name, and summary + description alone): one warm-up pass, then {} measured passes. \
-         Hybrid = lexical + vectors fused by reciprocal rank; **the vectors come from an \
-         in-process stand-in endpoint (hashed bag of words, {} dimensions), not a model: the \
-         hybrid figures are latency only.**\n\n",
+         name, and summary + description alone): one warm-up pass, then {} measured passes. ",
         settings["k"],
         settings["alerts"].as_u64().unwrap_or(0) * 2,
         settings["rounds"],
-        settings["embeddings"]["dimensions"],
     ));
+    if settings["embeddings"].is_null() {
+        out.push_str("Lexical search only (`--no-hybrid`).\n\n");
+    } else {
+        out.push_str(&format!(
+            "Hybrid = lexical + vectors fused by reciprocal rank; **the vectors come from an \
+             in-process stand-in endpoint (hashed bag of words, {} dimensions), not a model: \
+             the hybrid figures are latency only.**\n\n",
+            settings["embeddings"]["dimensions"],
+        ));
+    }
 
     out.push_str("## Import and search latency\n\n");
     out.push_str(
