@@ -215,6 +215,12 @@ async fn a_crash_mid_verification_runs_it_again_after_restart_and_closes_the_cas
         status_of(&client, &first.base, &case).await == "VERIFYING"
     })
     .await;
+    // VERIFYING is committed before the relay hands `cmd.verify.run` to the verifier: the
+    // crash must come once the verifier holds it, or the restart is a first delivery.
+    eventually("the verifier to hold its command", 30, async || {
+        verifier_holds_a_command(&database).await
+    })
+    .await;
     kill_hard(first);
 
     let second = serve_with(&database, Some(ADMIN_KEY), Some(&config));
@@ -238,4 +244,21 @@ async fn a_crash_mid_verification_runs_it_again_after_restart_and_closes_the_cas
         1.0
     );
     terminate(second);
+}
+
+/// Whether the embedded bus has handed the verifier a command it has not finished
+/// (`bus_in_progress`), read from the service's SQLite file.
+async fn verifier_holds_a_command(database: &TestDatabase) -> bool {
+    use sqlx::ConnectOptions;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(database.dir.path().join("opscase.db"))
+        .read_only(true);
+    let Ok(mut conn) = options.connect().await else {
+        return false;
+    };
+    let held: Result<i64, _> =
+        sqlx::query_scalar("SELECT COUNT(*) FROM bus_in_progress WHERE consumer = 'verifier'")
+            .fetch_one(&mut conn)
+            .await;
+    held.is_ok_and(|count| count > 0)
 }
