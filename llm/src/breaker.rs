@@ -12,8 +12,11 @@ pub enum State {
     Open {
         until: Instant,
     },
-    /// A trial call is out.
-    HalfOpen,
+    /// A trial call is out since then (one that is abandoned, its caller gone, is given up
+    /// after a cooldown and another trial let through).
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -37,12 +40,16 @@ impl Breaker {
         match self.state {
             State::Closed { .. } => Ok(()),
             State::Open { until } if now >= until => {
-                self.state = State::HalfOpen;
+                self.state = State::HalfOpen { since: now };
                 Ok(())
             }
             State::Open { until } => Err(until - now),
+            State::HalfOpen { since } if now >= since + self.cooldown => {
+                self.state = State::HalfOpen { since: now };
+                Ok(())
+            }
             // One trial at a time; the others wait for its outcome.
-            State::HalfOpen => Err(Duration::ZERO),
+            State::HalfOpen { .. } => Err(Duration::ZERO),
         }
     }
 
@@ -91,6 +98,23 @@ mod tests {
         breaker.succeeded();
         assert!(breaker.admit(again).is_ok());
         assert!(!breaker.is_open());
+    }
+
+    #[test]
+    fn an_abandoned_trial_is_given_up_after_a_cooldown() {
+        let start = Instant::now();
+        let mut breaker = Breaker::new(1, Duration::from_secs(10));
+        breaker.failed(start);
+        let trial = start + Duration::from_secs(11);
+        assert!(
+            breaker.admit(trial).is_ok(),
+            "the trial, whose caller then goes away"
+        );
+        assert!(breaker.admit(trial + Duration::from_secs(5)).is_err());
+        assert!(
+            breaker.admit(trial + Duration::from_secs(11)).is_ok(),
+            "another trial"
+        );
     }
 
     #[test]

@@ -320,13 +320,14 @@ impl LlmClient {
                 message,
                 status,
             }) => {
-                // A refusal of the request itself (4xx) says nothing about the server's health.
+                // A refusal of the request itself (4xx) is an answer: the server is up.
+                let mut breaker = self.breaker.lock().expect("breaker lock");
                 if status.is_none_or(|s| s == 429 || s >= 500) {
-                    self.breaker
-                        .lock()
-                        .expect("breaker lock")
-                        .failed(Instant::now());
+                    breaker.failed(Instant::now());
+                } else {
+                    breaker.succeeded();
                 }
+                drop(breaker);
                 call.outcome = outcome.into();
                 call.error = Some(message.clone());
                 Err(match status {
