@@ -205,10 +205,6 @@ impl LlmClient {
         &self.calls
     }
 
-    pub fn redactor(&self) -> &LlmRedactor {
-        &self.redactor
-    }
-
     /// Ask for one JSON object conforming to `request.schema` (validation against it is the
     /// caller's: the answer here is only known to be a JSON object). `history` holds earlier
     /// answers of this conversation with what was wrong with them, for a retry.

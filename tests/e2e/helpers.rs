@@ -300,6 +300,23 @@ impl TestApp {
             .map_or(0.0, |value| value.trim().parse().unwrap())
     }
 
+    /// The case's first timeline row of `event`.
+    pub async fn first_row(&self, case: Uuid, event: &str) -> Value {
+        self.timeline(case)
+            .await
+            .into_iter()
+            .find(|row| row["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} row on case {case}"))
+    }
+
+    /// Wait (30 s at most) until the case's timeline holds a row of `event`.
+    pub async fn awaits_event(&self, case: Uuid, event: &str) {
+        eventually(&format!("case {case} to record {event}"), 30, async || {
+            self.timeline_events(case).await.iter().any(|e| e == event)
+        })
+        .await;
+    }
+
     /// The events on the case's timeline, oldest first.
     pub async fn timeline_events(&self, case: Uuid) -> Vec<String> {
         self.timeline(case)

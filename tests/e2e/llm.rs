@@ -229,12 +229,7 @@ async fn a_model_plans_an_auto_case_to_closed_through_the_same_gate(backend: Bac
     assert_eq!(calls[0]["outcome"], "ok");
     assert_eq!(calls[0]["model"], "sre-model");
     assert_eq!(calls[0]["prompt_tokens"], 900);
-    let ready = app
-        .timeline(case)
-        .await
-        .into_iter()
-        .find(|row| row["event"] == "plan_ready")
-        .expect("a plan_ready row");
+    let ready = app.first_row(case, "plan_ready").await;
     assert_eq!(ready["actor"], "planner/llm");
     assert_eq!(ready["meta"]["llm"]["model"], "sre-model");
     assert_eq!(ready["meta"]["llm"]["calls"][0]["id"], calls[0]["id"]);
@@ -310,12 +305,7 @@ async fn wrong_answers_are_asked_again_with_their_problems_then_fail_the_plan(ba
         third[5]
     );
 
-    let failed = app
-        .timeline(case)
-        .await
-        .into_iter()
-        .find(|row| row["event"] == "plan_failed")
-        .expect("a plan_failed row");
+    let failed = app.first_row(case, "plan_failed").await;
     let reason = failed["reason"].as_str().unwrap();
     assert!(reason.contains("refused 3 times"), "{reason}");
     let errors = failed["meta"]["errors"].as_array().unwrap();
@@ -379,12 +369,7 @@ async fn an_obeyed_prompt_injection_never_runs(backend: Backend) {
     assert!(!events.contains(&"plan_ready".to_string()), "{events:?}");
     let (_, executions) = app.get_json(&format!("/v1/cases/{case}/executions")).await;
     assert_eq!(executions["items"], json!([]), "nothing ran");
-    let failed = app
-        .timeline(case)
-        .await
-        .into_iter()
-        .find(|row| row["event"] == "plan_failed")
-        .unwrap();
+    let failed = app.first_row(case, "plan_failed").await;
     let errors = failed["meta"]["errors"].to_string();
     assert!(errors.contains("script allowlist"), "{errors}");
     database.drop_database().await;
@@ -409,18 +394,8 @@ async fn an_unreachable_model_falls_back_to_the_configured_template(backend: Bac
     let case = app
         .model_case("checkout slow", json!({"service": "checkout"}))
         .await;
-    eventually("a plan from the fallback template", 30, async || {
-        app.timeline_events(case)
-            .await
-            .contains(&"plan_ready".to_string())
-    })
-    .await;
-    let ready = app
-        .timeline(case)
-        .await
-        .into_iter()
-        .find(|row| row["event"] == "plan_ready")
-        .unwrap();
+    app.awaits_event(case, "plan_ready").await;
+    let ready = app.first_row(case, "plan_ready").await;
     assert_eq!(ready["actor"], "planner/noop.check");
     assert_eq!(ready["meta"]["llm"]["fallback"], "noop.check");
     assert!(ready["meta"]["llm"]["reason"]
@@ -440,12 +415,7 @@ async fn without_a_model_the_llm_template_fails_the_plan_with_a_clear_reason() {
     let app = TestApp::start(database.config()).await;
     let case = app.model_case("no model here", json!({})).await;
     assert_eq!(app.settles(case).await, "PARKED");
-    let failed = app
-        .timeline(case)
-        .await
-        .into_iter()
-        .find(|row| row["event"] == "plan_failed")
-        .unwrap();
+    let failed = app.first_row(case, "plan_failed").await;
     assert!(
         failed["reason"]
             .as_str()
@@ -499,12 +469,7 @@ async fn a_held_plan_is_explained_to_the_approver_after_the_decision(backend: Ba
     let case = app
         .model_case("checkout errors", json!({"service": "checkout"}))
         .await;
-    eventually("the explanation on the timeline", 30, async || {
-        app.timeline_events(case)
-            .await
-            .contains(&"gate_explanation".to_string())
-    })
-    .await;
+    app.awaits_event(case, "gate_explanation").await;
     let events = app.timeline_events(case).await;
     let held = events.iter().position(|e| e == "gate_held").expect("held");
     let explained = events.iter().position(|e| e == "gate_explanation").unwrap();
@@ -514,12 +479,7 @@ async fn a_held_plan_is_explained_to_the_approver_after_the_decision(backend: Ba
         "WAIT_GATE",
         "an explanation moves nothing"
     );
-    let row = app
-        .timeline(case)
-        .await
-        .into_iter()
-        .find(|row| row["event"] == "gate_explanation")
-        .unwrap();
+    let row = app.first_row(case, "gate_explanation").await;
     assert_eq!(row["meta"]["explanation"], explanation);
     assert!(row["actor"].as_str().unwrap().starts_with("gatekeeper/llm"));
 
@@ -563,18 +523,8 @@ async fn a_failing_model_leaves_the_decision_alone(backend: Backend) {
     let case = app
         .model_case("checkout errors", json!({"service": "checkout"}))
         .await;
-    eventually("the gate's note without an explanation", 30, async || {
-        app.timeline_events(case)
-            .await
-            .contains(&"gate_explanation".to_string())
-    })
-    .await;
-    let row = app
-        .timeline(case)
-        .await
-        .into_iter()
-        .find(|row| row["event"] == "gate_explanation")
-        .unwrap();
+    app.awaits_event(case, "gate_explanation").await;
+    let row = app.first_row(case, "gate_explanation").await;
     assert!(
         row["reason"]
             .as_str()
@@ -683,12 +633,7 @@ async fn findings_get_a_summary_whose_citations_are_checked(backend: Backend) {
         .await;
     }
     for case in [cited, invented] {
-        eventually("the summary note", 30, async || {
-            app.timeline_events(case)
-                .await
-                .contains(&"findings_summary".to_string())
-        })
-        .await;
+        app.awaits_event(case, "findings_summary").await;
     }
 
     let (_, findings) = app.get_json(&format!("/v1/cases/{cited}/findings")).await;
@@ -704,12 +649,7 @@ async fn findings_get_a_summary_whose_citations_are_checked(backend: Backend) {
     assert_eq!(summaries.len(), 1, "{findings:#}");
     assert_eq!(summaries[0]["evidence_ids"], json!([evidence]));
     assert_eq!(summaries[0]["confidence"], 0.7);
-    let note = app
-        .timeline(cited)
-        .await
-        .into_iter()
-        .find(|row| row["event"] == "findings_summary")
-        .unwrap();
+    let note = app.first_row(cited, "findings_summary").await;
     assert!(note["reason"]
         .as_str()
         .unwrap()
@@ -728,12 +668,7 @@ async fn findings_get_a_summary_whose_citations_are_checked(backend: Backend) {
         json!([]),
         "an invented citation is refused"
     );
-    let note = app
-        .timeline(invented)
-        .await
-        .into_iter()
-        .find(|row| row["event"] == "findings_summary")
-        .unwrap();
+    let note = app.first_row(invented, "findings_summary").await;
     let reason = note["reason"].as_str().unwrap();
     assert!(reason.contains("is not evidence of this case"), "{reason}");
     database.drop_database().await;
