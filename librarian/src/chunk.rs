@@ -2,7 +2,10 @@
 //! headings so every chunk knows where it sits ("KubePodCrashLooping › Mitigation"), and a
 //! section too long for one chunk is split further on paragraphs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+
+use rust_stemmers::{Algorithm, Stemmer};
 
 use sha2::{Digest, Sha256};
 
@@ -114,12 +117,13 @@ pub fn token_count(text: &str) -> usize {
 }
 
 /// A plain-text query as search terms: lower-cased runs of letters and digits, CamelCase
-/// words also apart, each once. Everything else (quotes, colons, parentheses, `%`, `-`, `*`)
-/// only separates words, so no character of a query can ever be query syntax.
+/// words also apart, each once, function words ([`STOP_WORDS`]) left out. Everything else
+/// (quotes, colons, parentheses, `%`, `-`, `*`) only separates words, so no character of a
+/// query can ever be query syntax.
 pub fn query_terms(query: &str) -> Vec<String> {
     let mut terms: Vec<String> = Vec::new();
     let mut push = |term: String| {
-        if !terms.contains(&term) {
+        if !terms.contains(&term) && !STOP_WORDS.contains(&term.as_str()) {
             terms.push(term);
         }
     };
@@ -136,6 +140,174 @@ pub fn query_terms(query: &str) -> Vec<String> {
         }
     }
     terms
+}
+
+/// English function words, which say nothing about which page a query means: the Snowball
+/// list PostgreSQL's `english` configuration uses, less the words that do in an alert
+/// (`down`, `up`, `not`, `out`, `over`, ...: `TargetDown`, `KubePodNotReady`).
+pub const STOP_WORDS: &[&str] = &[
+    "i",
+    "me",
+    "my",
+    "myself",
+    "we",
+    "our",
+    "ours",
+    "ourselves",
+    "you",
+    "your",
+    "yours",
+    "yourself",
+    "yourselves",
+    "he",
+    "him",
+    "his",
+    "himself",
+    "she",
+    "her",
+    "hers",
+    "herself",
+    "it",
+    "its",
+    "itself",
+    "they",
+    "them",
+    "their",
+    "theirs",
+    "themselves",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "this",
+    "that",
+    "these",
+    "those",
+    "am",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "being",
+    "have",
+    "has",
+    "had",
+    "having",
+    "do",
+    "does",
+    "did",
+    "doing",
+    "a",
+    "an",
+    "the",
+    "and",
+    "but",
+    "if",
+    "or",
+    "because",
+    "as",
+    "until",
+    "while",
+    "of",
+    "at",
+    "by",
+    "for",
+    "with",
+    "about",
+    "against",
+    "between",
+    "into",
+    "through",
+    "during",
+    "to",
+    "from",
+    "in",
+    "on",
+    "then",
+    "here",
+    "there",
+    "when",
+    "where",
+    "why",
+    "how",
+    "all",
+    "any",
+    "both",
+    "each",
+    "other",
+    "some",
+    "such",
+    "nor",
+    "only",
+    "own",
+    "same",
+    "so",
+    "than",
+    "too",
+    "very",
+    "s",
+    "t",
+    "can",
+    "will",
+    "just",
+    "don",
+    "should",
+    "now",
+];
+
+/// The key a word's statistics are kept under: lower-cased and stemmed (Snowball English), so
+/// `failed`, `failing` and `fails` count as one, as the lexical index matches them.
+pub fn term_key(word: &str) -> String {
+    static STEMMER: LazyLock<Stemmer> = LazyLock::new(|| Stemmer::create(Algorithm::English));
+    STEMMER.stem(&word.to_lowercase()).into_owned()
+}
+
+/// For each term key of a document, how many of its chunks hold it: what the lexical index
+/// sees of a chunk is the document's title field, the chunk's heading path and its text, cut
+/// into runs of letters and digits as its tokenizer does.
+pub fn chunk_term_counts(title_field: &str, chunks: &[Chunk]) -> BTreeMap<String, i64> {
+    let title_keys = word_keys(title_field);
+    let mut counts = BTreeMap::new();
+    for chunk in chunks {
+        let mut keys = title_keys.clone();
+        keys.extend(word_keys(&chunk.heading_path_text()));
+        keys.extend(word_keys(&chunk.content));
+        for key in keys {
+            *counts.entry(key).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn word_keys(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(term_key)
+        .collect()
+}
+
+/// The query terms a lexical match is made of, given each term's chunk count: all of them
+/// while their counts add up to at most `budget`, else the rarest first (at least one) until
+/// the next would pass it.
+///
+/// A term in a large share of the chunks adds little to any chunk's relevance (its inverse
+/// document frequency is low) but a lot to the cost of ranking every chunk that holds it: this
+/// is Lucene's common-terms cut. Below `budget` chunks in all, nothing is left out.
+pub fn selective_terms(terms: &[(String, i64)], budget: i64) -> Vec<&str> {
+    let mut by_count: Vec<&(String, i64)> = terms.iter().collect();
+    by_count.sort_by_key(|(_, count)| *count);
+    let mut chosen = Vec::new();
+    let mut total = 0;
+    for (term, count) in by_count {
+        if !chosen.is_empty() && total + count > budget {
+            break;
+        }
+        total += count;
+        chosen.push(term.as_str());
+    }
+    chosen
 }
 
 /// `KubePodCrashLooping` → `Kube Pod Crash Looping`; `etcdGRPCRequestsSlow` → `etcd GRPC
@@ -479,7 +651,11 @@ mod tests {
     fn queries_are_words_never_syntax() {
         assert_eq!(
             query_terms(r#""foo" (bar): 100% -baz* NEAR/2 a:b"#),
-            ["foo", "bar", "100", "baz", "near", "2", "a", "b"]
+            ["foo", "bar", "100", "baz", "near", "2", "b"]
+        );
+        assert_eq!(
+            query_terms("The node is not ready: it is down"),
+            ["node", "not", "ready", "down"]
         );
         assert_eq!(
             query_terms("KubePodCrashLooping pod"),
@@ -492,6 +668,43 @@ mod tests {
         );
         assert_eq!(split_camel_case("KubeAPIDown"), ["Kube", "API", "Down"]);
         assert_eq!(split_camel_case("Watchdog"), ["Watchdog"]);
+    }
+
+    #[test]
+    fn a_term_counts_once_per_chunk_under_its_stem() {
+        let doc = parse_markdown(
+            "# KubeletDown\n\n## Meaning\n\nKubelets failed, failing.\n\n## Mitigation\n\nRestart.\n",
+            "f",
+        );
+        let counts = chunk_term_counts("KubeletDown Kubelet Down", &doc.chunks);
+        assert_eq!(doc.chunks.len(), 2);
+        // The title field is in every chunk; `failed` and `failing` are one key, once.
+        assert_eq!(counts["kubeletdown"], 2);
+        assert_eq!(counts["down"], 2);
+        assert_eq!(counts[&term_key("failing")], 1);
+        assert_eq!(term_key("failed"), term_key("failing"));
+        assert_eq!(counts["mitig"], 1);
+        assert_eq!(counts["restart"], 1);
+    }
+
+    #[test]
+    fn common_terms_are_cut_rarest_first_within_the_budget() {
+        let terms = [
+            ("kubelet".to_string(), 40),
+            ("prometheus".to_string(), 900),
+            ("disappeared".to_string(), 5),
+            ("target".to_string(), 300),
+        ];
+        // Everything fits: nothing is left out.
+        assert_eq!(selective_terms(&terms, 10_000).len(), 4);
+        assert_eq!(
+            selective_terms(&terms, 400),
+            ["disappeared", "kubelet", "target"]
+        );
+        assert_eq!(selective_terms(&terms, 100), ["disappeared", "kubelet"]);
+        // The rarest is always kept, whatever its count.
+        assert_eq!(selective_terms(&terms, 1), ["disappeared"]);
+        assert!(selective_terms(&[], 1).is_empty());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! idempotently (an unchanged hash writes nothing, a changed one replaces the chunks), pruned
 //! by source, and their chunks searched by plain-text queries.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -12,7 +14,10 @@ use uuid::Uuid;
 
 use orchestrator::{SqlPool, StoreError};
 
-use crate::chunk::{content_hash, parse_markdown, query_terms, search_title, Chunk};
+use crate::chunk::{
+    chunk_term_counts, content_hash, parse_markdown, query_terms, search_title, selective_terms,
+    term_key, Chunk,
+};
 
 /// The retriever that found a hit by its words.
 pub const LEXICAL: &str = "lexical";
@@ -54,13 +59,25 @@ impl DocInput {
             metadata.extend(extra.clone());
         }
         let metadata = Value::Object(metadata);
-        let content_hash = content_hash(&[&parsed.title, path_or_url, &metadata.to_string(), text]);
+        let mut title_field = parsed.search_title();
+        // A page's file name is the name its repository gives it (a runbook is named after its
+        // alert), even where the page's own heading says something else.
+        if let Some(stem) = markdown_file_stem(path_or_url) {
+            if !title_field.to_lowercase().contains(&stem.to_lowercase()) {
+                title_field.push(' ');
+                title_field.push_str(&search_title(stem, None));
+            }
+        }
+        let content_hash = content_hash(&[
+            &parsed.title,
+            path_or_url,
+            &metadata.to_string(),
+            text,
+            &title_field,
+        ]);
         Self {
             id: doc_id(tenant.as_deref(), source, path_or_url),
-            search_title: search_title(
-                &parsed.title,
-                parsed.front_matter.get("title").map(String::as_str),
-            ),
+            search_title: title_field,
             tenant,
             source: source.to_string(),
             path_or_url: path_or_url.to_string(),
@@ -70,6 +87,12 @@ impl DocInput {
             chunks: parsed.chunks,
         }
     }
+}
+
+/// `kubernetes/KubeletDown.md` → `KubeletDown`; `None` for anything but a Markdown file.
+fn markdown_file_stem(path_or_url: &str) -> Option<&str> {
+    let name = url_path(path_or_url).rsplit('/').next()?;
+    name.strip_suffix(".md").filter(|stem| !stem.is_empty())
 }
 
 /// The id of the document at `path_or_url` of `source` for `tenant` (global: `None`).
@@ -162,7 +185,30 @@ pub struct KbStore {
     pool: SqlPool,
 }
 
-const SELECT_HASH: &str = "SELECT content_hash FROM kb_doc WHERE id = $1";
+const SELECT_STORED: &str = "SELECT content_hash, term_counts FROM kb_doc WHERE id = $1";
+
+/// A search matches on its rarest terms while they are held by at most this many chunks in all
+/// (see [`selective_terms`]): below it every term takes part, as on a corpus of a few thousand
+/// chunks; above it the commonest are left out, which bounds the chunks ranked.
+pub const MATCH_BUDGET: i64 = 2_000;
+
+/// Add `{term: delta}` to the chunk counts, then drop the terms no chunk holds any more.
+const SQLITE_ADD_TERMS: &str = "INSERT INTO kb_term (term, chunks) \
+    SELECT key, value FROM json_each($1) WHERE true \
+    ON CONFLICT (term) DO UPDATE SET chunks = chunks + excluded.chunks";
+const SQLITE_DROP_TERMS: &str = "DELETE FROM kb_term WHERE chunks <= 0 \
+    AND term IN (SELECT key FROM json_each($1))";
+/// In the terms' order, so two writers never wait for each other's rows crosswise.
+const PG_ADD_TERMS: &str = "INSERT INTO kb_term (term, chunks) \
+    SELECT key, value::bigint FROM jsonb_each_text($1) ORDER BY key \
+    ON CONFLICT (term) DO UPDATE SET chunks = kb_term.chunks + EXCLUDED.chunks";
+const PG_DROP_TERMS: &str = "DELETE FROM kb_term WHERE chunks <= 0 \
+    AND term IN (SELECT jsonb_object_keys($1))";
+
+const SQLITE_TERM_COUNTS: &str =
+    "SELECT term, chunks FROM kb_term WHERE term IN (SELECT value FROM json_each($1))";
+const PG_TERM_COUNTS: &str =
+    "SELECT term, chunks FROM kb_term WHERE term IN (SELECT jsonb_array_elements_text($1))";
 
 /// Writers of one document take turns from their first statement, so the hash each compares is
 /// the one it will replace: PostgreSQL by an advisory lock on the id, SQLite by taking the
@@ -172,9 +218,11 @@ const PG_LOCK_DOC: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
 const SQLITE_LOCK_DOC: &str = "UPDATE kb_doc SET id = id WHERE id = $1";
 
 const UPSERT_DOC: &str = "INSERT INTO kb_doc (id, tenant, source, path_or_url, title, metadata, \
-    content_hash, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+    content_hash, created_at, updated_at, term_counts) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
     ON CONFLICT (id) DO UPDATE SET title = excluded.title, metadata = excluded.metadata, \
-    content_hash = excluded.content_hash, updated_at = excluded.updated_at";
+    content_hash = excluded.content_hash, updated_at = excluded.updated_at, \
+    term_counts = excluded.term_counts";
 
 const SQLITE_DELETE_FTS: &str =
     "DELETE FROM kb_fts WHERE rowid IN (SELECT rowid FROM kb_chunk WHERE doc_id = $1)";
@@ -214,14 +262,17 @@ const SQLITE_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx,
 
 /// ts_rank_cd() weighs A (title) 1.0, B (heading path) 0.4, C (body) 0.2, divided by 1 + the
 /// log of the chunk's length (normalization 1: a long chunk does not win by length); the score
-/// is built as on SQLite.
+/// is built as on SQLite. `$7` is what is matched and ranked ([`selective_terms`]), as on
+/// SQLite: ranking by all the terms costs ~10 µs a chunk with thirty of them; where
+/// PostgreSQL's stop words leave nothing of `$7`, all the terms (`$1`) take its place.
 const PG_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
     content, exact + relevance / (1.0 + relevance) AS score FROM (\
     SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
-    ts_rank_cd(c.tsv, q, 1)::float8 AS relevance, \
+    ts_rank_cd(c.tsv, t.query, 1)::float8 AS relevance, \
     CASE WHEN lower(d.title) IN (SELECT jsonb_array_elements_text($5)) THEN 1.0 ELSE 0.0 END::float8 AS exact \
-    FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id, to_tsquery('english', $1) q \
-    WHERE c.tsv @@ q AND ($2::text IS NULL OR d.tenant IS NULL OR d.tenant = $2) \
+    FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id, (SELECT CASE WHEN numnode(m) = 0 \
+    THEN q ELSE m END AS query FROM to_tsquery('english', $1) q, to_tsquery('english', $7) m) t \
+    WHERE c.tsv @@ t.query AND ($2::text IS NULL OR d.tenant IS NULL OR d.tenant = $2) \
     AND ($3::text IS NULL OR d.source = $3) AND ($6::text IS NULL OR d.source <> $6)) hits \
     ORDER BY score DESC, id, idx LIMIT $4";
 
@@ -265,6 +316,34 @@ macro_rules! get {
     };
 }
 
+/// Chunk counts by term key (see [`chunk_term_counts`]).
+type TermCounts = BTreeMap<String, i64>;
+
+/// `counts -= other`, term by term.
+fn subtract(counts: &mut TermCounts, other: &TermCounts) {
+    for (term, count) in other {
+        *counts.entry(term.clone()).or_insert(0) -= count;
+    }
+}
+
+/// Add a [`TermCounts`] delta to `kb_term` in the transaction `$tx`.
+macro_rules! adjust_terms {
+    ($tx:expr, $delta:expr, $sqlite:expr) => {
+        let (add, drop) = if $sqlite {
+            (SQLITE_ADD_TERMS, SQLITE_DROP_TERMS)
+        } else {
+            (PG_ADD_TERMS, PG_DROP_TERMS)
+        };
+        for sql in [add, drop] {
+            sqlx::query(sql)
+                .bind(Json($delta))
+                .execute(&mut *$tx)
+                .await
+                .map_err(StoreError::from)?;
+        }
+    };
+}
+
 impl KbStore {
     pub fn new(pool: SqlPool) -> Self {
         Self { pool }
@@ -285,13 +364,20 @@ impl KbStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
-                let stored: Option<String> = sqlx::query_scalar(SELECT_HASH)
-                    .bind(&doc.id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StoreError::from)?;
-                if stored.as_deref() == Some(doc.content_hash.as_str()) {
+                let stored: Option<(String, Option<Json<TermCounts>>)> =
+                    sqlx::query_as(SELECT_STORED)
+                        .bind(&doc.id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?;
+                if stored.as_ref().map(|(hash, _)| hash.as_str()) == Some(doc.content_hash.as_str())
+                {
                     return Ok(Upserted::Unchanged);
+                }
+                let counts = chunk_term_counts(&doc.search_title, &doc.chunks);
+                let mut delta = counts.clone();
+                if let Some((_, Some(Json(old)))) = &stored {
+                    subtract(&mut delta, old);
                 }
                 sqlx::query(UPSERT_DOC)
                     .bind(&doc.id)
@@ -302,9 +388,11 @@ impl KbStore {
                     .bind(Json(&doc.metadata))
                     .bind(&doc.content_hash)
                     .bind(at)
+                    .bind(Json(&counts))
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::from)?;
+                adjust_terms!(tx, &delta, $sqlite);
                 if $sqlite {
                     sqlx::query(SQLITE_DELETE_FTS)
                         .bind(&doc.id)
@@ -369,6 +457,17 @@ impl KbStore {
         macro_rules! delete {
             ($pool:expr, $sqlite:expr) => {{
                 let mut tx = $pool.begin().await.map_err(StoreError::from)?;
+                let stored: Option<(String, Option<Json<TermCounts>>)> =
+                    sqlx::query_as(SELECT_STORED)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?;
+                if let Some((_, Some(Json(old)))) = &stored {
+                    let mut delta = TermCounts::new();
+                    subtract(&mut delta, old);
+                    adjust_terms!(tx, &delta, $sqlite);
+                }
                 if $sqlite {
                     sqlx::query(SQLITE_DELETE_FTS)
                         .bind(id)
@@ -537,7 +636,8 @@ impl KbStore {
 
     /// The `k` chunks that best match the plain-text `query`, best first. The query's words
     /// (see [`query_terms`]) are OR-ed, each quoted or reduced to letters and digits, so no
-    /// input is query syntax; a query without words finds nothing.
+    /// input is query syntax; a query without words finds nothing. On a large corpus the match
+    /// is made of the query's rarer terms only ([`MATCH_BUDGET`]).
     pub async fn search(
         &self,
         query: &str,
@@ -548,9 +648,11 @@ impl KbStore {
         if terms.is_empty() || k <= 0 {
             return Ok(Vec::new());
         }
+        let counts = self.term_counts(&terms).await?;
+        let matched = selective_terms(&counts, MATCH_BUDGET);
         let rows = match &self.pool {
             SqlPool::Sqlite(_) => {
-                let expr = terms
+                let expr = matched
                     .iter()
                     .map(|term| format!("\"{term}\""))
                     .collect::<Vec<_>>()
@@ -564,14 +666,14 @@ impl KbStore {
                     .bind(&filter.not_source))
             }
             SqlPool::Postgres(_) => {
-                let expr = terms.join(" | ");
                 on_pool!(&self.pool, PG_SEARCH, fetch_all, |q| q
-                    .bind(expr)
+                    .bind(terms.join(" | "))
                     .bind(&filter.tenant)
                     .bind(&filter.source)
                     .bind(k)
                     .bind(Json(&terms))
-                    .bind(&filter.not_source))
+                    .bind(&filter.not_source)
+                    .bind(matched.join(" | ")))
             }
         };
         rows.iter()
@@ -591,6 +693,25 @@ impl KbStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// Each term with the number of chunks that hold it (its key's count; 0 when unknown).
+    pub async fn term_counts(&self, terms: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+        let keys: Vec<String> = terms.iter().map(|term| term_key(term)).collect();
+        let sql = match self.pool {
+            SqlPool::Sqlite(_) => SQLITE_TERM_COUNTS,
+            SqlPool::Postgres(_) => PG_TERM_COUNTS,
+        };
+        let rows = on_pool!(&self.pool, sql, fetch_all, |q| q.bind(Json(&keys)));
+        let mut known = BTreeMap::new();
+        for row in &rows {
+            known.insert(get!(row, String, "term")?, get!(row, i64, "chunks")?);
+        }
+        Ok(terms
+            .iter()
+            .zip(&keys)
+            .map(|(term, key)| (term.clone(), known.get(key).copied().unwrap_or(0)))
+            .collect())
     }
 
     /// How many documents and chunks are stored (for the `kb_documents` and `kb_chunks`

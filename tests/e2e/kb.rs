@@ -101,6 +101,13 @@ async fn the_runbooks_import_idempotently_and_prune(app: TestApp) {
         (pages, 0, 0, 0)
     );
     assert_eq!(store.counts().await.unwrap(), (docs, chunks));
+    let chunks_holding = |term: &'static str| {
+        let store = store.clone();
+        async move { store.term_counts(&[term.to_string()]).await.unwrap()[0].1 }
+    };
+    let crash_looping = chunks_holding("kubepodcrashlooping").await;
+    assert!(crash_looping >= 4, "{crash_looping}");
+    assert_eq!(chunks_holding("zebracorn").await, 0);
     let other = store
         .get(&librarian::store::doc_id(
             None,
@@ -132,6 +139,12 @@ async fn the_runbooks_import_idempotently_and_prune(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(hits[0].heading_path, "KubePodCrashLooping › Rollback");
+    // The term counts follow: the new chunk holds the title and the new word, once each.
+    assert_eq!(chunks_holding("zebracorn").await, 1);
+    assert_eq!(
+        chunks_holding("kubepodcrashlooping").await,
+        crash_looping + 1
+    );
     let untouched = store.get(&other.doc.id).await.unwrap().unwrap();
     assert_eq!(untouched, other);
 
@@ -148,6 +161,12 @@ async fn the_runbooks_import_idempotently_and_prune(app: TestApp) {
     assert_eq!(pruned.pruned, 1);
     assert!(store.get(&id).await.unwrap().is_none());
     assert_eq!(store.counts().await.unwrap(), (docs - 1, chunks - 4));
+    // Its counts are taken back with it: the word only it held is gone.
+    assert_eq!(chunks_holding("zebracorn").await, 0);
+    assert_eq!(
+        chunks_holding("kubepodcrashlooping").await,
+        crash_looping - 4
+    );
     assert!(store
         .search("zebracorn", 3, &SearchFilter::default())
         .await
