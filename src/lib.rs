@@ -1,6 +1,7 @@
 //! The `opscase` service: configuration and the application that ties the crates together.
 
 pub mod analyst_cli;
+pub mod client;
 pub mod config;
 pub mod logging;
 pub mod serve;

@@ -46,6 +46,27 @@ struct Cli {
     /// Log format: json (default) or text.
     #[arg(long, global = true)]
     log_format: Option<LogFormat>,
+    /// The service a client command (case, evidence, plan, kb search) talks to.
+    #[arg(
+        long,
+        global = true,
+        env = "OPSCASE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// The API key a client command sends (`Authorization: Bearer`).
+    #[arg(long, global = true, env = "OPSCASE_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// How a client command prints: table (for people) or json (the API's answer). (The long
+    /// form is `--format`: `analyst score --output` names its file.)
+    #[arg(
+        short = 'o',
+        long = "format",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    format: opscase::client::Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,6 +126,26 @@ enum Command {
         #[command(subcommand)]
         action: AnalystAction,
     },
+    /// Cases on a running service (over its REST API: --url, --key).
+    Case {
+        #[command(subcommand)]
+        action: opscase::client::CaseAction,
+    },
+    /// Evidence on a running service's cases.
+    Evidence {
+        #[command(subcommand)]
+        action: opscase::client::EvidenceAction,
+    },
+    /// Plans on a running service's cases.
+    Plan {
+        #[command(subcommand)]
+        action: opscase::client::PlanAction,
+    },
+    /// Print a shell completion script: `opscase completions bash > /etc/bash_completion.d/opscase`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Print the OpenAPI document (the committed copy is openapi/openapi.json).
     Openapi,
     /// Print the Mermaid state diagram generated from the transition table.
@@ -152,6 +193,13 @@ enum KbAction {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Search a running service's knowledge base (over its REST API: --url, --key).
+    Search {
+        query: String,
+        /// How many chunks.
+        #[arg(long, default_value_t = 5)]
+        k: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,7 +226,31 @@ enum KeysAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let target = opscase::client::Target {
+        url: cli.url.clone(),
+        key: cli.key.clone(),
+        output: cli.format,
+    };
     match cli.command {
+        Command::Case { action } => client(opscase::client::case(&target, action)),
+        Command::Evidence { action } => client(opscase::client::evidence(&target, action)),
+        Command::Plan { action } => client(opscase::client::plan(&target, action)),
+        Command::Kb {
+            action: KbAction::Search { query, k },
+            ..
+        } => client(opscase::client::kb_search(&target, &query, k)),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "opscase",
+                &mut script,
+            );
+            // A closed pipe (`| head`) is the reader's choice, not a failure.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            ExitCode::SUCCESS
+        }
         Command::Openapi => {
             print!("{}", api::openapi::document_json());
             ExitCode::SUCCESS
@@ -264,6 +336,27 @@ fn main() -> ExitCode {
             },
             action,
         ),
+    }
+}
+
+/// Run a client command: its answer on stdout, or its failure as one line on stderr and exit
+/// code 1.
+fn client(
+    command: impl std::future::Future<Output = Result<String, opscase::client::ClientError>>,
+) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    match runtime.block_on(command) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("opscase: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -377,6 +470,7 @@ fn kb(config_file: &Option<PathBuf>, overrides: Overrides, action: KbAction) -> 
                     report.created, report.updated, report.unchanged
                 );
             }
+            KbAction::Search { .. } => unreachable!("a client command: main runs it"),
         }
         orchestrator.store().close().await;
         Ok(())
@@ -576,5 +670,17 @@ fn run(config_file: &Option<PathBuf>, overrides: Overrides, serve: bool) -> Exit
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks a subcommand's arguments only when it is parsed: check them all, so that a
+    /// global flag never collides with a subcommand's own (`analyst score --output`).
+    #[test]
+    fn every_subcommand_s_arguments_are_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

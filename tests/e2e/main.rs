@@ -10,6 +10,7 @@ mod access;
 mod alertmanager;
 mod analysis;
 mod analyst;
+mod cli;
 mod concurrency;
 mod consumer;
 mod contract;
