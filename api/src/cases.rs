@@ -593,7 +593,7 @@ fn etag(case: &Case) -> (String, String) {
     ("etag".into(), format!("\"{}\"", case.version))
 }
 
-fn read_context(caller: Allowed<Read>) -> RequestContext {
+pub(crate) fn read_context(caller: Allowed<Read>) -> RequestContext {
     RequestContext {
         principal: Some(caller.principal),
         ..RequestContext::default()

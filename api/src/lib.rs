@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cases;
 pub mod commands;
 pub mod contract;
+pub mod events;
 pub mod evidence;
 pub mod extract;
 pub mod http_metrics;
@@ -182,6 +183,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cases", post(cases::open_case).get(cases::list_cases))
         .route("/v1/cases/{id}", get(cases::get_case))
         .route("/v1/cases/{id}/timeline", get(cases::timeline))
+        .route("/v1/cases/{id}/events", get(events::case_events))
         .route("/v1/cases/{id}/transition", patch(cases::transition))
         .route("/v1/cases/{id}/plans", get(cases::plans))
         .route("/v1/cases/{id}/decisions", get(cases::decisions))

@@ -4,7 +4,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::{cases, commands, evidence, ingest, kb, keys, problem, signals, system};
+use crate::{cases, commands, events, evidence, ingest, kb, keys, problem, signals, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use crate::{cases, commands, evidence, ingest, kb, keys, problem, signals, syste
         license(name = "Apache-2.0")
     ),
     paths(
-        cases::open_case, cases::list_cases, cases::get_case, cases::timeline, cases::transition,
+        cases::open_case, cases::list_cases, cases::get_case, cases::timeline, events::case_events, cases::transition,
         cases::plans, cases::decisions, cases::executions, cases::verifications,
         cases::open_case_alias, cases::get_case_alias, cases::timeline_alias, cases::transition_alias,
         commands::analysis_run,

@@ -248,6 +248,9 @@ pub struct Orchestrator {
     settings: Settings,
     in_flight: InFlightKeys,
     outbox_written: Arc<Notify>,
+    /// Bumped after every commit that wrote timeline rows, for whoever follows a timeline live
+    /// (the SSE routes); rows written by other processes are found by their polling.
+    timeline_written: tokio::sync::watch::Sender<u64>,
 }
 
 impl Orchestrator {
@@ -262,6 +265,7 @@ impl Orchestrator {
             settings,
             in_flight: InFlightKeys::default(),
             outbox_written: Arc::new(Notify::new()),
+            timeline_written: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -276,6 +280,18 @@ impl Orchestrator {
     /// Signalled after every commit that wrote outbox rows (the relay waits on it).
     pub fn outbox_written(&self) -> Arc<Notify> {
         self.outbox_written.clone()
+    }
+
+    /// Changes whenever this process has committed timeline rows.
+    pub fn timeline_written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.timeline_written.subscribe()
+    }
+
+    /// After a commit that wrote timeline and outbox rows: wake the relay and the followers.
+    fn wrote(&self) {
+        self.outbox_written.notify_one();
+        self.timeline_written
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// Load gauges that must agree with the database (after a restart).
@@ -296,7 +312,7 @@ impl Orchestrator {
         let result = self.open_case_once(new, context, idempotency, render).await;
         if let Ok(Reply::Fresh(_)) = &result {
             self.metrics.case_opened();
-            self.outbox_written.notify_one();
+            self.wrote();
         }
         self.observe(result)
     }
@@ -430,7 +446,7 @@ impl Orchestrator {
         for (from, to, event) in transitions {
             self.metrics.transition(*from, *to, event.as_str());
         }
-        self.outbox_written.notify_one();
+        self.wrote();
     }
 
     /// Apply one event to one case (the body of `PATCH /v1/cases/{id}/transition`).
@@ -455,7 +471,7 @@ impl Orchestrator {
         )
         .await;
         if let Ok(Reply::Fresh(_)) | Err(Error::GuardFailed { .. }) = &result {
-            self.outbox_written.notify_one();
+            self.wrote();
         }
         self.observe(result)
     }

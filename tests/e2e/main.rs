@@ -18,6 +18,7 @@ mod crash;
 mod distributed;
 mod docs;
 mod embedded;
+mod events;
 mod http;
 mod incident;
 mod kb;

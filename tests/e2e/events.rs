@@ -1,0 +1,145 @@
+//! `GET /v1/cases/{id}/events`: a case's timeline as Server-Sent Events, live, resumable from
+//! `Last-Event-ID`, scoped like the timeline route.
+
+use std::time::Duration;
+
+use orchestrator::Role;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{client_with, create_key, TestApp};
+use crate::on_both_backends;
+
+/// An open event stream, read event by event.
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(app: &TestApp, case: Uuid, last_event_id: Option<&str>) -> Self {
+        let mut request = app.client.get(app.url(&format!("/v1/cases/{case}/events")));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event's `id` and its data (the timeline row), skipping keep-alive comments.
+    /// A stream that sends nothing for 30 s fails the test rather than hanging it.
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|line| line.strip_prefix(name))
+                        .map(|value| value.trim_start().to_string())
+                };
+                let (Some(id), Some(data)) = (field("id:"), field("data:")) else {
+                    continue; // a comment
+                };
+                assert_eq!(field("event:").as_deref(), Some("timeline"), "{block}");
+                return (id, serde_json::from_str(&data).unwrap());
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.response.chunk())
+                .await
+                .expect("an event within 30 s")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+async fn a_case_s_timeline_streams_live_and_resumes(app: TestApp) {
+    let case = app.open_case("t-events").await;
+    app.advance(
+        case,
+        json!({"event": "start_analysis", "reason": "looking"}),
+    )
+    .await;
+
+    // From the start: every row so far, each with its row id as the event id.
+    let mut events = Events::open(&app, case, None).await;
+    let (open_id, open) = events.next().await;
+    assert_eq!(open["event"], "open");
+    assert_eq!(open_id, open["id"].to_string());
+    let (_, started) = events.next().await;
+    assert_eq!(
+        (started["event"].as_str(), started["to_status"].as_str()),
+        (Some("start_analysis"), Some("ANALYZING"))
+    );
+    assert_eq!(started["reason"], "looking");
+
+    // Live: a row committed while the client listens arrives on the open stream.
+    app.advance(case, json!({"event": "cancel", "reason": "false alarm"}))
+        .await;
+    let (cancel_id, cancelled) = events.next().await;
+    assert_eq!(
+        (cancelled["event"].as_str(), cancelled["to_status"].as_str()),
+        (Some("cancel"), Some("CLOSED"))
+    );
+
+    // A reconnect with Last-Event-ID gets what came after it, nothing before, nothing twice.
+    let mut resumed = Events::open(&app, case, Some(&open_id)).await;
+    assert_eq!(resumed.next().await.1["event"], "start_analysis");
+    let (id, row) = resumed.next().await;
+    assert_eq!((id, row["event"].as_str()), (cancel_id, Some("cancel")));
+}
+on_both_backends!(a_case_s_timeline_streams_live_and_resumes);
+
+async fn the_stream_is_scoped_and_checks_its_input(app: TestApp) {
+    let case = app.open_case("t-events").await;
+    let other = client_with(
+        &create_key(
+            &app.orchestrator,
+            "elsewhere",
+            &[Role::Viewer],
+            Some("t-other"),
+        )
+        .await,
+    );
+    let path = format!("/v1/cases/{case}/events");
+    let status = other.get(app.url(&path)).send().await.unwrap().status();
+    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's case");
+    let status = reqwest::Client::new()
+        .get(app.url(&path))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let response = app
+        .client
+        .get(app.url(&path))
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["field"], "Last-Event-ID");
+
+    let status = app
+        .client
+        .get(app.url(&format!("/v1/cases/{}/events", Uuid::now_v7())))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+on_both_backends!(the_stream_is_scoped_and_checks_its_input);
