@@ -264,7 +264,8 @@ const SQLITE_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx,
 /// log of the chunk's length (normalization 1: a long chunk does not win by length); the score
 /// is built as on SQLite. `$7` is what is matched and ranked ([`selective_terms`]), as on
 /// SQLite: ranking by all the terms costs ~10 µs a chunk with thirty of them; where
-/// PostgreSQL's stop words leave nothing of `$7`, all the terms (`$1`) take its place.
+/// PostgreSQL's stop words leave nothing of `$7`, all the terms (`$1`) take its place. `OFFSET 0`
+/// keeps the subquery whole: flattened, `relevance` was computed twice a row (in the sort key).
 const PG_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
     content, exact + relevance / (1.0 + relevance) AS score FROM (\
     SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
@@ -273,7 +274,8 @@ const PG_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, hea
     FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id, (SELECT CASE WHEN numnode(m) = 0 \
     THEN q ELSE m END AS query FROM to_tsquery('english', $1) q, to_tsquery('english', $7) m) t \
     WHERE c.tsv @@ t.query AND ($2::text IS NULL OR d.tenant IS NULL OR d.tenant = $2) \
-    AND ($3::text IS NULL OR d.source = $3) AND ($6::text IS NULL OR d.source <> $6)) hits \
+    AND ($3::text IS NULL OR d.source = $3) AND ($6::text IS NULL OR d.source <> $6) \
+    OFFSET 0) hits \
     ORDER BY score DESC, id, idx LIMIT $4";
 
 /// Bind the same values on either backend's query (`$q` is the query).
