@@ -576,6 +576,27 @@ impl IntoParams for TransitionHeaders {
     }
 }
 
+/// `Last-Event-ID` on an event stream: a timeline row id (`events::last_event_id` parses it).
+pub struct LastEventId;
+
+/// What `events::last_event_id` takes: an integer of at most 18 digits, spaces around it.
+pub const LAST_EVENT_ID_PATTERN: &str = r"^[ \t]*[+-]?[0-9]{1,18}[ \t]*$";
+
+impl IntoParams for LastEventId {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![header(
+            "Last-Event-ID",
+            false,
+            pattern_schema(
+                LAST_EVENT_ID_PATTERN,
+                false,
+                "A timeline row id; below every id means from the start",
+            ),
+            "The `id` of the last event received: the stream resumes after it",
+        )]
+    }
+}
+
 /// `Idempotency-Key` where it is optional (opening a case).
 pub struct OptionalIdempotencyKey;
 

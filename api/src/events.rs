@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::auth::{Allowed, Read};
 use crate::cases::read_context;
-use crate::contract::{CaseNotFound, Malformed};
+use crate::contract::{CaseNotFound, LastEventId, Malformed};
 use crate::extract::{self, PathId};
 use crate::problem::Problem;
 use crate::AppState;
@@ -33,10 +33,9 @@ const POLL: Duration = Duration::from_secs(1);
 #[utoipa::path(get, path = "/v1/cases/{id}/events", tag = "cases",
     summary = "A case's timeline as Server-Sent Events: the rows after `Last-Event-ID` (all without it), then each new row as it is committed.",
     description = "Each event is `event: timeline`, `id: <row id>`, `data: <the row as the timeline route returns it, JSON>`. Reconnect with `Last-Event-ID` to resume without losing a row. A comment is sent every 15 s to keep proxies from closing a quiet stream.",
-    params(("id" = Uuid, Path, description = "Case id"),
-           ("Last-Event-ID" = Option<i64>, Header, description = "The `id` of the last event received")),
+    params(("id" = Uuid, Path, description = "Case id"), LastEventId),
     responses(
-        (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "The stream", content_type = "text/event-stream", body = TimelineEvent),
         Malformed, CaseNotFound,
     ))]
 pub async fn case_events(
@@ -65,7 +64,18 @@ pub async fn case_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// `Last-Event-ID`: a timeline row id; absent means from the start.
+/// One event of the stream, as an SSE parser hands it over.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TimelineEvent {
+    /// Always `timeline`.
+    pub event: String,
+    /// The row's id: send it back as `Last-Event-ID` to resume after it.
+    pub id: String,
+    /// The row as `GET /v1/cases/{id}/timeline` returns it (a `TimelineEntry`), as JSON text.
+    pub data: String,
+}
+
+/// `Last-Event-ID`: a timeline row id; absent (or below every id) means from the start.
 fn last_event_id(headers: &HeaderMap) -> Result<i64, Problem> {
     let Some(value) = headers.get("last-event-id") else {
         return Ok(0);
@@ -74,7 +84,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<i64, Problem> {
         .to_str()
         .ok()
         .and_then(|text| text.trim().parse::<i64>().ok())
-        .filter(|id| *id >= 0)
+        .map(|id| id.max(0))
         .ok_or_else(|| {
             Problem::invalid(
                 "Last-Event-ID",
