@@ -272,6 +272,15 @@ fn problem_line(status: StatusCode, body: &Value) -> String {
     line.replace(['\n', '\r'], " ")
 }
 
+/// The options given, by name.
+fn present<const N: usize>(
+    options: [(&'static str, Option<String>); N],
+) -> impl Iterator<Item = (&'static str, String)> {
+    options
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+}
+
 /// `key=value` pairs as a JSON object; a pair without `=` is named in the error.
 fn pairs(items: &[String], flag: &str) -> Result<Map<String, Value>, ClientError> {
     items
@@ -297,16 +306,12 @@ pub async fn case(target: &Target, action: CaseAction) -> Result<String, ClientE
             limit,
         } => {
             let mut query = vec![("limit", limit.to_string())];
-            for (name, value) in [
+            query.extend(present([
                 ("status", status),
                 ("tenant", tenant),
                 ("label", label),
                 ("source", source),
-            ] {
-                if let Some(value) = value {
-                    query.push((name, value));
-                }
-            }
+            ]));
             let page = api.get("/v1/cases", &query).await?;
             Ok(if json {
                 pretty(&page)
@@ -316,11 +321,7 @@ pub async fn case(target: &Target, action: CaseAction) -> Result<String, ClientE
         }
         CaseAction::Show { id } => {
             let case = api.get(&format!("/v1/cases/{id}"), &[]).await?;
-            Ok(if json {
-                pretty(&case)
-            } else {
-                case_card(&case)
-            })
+            Ok(shown_case(&case, json))
         }
         CaseAction::Timeline { id, watch } => {
             if watch {
@@ -342,37 +343,21 @@ pub async fn case(target: &Target, action: CaseAction) -> Result<String, ClientE
             tenant,
         } => {
             let mut body = json!({ "title": title, "labels": pairs(&labels, "--label")? });
-            for (name, value) in [
+            for (name, value) in present([
                 ("severity", severity),
                 ("automation", automation),
                 ("tenant", tenant),
-            ] {
-                if let Some(value) = value {
-                    body[name] = json!(value);
-                }
+            ]) {
+                body[name] = json!(value);
             }
             let case = api.post("/v1/cases", &body).await?;
-            Ok(if json {
-                pretty(&case)
-            } else {
-                case_card(&case)
-            })
+            Ok(shown_case(&case, json))
         }
-        CaseAction::Event { id, event, reason } => {
-            moved(&api, id, &event, reason.as_deref(), json).await
-        }
-        CaseAction::Approve { id, reason } => {
-            moved(&api, id, "gate_approved", reason.as_deref(), json).await
-        }
-        CaseAction::Reject { id, reason } => {
-            moved(&api, id, "gate_rejected", reason.as_deref(), json).await
-        }
-        CaseAction::Resume { id, reason } => {
-            moved(&api, id, "resume", reason.as_deref(), json).await
-        }
-        CaseAction::Cancel { id, reason } => {
-            moved(&api, id, "cancel", reason.as_deref(), json).await
-        }
+        CaseAction::Event { id, event, reason } => moved(&api, id, &event, reason, json).await,
+        CaseAction::Approve { id, reason } => moved(&api, id, "gate_approved", reason, json).await,
+        CaseAction::Reject { id, reason } => moved(&api, id, "gate_rejected", reason, json).await,
+        CaseAction::Resume { id, reason } => moved(&api, id, "resume", reason, json).await,
+        CaseAction::Cancel { id, reason } => moved(&api, id, "cancel", reason, json).await,
     }
 }
 
@@ -380,15 +365,20 @@ async fn moved(
     api: &Api,
     id: Uuid,
     event: &str,
-    reason: Option<&str>,
+    reason: Option<String>,
     json: bool,
 ) -> Result<String, ClientError> {
-    let case = api.transition(id, event, reason).await?;
-    Ok(if json {
-        pretty(&case)
+    let case = api.transition(id, event, reason.as_deref()).await?;
+    Ok(shown_case(&case, json))
+}
+
+/// A case as `-o` asks: the API's JSON, or a card for people.
+fn shown_case(case: &Value, json: bool) -> String {
+    if json {
+        pretty(case)
     } else {
-        case_card(&case)
-    })
+        case_card(case)
+    }
 }
 
 pub async fn evidence(target: &Target, action: EvidenceAction) -> Result<String, ClientError> {
@@ -401,10 +391,8 @@ pub async fn evidence(target: &Target, action: EvidenceAction) -> Result<String,
         note,
     } = action;
     let mut body = json!({ "kind": kind });
-    for (name, value) in [("url", link), ("title", title), ("note", note)] {
-        if let Some(value) = value {
-            body[name] = json!(value);
-        }
+    for (name, value) in present([("url", link), ("title", title), ("note", note)]) {
+        body[name] = json!(value);
     }
     let added = api.post(&format!("/v1/cases/{id}/evidence"), &body).await?;
     Ok(if target.output == Output::Json {

@@ -42,8 +42,7 @@ pub async fn import_dir(
     source: &str,
     prune: bool,
 ) -> Result<ImportReport, ImportError> {
-    let mut pages = Vec::new();
-    collect_pages(dir, &mut pages)?;
+    let mut pages = markdown_pages(dir)?;
     pages.sort();
     let mut report = ImportReport::default();
     let mut kept = Vec::with_capacity(pages.len());
@@ -83,7 +82,14 @@ pub async fn import_dir(
     Ok(report)
 }
 
-/// The Markdown pages under `dir`, depth first; hidden entries and index pages are skipped.
+/// The Markdown pages under `dir`, depth first, as an import reads them: hidden entries and
+/// index pages skipped.
+pub fn markdown_pages(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
+    let mut pages = Vec::new();
+    collect_pages(dir, &mut pages)?;
+    Ok(pages)
+}
+
 fn collect_pages(dir: &Path, pages: &mut Vec<PathBuf>) -> Result<(), ImportError> {
     let read_error = |source| ImportError::Read {
         path: dir.to_path_buf(),

@@ -1,7 +1,7 @@
 //! The corpora the bench searches: the shared runbooks as they are, a synthetic corpus grown
 //! from them (deterministic), and the alert set written from kube-prometheus' rules.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use librarian::DocInput;
@@ -18,8 +18,7 @@ pub struct Page {
 
 /// The corpus' pages (index pages skipped, as `import_dir` does), sorted by path.
 pub fn pages(root: &Path) -> anyhow::Result<Vec<Page>> {
-    let mut paths = Vec::new();
-    collect(root, &mut paths)?;
+    let mut paths = librarian::import::markdown_pages(root)?;
     paths.sort();
     paths
         .into_iter()
@@ -42,25 +41,6 @@ pub fn pages(root: &Path) -> anyhow::Result<Vec<Page>> {
             })
         })
         .collect()
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with('.') {
-            continue;
-        }
-        if path.is_dir() {
-            collect(&path, out)?;
-        } else if name.ends_with(".md") && name != "_index.md" && name != "index.md" {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// A small deterministic generator (64-bit LCG, high bits out).
