@@ -333,6 +333,7 @@ impl Application {
             );
             tokio::spawn(relay.run(relay_stopped))
         });
+        let drain = self.settings.request_timeout;
         let state = AppState::new(self.orchestrator.clone(), self.settings, Some(transport))
             .with_policy(Arc::new(workers::policy_source(&self.config)?))
             .with_metric_store(Arc::new(workers::metric_store(&self.orchestrator)))
@@ -341,9 +342,15 @@ impl Application {
             .with_librarian(self.librarian.clone());
         let router = api::app(state);
         match self.tls {
-            None => serve::serve(self.listener, router, shutdown).await,
+            None => serve::serve(self.listener, router, shutdown, drain).await,
             Some(tls) => {
-                serve::serve(TlsListener::new(self.listener, tls)?, router, shutdown).await
+                serve::serve(
+                    TlsListener::new(self.listener, tls)?,
+                    router,
+                    shutdown,
+                    drain,
+                )
+                .await
             }
         }
         .context("HTTP server failed")?;

@@ -22,11 +22,14 @@ use tower::ServiceExt;
 pub const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Serve `router` on `listener` until `shutdown` completes, then stop accepting, let every
-/// connection finish the request in hand, and return once all are closed.
+/// connection finish the request in hand, and return once all are closed. A response still
+/// being sent after `drain` (the request timeout: no request may take longer) is cut: an event
+/// stream never ends by itself, and must not hold the shutdown.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: std::time::Duration,
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
@@ -66,7 +69,7 @@ where
                 _ = async { stop.wait_for(|stopped| *stopped).await.map(|_| ()) } => {
                     // Finish the request in hand (if any), then close.
                     connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+                    let _ = tokio::time::timeout(drain, connection).await;
                 }
             }
             drop(open);

@@ -143,3 +143,48 @@ async fn the_stream_is_scoped_and_checks_its_input(app: TestApp) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 on_both_backends!(the_stream_is_scoped_and_checks_its_input);
+
+/// `opscase serve` stops on its signal even while a client follows a case: the stream, which
+/// never ends by itself, is cut once the request timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_does_not_hold_the_shutdown() {
+    let database = crate::helpers::TestDatabase::create(crate::helpers::Backend::Sqlite)
+        .await
+        .unwrap();
+    let mut config = database.config();
+    config.server.request_timeout_s = 2.0;
+    config.workers.command_wait_s = 1;
+    let application = opscase::Application::build(&config).await.unwrap();
+    let base = format!("http://{}", application.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let client = client_with(crate::helpers::ADMIN_KEY);
+    let case: Value = client
+        .post(format!("{base}/v1/cases"))
+        .json(&json!({"title": "followed"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut stream = client
+        .get(format!(
+            "{base}/v1/cases/{}/events",
+            case["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(stream.chunk().await.unwrap().is_some(), "the open row");
+
+    stop.send(()).unwrap();
+    // Before the drain was bounded this never returned; 60 s only keeps a regression from
+    // hanging the suite.
+    let finished = tokio::time::timeout(Duration::from_secs(60), server).await;
+    assert!(finished.is_ok(), "the server still runs with a stream open");
+    drop(stream);
+}
