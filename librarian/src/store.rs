@@ -239,9 +239,9 @@ const SQLITE_INSERT_FTS: &str =
 
 /// The title weighs A, the heading path B, the body C.
 const PG_INSERT_CHUNK: &str = "INSERT INTO kb_chunk \
-    (doc_id, idx, heading_path, content, token_count, tsv) VALUES ($1, $2, $3, $4, $5, \
-    setweight(to_tsvector('english', $6), 'A') || setweight(to_tsvector('english', $3), 'B') \
-    || setweight(to_tsvector('english', $4), 'C'))";
+    (doc_id, idx, heading_path, content, token_count, tsv, tenant, source) VALUES ($1, $2, $3, \
+    $4, $5, setweight(to_tsvector('english', $6), 'A') || setweight(to_tsvector('english', $3), \
+    'B') || setweight(to_tsvector('english', $4), 'C'), $7, $8)";
 
 const DOC_COLUMNS: &str = "d.id, d.tenant, d.source, d.path_or_url, d.title, d.metadata, \
     d.content_hash, d.created_at, d.updated_at, \
@@ -264,19 +264,23 @@ const SQLITE_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx,
 /// log of the chunk's length (normalization 1: a long chunk does not win by length); the score
 /// is built as on SQLite. `$7` is what is matched and ranked ([`selective_terms`]), as on
 /// SQLite: ranking by all the terms costs ~10 µs a chunk with thirty of them; where
-/// PostgreSQL's stop words leave nothing of `$7`, all the terms (`$1`) take its place. `OFFSET 0`
-/// keeps the subquery whole: flattened, `relevance` was computed twice a row (in the sort key).
-const PG_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
-    content, exact + relevance / (1.0 + relevance) AS score FROM (\
+/// PostgreSQL's stop words leave nothing of `$7`, all the terms (`$1`) take its place.
+/// The matched chunks are filtered and ranked on kb_chunk alone (it carries its document's
+/// tenant and source); only the `k` best are joined to their chunk text and document. `OFFSET
+/// 0` keeps the ranking subquery whole: flattened, `relevance` was computed twice a row.
+const PG_SEARCH: &str = "WITH exact AS (SELECT id FROM kb_doc \
+    WHERE lower(title) IN (SELECT jsonb_array_elements_text($5))), \
+    best AS (SELECT doc_id, idx, exact + relevance / (1.0 + relevance) AS score FROM (\
+    SELECT c.doc_id, c.idx, ts_rank_cd(c.tsv, t.query, 1)::float8 AS relevance, \
+    CASE WHEN c.doc_id IN (SELECT id FROM exact) THEN 1.0 ELSE 0.0 END::float8 AS exact \
+    FROM kb_chunk c, (SELECT CASE WHEN numnode(m) = 0 THEN q ELSE m END AS query \
+    FROM to_tsquery('english', $1) q, to_tsquery('english', $7) m) t \
+    WHERE c.tsv @@ t.query AND ($2::text IS NULL OR c.tenant IS NULL OR c.tenant = $2) \
+    AND ($3::text IS NULL OR c.source = $3) AND ($6::text IS NULL OR c.source <> $6) \
+    OFFSET 0) ranked ORDER BY score DESC, doc_id, idx LIMIT $4) \
     SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
-    ts_rank_cd(c.tsv, t.query, 1)::float8 AS relevance, \
-    CASE WHEN lower(d.title) IN (SELECT jsonb_array_elements_text($5)) THEN 1.0 ELSE 0.0 END::float8 AS exact \
-    FROM kb_chunk c JOIN kb_doc d ON d.id = c.doc_id, (SELECT CASE WHEN numnode(m) = 0 \
-    THEN q ELSE m END AS query FROM to_tsquery('english', $1) q, to_tsquery('english', $7) m) t \
-    WHERE c.tsv @@ t.query AND ($2::text IS NULL OR d.tenant IS NULL OR d.tenant = $2) \
-    AND ($3::text IS NULL OR d.source = $3) AND ($6::text IS NULL OR d.source <> $6) \
-    OFFSET 0) hits \
-    ORDER BY score DESC, id, idx LIMIT $4";
+    best.score FROM best JOIN kb_chunk c ON c.doc_id = best.doc_id AND c.idx = best.idx \
+    JOIN kb_doc d ON d.id = best.doc_id ORDER BY best.score DESC, best.doc_id, best.idx";
 
 /// Bind the same values on either backend's query (`$q` is the query).
 macro_rules! on_pool {
@@ -435,6 +439,8 @@ impl KbStore {
                             .bind(&chunk.content)
                             .bind(chunk.token_count as i64)
                             .bind(&doc.search_title)
+                            .bind(&doc.tenant)
+                            .bind(&doc.source)
                             .execute(&mut *tx)
                             .await
                             .map_err(StoreError::from)?;
