@@ -93,6 +93,13 @@ impl Access for Administer {
     const WHAT: &'static str = "manage API keys";
 }
 
+/// Any valid key (to learn who it is).
+pub struct AnyKey;
+impl Access for AnyKey {
+    const ROLES: &'static [Role] = &Role::ALL;
+    const WHAT: &'static str = "be used";
+}
+
 /// The caller, proven to hold one of `A`'s roles. Taking it as a handler argument is how a
 /// route states who may call it.
 pub struct Allowed<A: Access> {

@@ -89,6 +89,12 @@ pub struct ListCasesQuery {
     /// `analyst`).
     #[param(pattern = "^[a-z0-9_-]{1,32}$")]
     pub source: Option<String>,
+    pub severity: Option<Severity>,
+    pub automation: Option<Automation>,
+    /// Cases whose title contains this text (case-insensitive), e.g. what a person types in a
+    /// search box.
+    #[param(min_length = 1, max_length = 200)]
+    pub q: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
     #[param(schema_with = contract::page_limit_schema)]
@@ -280,6 +286,9 @@ pub async fn list_cases(
         tenant,
         label,
         source: query.source,
+        severity: query.severity,
+        automation: query.automation,
+        title_contains: title_text(query.q)?,
         before: query.cursor,
         limit,
     };
@@ -288,6 +297,16 @@ pub async fn list_cases(
         .then(|| items.last().map(|c| c.id.to_string()))
         .flatten();
     Ok(Json(CasePage { items, next_cursor }))
+}
+
+/// `q`, trimmed; blank is no filter.
+fn title_text(q: Option<String>) -> Result<Option<String>, Problem> {
+    let Some(text) = q else { return Ok(None) };
+    if text.chars().count() > 200 {
+        return Err(Problem::invalid("q", "q must be at most 200 characters"));
+    }
+    let text = text.trim();
+    Ok((!text.is_empty()).then(|| text.to_string()))
 }
 
 #[utoipa::path(get, path = "/v1/cases/{id}", tag = "cases",

@@ -9,7 +9,7 @@ use orchestrator::{ApiKey, NewApiKey, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::{Administer, Allowed};
+use crate::auth::{Administer, Allowed, AnyKey};
 use crate::contract::{self, BodyLimit, Malformed};
 use crate::extract::{self, JsonBody, PathId};
 use crate::problem::Problem;
@@ -109,4 +109,27 @@ pub async fn revoke_key(
         .await?;
     tracing::info!(key_id = %key.id, name = %key.name, "API key revoked");
     Ok(Json(key))
+}
+
+/// The key a request was made with, as the console and the CLI show it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub key_id: uuid::Uuid,
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// The one tenant this key sees; absent for a key that sees them all.
+    pub tenant: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/me", tag = "keys",
+    summary = "The key this request is made with: its name, roles and tenant (any valid key).",
+    responses((status = 200, description = "The calling key", body = Me)))]
+pub async fn me(caller: Allowed<AnyKey>) -> Json<Me> {
+    let principal = caller.principal;
+    Json(Me {
+        key_id: principal.key_id,
+        name: principal.name,
+        roles: principal.roles,
+        tenant: principal.tenant,
+    })
 }

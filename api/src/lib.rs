@@ -213,7 +213,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/plan/generate", post(commands::plan_generate))
         .route("/v1/gate/eval", post(commands::gate_eval))
         .route("/v1/adapter/exec", post(commands::adapter_exec))
-        .route("/v1/verify/run", post(commands::verify_run));
+        .route("/v1/verify/run", post(commands::verify_run))
+        .route("/v1/me", get(keys::me))
+        .route("/v1/events", get(events::all_events));
     let seed_aliases = Router::new()
         .route("/case/create", post(cases::open_case_alias))
         .route("/case/{id}", get(cases::get_case_alias))

@@ -16,7 +16,7 @@ use crate::{cases, commands, events, evidence, ingest, kb, keys, problem, signal
         license(name = "Apache-2.0")
     ),
     paths(
-        cases::open_case, cases::list_cases, cases::get_case, cases::timeline, events::case_events, cases::transition,
+        cases::open_case, cases::list_cases, cases::get_case, cases::timeline, events::case_events, events::all_events, cases::transition,
         cases::plans, cases::decisions, cases::executions, cases::verifications,
         cases::open_case_alias, cases::get_case_alias, cases::timeline_alias, cases::transition_alias,
         commands::analysis_run,
@@ -30,7 +30,7 @@ use crate::{cases, commands, events, evidence, ingest, kb, keys, problem, signal
         evidence::list_llm_calls,
         kb::add_doc, kb::list_docs, kb::get_doc, kb::delete_doc, kb::search, kb::related,
         system::change_plan_schema, system::adapters, system::templates, system::livez, system::readyz, system::metrics,
-        keys::create_key, keys::list_keys, keys::revoke_key,
+        keys::create_key, keys::list_keys, keys::revoke_key, keys::me,
     ),
     modifiers(&SeedAliases, &Security),
     security(("bearer" = []), ("api_key" = [])),

@@ -224,6 +224,10 @@ pub struct CaseFilter {
     pub tenant: Option<String>,
     pub label: Option<(String, String)>,
     pub source: Option<String>,
+    pub severity: Option<Severity>,
+    pub automation: Option<Automation>,
+    /// Case-insensitive text in the title.
+    pub title_contains: Option<String>,
     /// Cases listed newest first; a page continues below this id.
     pub before: Option<Uuid>,
     pub limit: u32,

@@ -681,6 +681,22 @@ impl Orchestrator {
         Ok(self.store.timeline(case_id, after, limit).await?)
     }
 
+    /// Timeline rows of every case after row `after`, in id order, with each case's tenant:
+    /// unscoped, for a caller that scopes them itself (the all-cases event stream, which also
+    /// needs the ids of rows it may not show to see that none is missing).
+    pub async fn timeline_since(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(TimelineEntry, String)>, Error> {
+        Ok(self.store.timeline_since(after, limit).await?)
+    }
+
+    /// The newest timeline row's id (0 when there is none).
+    pub async fn last_timeline_id(&self) -> Result<i64, Error> {
+        Ok(self.store.last_timeline_id().await?)
+    }
+
     /// The case's timeline rows of these events, oldest first (the executor's step results and
     /// outcomes, the verifier's verdicts).
     pub async fn timeline_of(

@@ -1,5 +1,5 @@
-//! `GET /v1/cases/{id}/events`: a case's timeline as Server-Sent Events, live, resumable from
-//! `Last-Event-ID`, scoped like the timeline route.
+//! `GET /v1/cases/{id}/events` and `GET /v1/events`: timelines as Server-Sent Events, live,
+//! resumable from `Last-Event-ID`, scoped like the timeline route.
 
 use std::time::Duration;
 
@@ -19,7 +19,12 @@ struct Events {
 
 impl Events {
     async fn open(app: &TestApp, case: Uuid, last_event_id: Option<&str>) -> Self {
-        let mut request = app.client.get(app.url(&format!("/v1/cases/{case}/events")));
+        let path = format!("/v1/cases/{case}/events");
+        Self::open_path(&app.client, &app.url(&path), last_event_id).await
+    }
+
+    async fn open_path(client: &reqwest::Client, url: &str, last_event_id: Option<&str>) -> Self {
+        let mut request = client.get(url);
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -143,6 +148,66 @@ async fn the_stream_is_scoped_and_checks_its_input(app: TestApp) {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 on_both_backends!(the_stream_is_scoped_and_checks_its_input);
+
+/// `GET /v1/events`: every case's rows from the moment the stream opens, in order, a scoped key's
+/// limited to its tenant, resumable from any event's id.
+async fn every_case_s_rows_stream_scoped_and_resume(app: TestApp) {
+    app.open_case("t-all").await; // before the streams open: not sent
+    let scoped = client_with(
+        &create_key(
+            &app.orchestrator,
+            "t-all viewer",
+            &[Role::Viewer],
+            Some("t-all"),
+        )
+        .await,
+    );
+    let url = app.url("/v1/events");
+    let mut all = Events::open_path(&app.client, &url, None).await;
+    let mut mine = Events::open_path(&scoped, &url, None).await;
+
+    let elsewhere = app.open_case("t-elsewhere").await;
+    let ours = app.open_case("t-all").await;
+    app.advance(ours, json!({"event": "start_analysis"})).await;
+
+    let (first_id, first) = all.next().await;
+    assert_eq!(
+        (first["case_id"].as_str(), first["event"].as_str()),
+        (Some(&*elsewhere.to_string()), Some("open"))
+    );
+    let (second_id, second) = all.next().await;
+    assert_eq!(
+        (second["case_id"].as_str(), second["event"].as_str()),
+        (Some(&*ours.to_string()), Some("open"))
+    );
+    let (third_id, third) = all.next().await;
+    assert_eq!(
+        (third["case_id"].as_str(), third["to_status"].as_str()),
+        (Some(&*ours.to_string()), Some("ANALYZING"))
+    );
+
+    // The tenant's key never sees the other tenant's case, which was written first.
+    let (id, row) = mine.next().await;
+    assert_eq!(
+        (id.as_str(), row["case_id"].as_str()),
+        (second_id.as_str(), Some(&*ours.to_string()))
+    );
+    assert_eq!(mine.next().await.0, third_id);
+
+    let mut resumed = Events::open_path(&app.client, &url, Some(&first_id)).await;
+    assert_eq!(resumed.next().await.0, second_id);
+    assert_eq!(resumed.next().await.0, third_id);
+
+    let response = app
+        .client
+        .get(&url)
+        .header("Last-Event-ID", "-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+on_both_backends!(every_case_s_rows_stream_scoped_and_resume);
 
 /// `opscase serve` stops on its signal even while a client follows a case: the stream, which
 /// never ends by itself, is cut once the request timeout has passed.

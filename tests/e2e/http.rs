@@ -274,7 +274,13 @@ async fn cases_are_listed_newest_first_filtered_and_paged(app: TestApp) {
         let response = app
             .client
             .post(app.url("/v1/cases"))
-            .json(&json!({"title": format!("case {i}"), "tenant": tenant, "labels": {"service": format!("svc-{}", i % 2)}}))
+            .json(&json!({
+                "title": format!("Case {i}: {}", if i == 1 { "Disk Full" } else { "p95 spike" }),
+                "tenant": tenant,
+                "labels": {"service": format!("svc-{}", i % 2)},
+                "severity": if i < 2 { "critical" } else { "low" },
+                "automation": if i == 3 { "auto" } else { "manual" },
+            }))
             .send()
             .await
             .unwrap();
@@ -324,8 +330,21 @@ async fn cases_are_listed_newest_first_filtered_and_paged(app: TestApp) {
     assert_eq!(ids(&analyzing), vec![opened[4].clone()]);
     let (_, labelled) = app.get_json("/v1/cases?label=service=svc-1").await;
     assert_eq!(ids(&labelled), vec![opened[3].clone(), opened[1].clone()]);
+    let (_, critical) = app.get_json("/v1/cases?severity=critical").await;
+    assert_eq!(ids(&critical), vec![opened[1].clone(), opened[0].clone()]);
+    let (_, auto) = app.get_json("/v1/cases?automation=auto").await;
+    assert_eq!(ids(&auto), vec![opened[3].clone()]);
+    // Text in the title, as typed in a search box: any case, blank is no filter.
+    let (_, disk) = app.get_json("/v1/cases?q=%20disk%20f").await;
+    assert_eq!(ids(&disk), vec![opened[1].clone()]);
+    let (_, blank) = app.get_json("/v1/cases?q=%20&limit=10").await;
+    assert_eq!(ids(&blank).len(), 5);
 
+    let long_text = format!("q={}", "x".repeat(201));
     for (query, field) in [
+        ("severity=urgent", "severity"),
+        ("automation=sometimes", "automation"),
+        (long_text.as_str(), "q"),
         ("status=OPEN", "status"),
         ("limit=0", "limit"),
         ("limit=500", "limit"),

@@ -204,6 +204,15 @@ pub trait Store: Send + Sync + 'static {
         after: Option<i64>,
         limit: u32,
     ) -> StoreResult<Vec<TimelineEntry>>;
+    /// Timeline rows of every case after row `after`, in id order, each with its case's tenant
+    /// (the all-cases event stream scopes them and watches the ids for rows still in flight).
+    async fn timeline_since(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(TimelineEntry, String)>>;
+    /// The newest timeline row's id (0 when there is none).
+    async fn last_timeline_id(&self) -> StoreResult<i64>;
     async fn plans(&self, case_id: Uuid) -> StoreResult<Vec<PlanRecord>>;
     async fn decisions(&self, case_id: Uuid) -> StoreResult<Vec<DecisionRecord>>;
     /// Messages of one case in outbox order (tests and operators read it).

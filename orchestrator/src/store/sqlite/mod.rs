@@ -138,6 +138,22 @@ impl Store for SqliteStore {
         if let Some(source) = &filter.source {
             query.push(" AND c.source = ").push_bind(source.clone());
         }
+        if let Some(severity) = filter.severity {
+            query
+                .push(" AND c.severity = ")
+                .push_bind(severity.as_str());
+        }
+        if let Some(automation) = filter.automation {
+            query
+                .push(" AND c.automation = ")
+                .push_bind(automation.as_str());
+        }
+        if let Some(text) = &filter.title_contains {
+            query
+                .push(" AND instr(lower(c.title), lower(")
+                .push_bind(text.clone())
+                .push(")) > 0");
+        }
         if let Some(before) = filter.before {
             query.push(" AND c.id < ").push_bind(before.to_string());
         }
@@ -165,6 +181,34 @@ impl Store for SqliteStore {
         .fetch_all(&self.readers)
         .await?;
         rows.iter().map(timeline_from_row).collect()
+    }
+
+    async fn timeline_since(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(TimelineEntry, String)>> {
+        let rows = sqlx::query(
+            "SELECT t.id, t.case_id, t.version, t.event, t.outcome, t.from_status, t.to_status, \
+             t.actor, t.principal_id, t.principal_name, t.reason, t.correlation_id, t.request_id, \
+             t.meta, t.created_at, c.tenant FROM case_timeline t JOIN ops_case c ON c.id = t.case_id \
+             WHERE t.id > ? ORDER BY t.id LIMIT ?",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.readers)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((timeline_from_row(row)?, row.try_get("tenant")?)))
+            .collect()
+    }
+
+    async fn last_timeline_id(&self) -> StoreResult<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM case_timeline")
+                .fetch_one(&self.readers)
+                .await?,
+        )
     }
 
     async fn plans(&self, case_id: Uuid) -> StoreResult<Vec<PlanRecord>> {
