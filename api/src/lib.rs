@@ -21,6 +21,7 @@ pub mod problem;
 pub mod request_id;
 pub mod signals;
 pub mod system;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,7 +249,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
-    let open = Router::new().merge(open_metrics).merge(
+    let open = Router::new().merge(open_metrics).merge(ui::routes()).merge(
         SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi::document()),
     );
     // Work is refused (503) beyond `max_in_flight` requests at once.

@@ -12,6 +12,7 @@ mod analysis;
 mod analyst;
 mod cli;
 mod concurrency;
+mod console;
 mod consumer;
 mod contract;
 mod crash;
