@@ -28,8 +28,9 @@ use crate::problem::Problem;
 use crate::AppState;
 
 /// Rows read per query; what a stream holds at most while its client is slow to read (the
-/// body is only polled as the connection drains, so nothing more piles up).
-const PAGE: u32 = 100;
+/// body is only polled as the connection drains, so nothing more piles up). Small, since a row
+/// can be as large as a request body (meta, reason): a few KB usually, 1 MiB at the limit.
+const PAGE: u32 = 32;
 
 /// How often a quiet stream looks for rows written by other processes (workers, replicas).
 const POLL: Duration = Duration::from_secs(1);

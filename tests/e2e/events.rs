@@ -253,3 +253,140 @@ async fn an_open_stream_does_not_hold_the_shutdown() {
     assert!(finished.is_ok(), "the server still runs with a stream open");
     drop(stream);
 }
+
+/// The server process's resident memory, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// Reads `GET /v1/events` from the start until the event of row `last`; the bytes read.
+async fn read_every_event(client: &reqwest::Client, base: &str, last: i64) -> usize {
+    let mut stream = client
+        .get(format!("{base}/v1/events"))
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    let wanted = format!("id: {last}\n");
+    let (mut received, mut tail) = (0, String::new());
+    loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), stream.chunk())
+            .await
+            .expect("events within 30 s")
+            .unwrap()
+            .expect("the stream stays open");
+        received += chunk.len();
+        tail.push_str(&String::from_utf8_lossy(&chunk));
+        if tail.contains(&wanted) {
+            return received;
+        }
+        // What a line split across two chunks needs, no more.
+        tail.drain(..tail.len().saturating_sub(64));
+    }
+}
+
+/// A client that opens `GET /v1/events` from the start and then reads nothing does not make
+/// the server hold what it has not sent: with ~30 MB of rows to send, the server's memory grows
+/// by the stream's page of rows (and the socket's buffers, which are the kernel's), not by the
+/// backlog. A client that reads gets all of it first, so the rows were there to be sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_the_server_s_memory() {
+    use tokio::io::AsyncWriteExt;
+
+    let database = crate::helpers::TestDatabase::create(crate::helpers::Backend::Sqlite)
+        .await
+        .unwrap();
+    // Thousands of writes in a few seconds: no per-key rate limit.
+    let config = database.dir.path().join("opscase.toml");
+    std::fs::write(&config, "[auth]\nrate_limit_per_second = 0\n").unwrap();
+    let served =
+        crate::restart::serve_with(&database, Some(crate::helpers::ADMIN_KEY), Some(&config));
+    let client = client_with(crate::helpers::ADMIN_KEY);
+    let base = served.base.clone();
+
+    // 3,000 rows of ~10 KB (a reason and meta the size of a log excerpt): 1,500 cases, each
+    // moved twice, four at a time.
+    let excerpt = "x".repeat(10 * 1024);
+    let write_cases = |count: usize| {
+        let (client, base, excerpt) = (client.clone(), base.clone(), excerpt.clone());
+        async move {
+            let mut last = 0;
+            for _ in 0..count {
+                let case: Value = client
+                    .post(format!("{base}/v1/cases"))
+                    .json(&json!({"title": "noisy"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let id = case["id"].as_str().unwrap();
+                for event in ["start_analysis", "cancel"] {
+                    let response = client
+                        .patch(format!("{base}/v1/cases/{id}/transition"))
+                        .header("Idempotency-Key", Uuid::new_v4().to_string())
+                        .json(&json!({"event": event, "reason": "r", "meta": {"excerpt": excerpt}}))
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status();
+                    assert_eq!(status, StatusCode::OK, "{}", response.text().await.unwrap());
+                }
+                let timeline: Value = client
+                    .get(format!("{base}/v1/cases/{id}/timeline"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                last = timeline["items"][2]["id"].as_i64().unwrap();
+            }
+            last
+        }
+    };
+    let lasts = futures::future::join_all((0..4).map(|_| write_cases(375))).await;
+    let last = lasts.into_iter().max().unwrap();
+
+    // A reader gets every row: the backlog is real. It also warms the server's allocator.
+    let received = read_every_event(&client, &base, last).await;
+    assert!(received > 30_000_000, "{received} bytes to a reader");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = resident_bytes(served.pid());
+
+    // The slow client asks for the same and never reads a byte.
+    let address = base.strip_prefix("http://").unwrap();
+    let mut slow = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "GET /v1/events HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Last-Event-ID: 0\r\nAccept: text/event-stream\r\n\r\n",
+        crate::helpers::ADMIN_KEY
+    );
+    slow.write_all(request.as_bytes()).await.unwrap();
+    // As long as the stream keeps trying (it is never done), measured several times.
+    let mut most = 0;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        most = most.max(resident_bytes(served.pid()).saturating_sub(before));
+    }
+    assert!(
+        most < 12 * 1024 * 1024,
+        "the server grew by {most} bytes for a client that read nothing of {received}"
+    );
+    // The server still serves.
+    let status = client
+        .get(format!("{base}/v1/me"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+    drop(slow);
+}

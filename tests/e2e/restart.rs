@@ -78,6 +78,12 @@ pub fn serve_with(
     }
 }
 
+impl Served {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// A test that fails midway must not leave a server behind.
 impl Drop for Served {
     fn drop(&mut self) {
