@@ -704,6 +704,9 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Browser origins allowed to call the API; empty means CORS stays off.
     pub cors_allowed_origins: Vec<String>,
+    /// A tracing UI's page for one trace, `{trace_id}` where the id goes (Jaeger:
+    /// `http://jaeger:16686/trace/{trace_id}`); the console links timeline rows to it.
+    pub trace_url: Option<String>,
     /// PEM certificate chain (leaf first); with `tls_key` the API is served over HTTPS.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
@@ -875,6 +878,7 @@ impl Default for ServerConfig {
             require_precondition: false,
             max_in_flight: 1024,
             cors_allowed_origins: Vec::new(),
+            trace_url: None,
             tls_cert: None,
             tls_key: None,
         }
@@ -1025,6 +1029,9 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .map(str::to_string)
                 .collect();
+        }
+        if let Some(url) = env("OPSCASE_TRACE_URL") {
+            self.server.trace_url = Some(url).filter(|u| !u.is_empty());
         }
         // Empty counts as unset, so a deployment template can leave them blank for plain HTTP.
         if let Some(path) = env("OPSCASE_TLS_CERT").filter(|p| !p.is_empty()) {
@@ -1266,6 +1273,15 @@ impl Config {
             return Err(ConfigError(format!(
                 "server.cors_allowed_origins (OPSCASE_CORS_ALLOWED_ORIGINS): {origin:?} is not an origin like https://ops.example.com"
             )));
+        }
+        if let Some(url) = &self.server.trace_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || !url.contains("{trace_id}")
+            {
+                return Err(ConfigError(format!(
+                    "server.trace_url (OPSCASE_TRACE_URL): {url:?} must be an http(s) URL with {{trace_id}} in it, like http://jaeger:16686/trace/{{trace_id}}"
+                )));
+            }
         }
         if self.idempotency.ttl_hours == 0 {
             return Err(ConfigError(
@@ -1518,6 +1534,10 @@ mod tests {
             (
                 &[("OPSCASE_BODY_READ_TIMEOUT_S", "soon")][..],
                 "OPSCASE_BODY_READ_TIMEOUT_S=\"soon\"",
+            ),
+            (
+                &[("OPSCASE_TRACE_URL", "http://jaeger:16686/search")][..],
+                "server.trace_url (OPSCASE_TRACE_URL)",
             ),
         ] {
             let pairs: &'static [(&'static str, &'static str)] = pairs;

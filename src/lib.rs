@@ -117,6 +117,7 @@ impl Application {
                 rate_limit_per_second: config.auth.rate_limit_per_second,
                 rate_limit_burst: config.auth.rate_limit_burst,
                 cors_allowed_origins: config.server.cors_allowed_origins.clone(),
+                trace_url: config.server.trace_url.clone(),
                 metrics_auth: config.metrics.auth,
                 command_wait: Duration::from_secs(config.workers.command_wait_s),
             },

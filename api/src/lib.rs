@@ -60,6 +60,8 @@ pub struct ApiSettings {
     pub rate_limit_burst: f64,
     /// Origins browsers may call from; empty = no CORS headers at all.
     pub cors_allowed_origins: Vec<String>,
+    /// The console's link to a trace (`{trace_id}` replaced).
+    pub trace_url: Option<String>,
     /// `/metrics` needs the `metrics` or `admin` role; false opens it (an explicit choice).
     pub metrics_auth: bool,
     /// How long a command endpoint waits for the worker's answer by default (and at most).
@@ -78,6 +80,7 @@ impl Default for ApiSettings {
             rate_limit_per_second: 200.0,
             rate_limit_burst: 400.0,
             cors_allowed_origins: Vec::new(),
+            trace_url: None,
             metrics_auth: true,
             command_wait: Duration::from_secs(20),
         }

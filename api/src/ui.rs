@@ -4,7 +4,7 @@
 //! Everything it serves carries a strict Content-Security-Policy (no inline script, nothing
 //! from elsewhere) and may not be framed.
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,7 +25,18 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/ui", get(page))
         .route("/ui/", get(page))
+        .route("/ui/settings.json", get(settings))
         .route("/ui/{file}", get(asset))
+}
+
+/// What the page needs to know of the server's configuration (nothing secret: it is served
+/// without a key).
+async fn settings(State(app): State<AppState>) -> Response {
+    let body = serde_json::json!({ "trace_url": app.settings.trace_url });
+    with_headers(
+        (StatusCode::OK, body.to_string()).into_response(),
+        "application/json",
+    )
 }
 
 async fn page() -> Response {
@@ -54,7 +65,13 @@ fn serve(name: &str) -> Response {
         Some("png") => "image/png",
         _ => "application/octet-stream",
     };
-    let mut response = (StatusCode::OK, file.data.into_owned()).into_response();
+    with_headers(
+        (StatusCode::OK, file.data.into_owned()).into_response(),
+        mime,
+    )
+}
+
+fn with_headers(mut response: Response, mime: &str) -> Response {
     let headers = response.headers_mut();
     let mut set = |name, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {

@@ -1145,7 +1145,19 @@
     return failures.map((f) => `${f.field}: ${f.message}`).join('; ');
   }
 
-  // No trace UI address is known to the console (the API offers none), so the id is shown, not linked.
+  // Where a trace is shown: `server.trace_url` from /ui/settings.json, `{trace_id}` replaced;
+  // without it the id is shown, not linked.
+  let traceUrl = null;
+
+  async function loadSettings() {
+    try {
+      const response = await fetch('/ui/settings.json', { headers: { Accept: 'application/json' } });
+      if (response.ok) traceUrl = (await response.json()).trace_url || null;
+    } catch (_) {
+      traceUrl = null; // the console works without it
+    }
+  }
+
   function traceId(meta) {
     if (!meta || typeof meta !== 'object') return null;
     if (typeof meta.trace_id === 'string' && meta.trace_id) return meta.trace_id;
@@ -1155,7 +1167,10 @@
 
   function traceCell(meta) {
     const id = traceId(meta);
-    return id ? h('span', { class: 'mono', title: `trace ${id}` }, id.slice(0, 8)) : '';
+    if (!id) return '';
+    if (!traceUrl) return h('span', { class: 'mono', title: `trace ${id}` }, id.slice(0, 8));
+    const href = traceUrl.split('{trace_id}').join(encodeURIComponent(id));
+    return h('a', { class: 'mono trace-link', href, target: '_blank', rel: 'noopener noreferrer', title: `trace ${id}` }, id.slice(0, 8));
   }
 
   // The row's meta, without the trace ids already shown, as JSON when opened (built lazily:
@@ -1630,8 +1645,9 @@
     });
   }
 
-  function boot() {
+  async function boot() {
     bindStaticHandlers();
+    await loadSettings();
     const saved = sessionStorage.getItem(KEY_STORAGE);
     if (saved) restoreSession(saved);
     else showSignIn();

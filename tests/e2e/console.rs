@@ -33,7 +33,7 @@ fn installed(names: &[&str]) -> Option<PathBuf> {
 /// A headless chromium of its own (profile in a temp dir), and its chromedriver.
 struct Browser {
     client: Client,
-    _driver: tokio::process::Child,
+    driver: tokio::process::Child,
     _profile: tempfile::TempDir,
 }
 
@@ -55,8 +55,11 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        // A process group of its own, so that a failed test takes the browser down with the
+        // driver (killing chromedriver alone leaves chromium running).
         let driver = tokio::process::Command::new(driver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -89,7 +92,7 @@ impl Browser {
                 Ok(client) => {
                     return Some(Self {
                         client,
-                        _driver: driver,
+                        driver,
                         _profile: profile,
                     })
                 }
@@ -165,8 +168,22 @@ impl Browser {
     }
 }
 
-/// The gate holds every plan for a human; 1-minute points for the verifier to check.
+/// Where the console links a trace.
+const TRACE_URL: &str = "http://traces.example/trace/{trace_id}";
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(group) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+        }
+    }
+}
+
+/// The gate holds every plan for a human; timeline rows link to a tracing UI.
 fn held_for_a_human(config: &mut Config) {
+    config.server.trace_url = Some(TRACE_URL.into());
     let path = config.database.data_dir.join("policy.toml");
     std::fs::write(&path, "human_actions = [\"noop\"]\n").unwrap();
     config.gatekeeper.policy_file = Some(path);
@@ -210,7 +227,7 @@ async fn an_operator_and_two_approvers_take_a_case_to_closed_in_the_browser() {
             return;
         };
         the_gate_in_the_browser(&app, &browser).await;
-        browser.client.close().await.unwrap();
+        browser.client.clone().close().await.unwrap();
     })
     .await;
 }
@@ -321,6 +338,26 @@ async fn the_gate_in_the_browser(app: &TestApp, browser: &Browser) {
     assert_eq!(browser.text("#case-title").await, MARKUP_TITLE);
     assert_eq!(browser.errors().await, json!([]));
 
+    // Each row with a trace links to it in the configured tracing UI.
+    let linked = browser
+        .script("return [...document.querySelectorAll('#timeline a.trace-link')].map(a => a.href);")
+        .await;
+    let linked: Vec<&str> = linked
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|href| href.as_str().unwrap())
+        .collect();
+    let traced: Vec<String> = app
+        .timeline(case)
+        .await
+        .iter()
+        .filter_map(|row| row["meta"]["trace_id"].as_str())
+        .map(|id| TRACE_URL.replace("{trace_id}", id))
+        .collect();
+    assert!(!traced.is_empty());
+    assert_eq!(linked, traced);
+
     browser
         .script("document.activeElement.blur(); window.scrollTo(0, 0); return true;")
         .await;
@@ -373,6 +410,16 @@ async fn the_console_is_served_small_self_contained_and_locked_down() {
                 }
             }
             assert!(first_load < 200_000, "first load is {first_load} bytes");
+
+            let settings: Value = anonymous
+                .get(app.url("/ui/settings.json"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(settings, json!({"trace_url": null}));
 
             let missing = anonymous.get(app.url("/ui/nope.js")).send().await.unwrap();
             assert_eq!(missing.status(), StatusCode::NOT_FOUND);
