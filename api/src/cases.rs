@@ -92,8 +92,8 @@ pub struct ListCasesQuery {
     pub severity: Option<Severity>,
     pub automation: Option<Automation>,
     /// Cases whose title contains this text (case-insensitive), e.g. what a person types in a
-    /// search box.
-    #[param(min_length = 1, max_length = 200)]
+    /// search box; blank is no filter.
+    #[param(max_length = 200)]
     pub q: Option<String>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,

@@ -364,6 +364,19 @@ async fn the_gate_in_the_browser(app: &TestApp, browser: &Browser) {
     let png = browser.client.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     std::fs::write(screenshot_path(), png).unwrap();
+
+    // At a phone's width the page still fits: nothing makes the page scroll sideways.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    let overflow = browser
+        .script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+        )
+        .await;
+    assert_eq!(
+        overflow,
+        json!(0),
+        "the case page scrolls sideways at 390 px"
+    );
 }
 
 /// Without a browser: every file of the console loads without a key, under the same strict
