@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orchestrator::commands::{Answer, CommandRequest, Issued};
 use orchestrator::model::{Case, TimelineEntry};
+use orchestrator::IdempotencyClaim;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use utoipa::ToSchema;
@@ -20,7 +21,7 @@ use workflow::messages::topic;
 use crate::auth::{Allowed, Operate};
 use crate::cases::{actor_of, request_context};
 use crate::contract::{self, BodyLimit, CaseNotFound, Malformed};
-use crate::extract::JsonBody;
+use crate::extract::{self, JsonBody};
 use crate::problem::Problem;
 use crate::AppState;
 
@@ -115,12 +116,13 @@ macro_rules! command_routes {
         #[doc = $summary]
         #[utoipa::path(post, path = $path, tag = "commands",
             params(("Prefer" = Option<String>, Header,
-                description = "`respond-async`: answer 202 at once; `wait=N`: wait up to N seconds (default from config)")),
+                description = "`respond-async`: answer 202 at once; `wait=N`: wait up to N seconds (default from config)"),
+                contract::OptionalIdempotencyKey),
             request_body(content = $body, content_type = "application/json"),
             responses(
                 (status = 200, description = "The worker answered", body = CommandResult),
                 (status = 202, description = "Written; not answered yet (or not waited for)", body = CommandResult),
-                (status = 409, description = "Not applicable in the case's state", body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "Not applicable in the case's state, or the same Idempotency-Key is still in flight", body = Problem, content_type = "application/problem+json"),
                 $($extra)*
                 Malformed, BodyLimit, CaseNotFound,
             ))]
@@ -130,7 +132,7 @@ macro_rules! command_routes {
             headers: HeaderMap,
             body: JsonBody<$body>,
         ) -> Result<Response, Problem> {
-            run(state, caller, headers, body.value).await
+            run(state, caller, headers, body, $path).await
         }
 
         #[doc = concat!("Seed alias of `", $path, "`.")]
@@ -141,7 +143,8 @@ macro_rules! command_routes {
             headers: HeaderMap,
             body: JsonBody<$body>,
         ) -> Result<Response, Problem> {
-            run(state, caller, headers, body.value).await
+            // The same command as its route, so one key covers both paths.
+            run(state, caller, headers, body, $path).await
         }
     };
 }
@@ -153,7 +156,12 @@ command_routes!(
     "/plan/generate",
     PlanGenerate,
     "Ask the planner for a ChangePlan (the case must be ANALYZING or PLANNING).",
-    []
+    [(
+        status = 422,
+        description = "The same Idempotency-Key was used for a different request",
+        body = Problem,
+        content_type = "application/problem+json"
+    ),]
 );
 command_routes!(
     gate_eval,
@@ -162,7 +170,12 @@ command_routes!(
     "/gate/eval",
     GateEval,
     "Ask the gatekeeper to decide on the current plan (WAIT_GATE).",
-    []
+    [(
+        status = 422,
+        description = "The same Idempotency-Key was used for a different request",
+        body = Problem,
+        content_type = "application/problem+json"
+    ),]
 );
 command_routes!(
     adapter_exec,
@@ -174,7 +187,8 @@ command_routes!(
     [(
         status = 422,
         description = "The ad-hoc step is refused: by the gate policy (`rule` names it), \
-        or its fields do not go together or its params do not fit its adapter (`field` names it)",
+        or its fields do not go together or its params do not fit its adapter (`field` names it); \
+        or the same Idempotency-Key was used for a different request",
         body = Problem,
         content_type = "application/problem+json"
     ),]
@@ -186,7 +200,12 @@ command_routes!(
     "/verify/run",
     VerifyRun,
     "Ask the verifier to check the plan's verification (VERIFYING).",
-    []
+    [(
+        status = 422,
+        description = "The same Idempotency-Key was used for a different request",
+        body = Problem,
+        content_type = "application/problem+json"
+    ),]
 );
 
 /// Ask the analyst to examine the case's service: metrics off their baseline, degraded
@@ -194,13 +213,15 @@ command_routes!(
 /// ANALYZING its findings move the case to PLANNING; later they are recorded for the next plan.
 #[utoipa::path(post, path = "/v1/analysis/run", tag = "commands",
     params(("Prefer" = Option<String>, Header,
-        description = "`respond-async`: answer 202 at once; `wait=N`: wait up to N seconds (default from config)")),
+        description = "`respond-async`: answer 202 at once; `wait=N`: wait up to N seconds (default from config)"),
+        contract::OptionalIdempotencyKey),
     request_body(content = AnalysisRun, content_type = "application/json",
         example = json!({"case_id": "0193a5a4-7c1e-7b1a-9d2f-1a2b3c4d5e6f", "window_minutes": 30})),
     responses(
         (status = 200, description = "The analyst answered", body = CommandResult),
         (status = 202, description = "Written; not answered yet (or not waited for)", body = CommandResult),
-        (status = 409, description = "The case is closed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The case is closed, or the same Idempotency-Key is still in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The same Idempotency-Key was used for a different request", body = Problem, content_type = "application/problem+json"),
         Malformed, BodyLimit, CaseNotFound,
     ))]
 pub async fn analysis_run(
@@ -209,7 +230,7 @@ pub async fn analysis_run(
     headers: HeaderMap,
     body: JsonBody<AnalysisRun>,
 ) -> Result<Response, Problem> {
-    run(state, caller, headers, body.value).await
+    run(state, caller, headers, body, "/v1/analysis/run").await
 }
 
 impl CommandBody for AnalysisRun {
@@ -377,15 +398,22 @@ async fn run<B: CommandBody>(
     State(app): State<AppState>,
     caller: Allowed<Operate>,
     headers: HeaderMap,
-    body: B,
+    body: JsonBody<B>,
+    route: &str,
 ) -> Result<Response, Problem> {
-    let request = body.into_request(&caller)?;
+    let claim = extract::idempotency_key(&headers)?.map(|key| {
+        IdempotencyClaim::new(&caller.principal.identity(), &key, "POST", route, &body.raw)
+    });
+    let request = body.value.into_request(&caller)?;
     let context = request_context(caller.principal.clone(), None);
     if let Some(steps) = &request.steps {
         let case = app.orchestrator.get_case(request.case_id, &context).await?;
         crate::policy::allow_adhoc(&app, &case, &steps[0])?;
     }
-    let issued = app.orchestrator.issue_command(&request, &context).await?;
+    let issued = app
+        .orchestrator
+        .issue_command(&request, &context, claim.as_ref())
+        .await?;
     let preference = Preference::parse(&headers, app.settings.command_wait);
     if preference.respond_async || request.dry_run {
         return Ok(answer(&issued, "accepted", issued.case.clone(), None));
@@ -401,7 +429,25 @@ async fn run<B: CommandBody>(
     })
 }
 
+/// The command's status now; a repeated Idempotency-Key says so (`Idempotent-Replayed`), as a
+/// transition does.
 fn answer(issued: &Issued, status: &str, case: Case, entry: Option<TimelineEntry>) -> Response {
+    let mut response = command_result(issued, status, case, entry);
+    if issued.replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+fn command_result(
+    issued: &Issued,
+    status: &str,
+    case: Case,
+    entry: Option<TimelineEntry>,
+) -> Response {
     let code = match status {
         "applied" | "answered" => StatusCode::OK,
         _ => StatusCode::ACCEPTED,

@@ -14,6 +14,7 @@ use workflow::messages::{
 };
 use workflow::Status;
 
+use crate::idempotency::{IdempotencyClaim, StoredResponse};
 use crate::model::{Case, NewTimelineEntry, OutboxMessage, Outcome, PlanRecord, TimelineEntry};
 use crate::service::{Error, Orchestrator, RequestContext};
 
@@ -53,9 +54,14 @@ pub(crate) struct CommandOptions {
 pub struct Issued {
     pub command_id: Uuid,
     pub topic: &'static str,
+    /// The case as it is now (for a replay, maybe moved on since the command was written).
     pub case: Case,
+    /// The case's version when the command was written: a later one means it was applied.
+    pub version: i64,
     /// The timeline row recording the request; answers come after it.
     pub timeline_id: i64,
+    /// The request repeated an Idempotency-Key: nothing was written, this is the first one.
+    pub replayed: bool,
 }
 
 /// How a command's case stands when the caller stops waiting.
@@ -101,12 +107,16 @@ fn needs_plan(topic: &str) -> bool {
 
 impl Orchestrator {
     /// Write `request`'s command and its timeline row, or refuse it (409) when the case is not
-    /// in a state where it makes sense; nothing is written then.
+    /// in a state where it makes sense; nothing is written then. With an Idempotency-Key, the
+    /// command is written once: a repeat gets the first one back (to wait for its answer), and
+    /// the key with another request is refused.
     pub async fn issue_command(
         &self,
         request: &CommandRequest,
         context: &RequestContext,
+        idempotency: Option<&IdempotencyClaim>,
     ) -> Result<Issued, Error> {
+        let _in_flight = self.claim_key(idempotency)?;
         let now = Utc::now();
         let mut tx = self.store().begin().await?;
         let locked = tx
@@ -119,6 +129,14 @@ impl Orchestrator {
             .is_some_and(|tenant| tenant != case.tenant)
         {
             return Err(Error::NotFound(request.case_id));
+        }
+        if let Some(claim) = idempotency {
+            if let Some(record) = tx.find_idempotency(&claim.scope, &claim.key, now).await? {
+                if record.fingerprint != claim.fingerprint {
+                    return Err(Error::IdempotencyMismatch);
+                }
+                return first_issued(request.topic, case, &record.response);
+            }
         }
         let states = accepted_states(request.topic);
         // A dry run only describes, so it may also look at a plan still waiting at the gate.
@@ -207,13 +225,24 @@ impl Orchestrator {
             })
             .await?;
         tx.append_outbox(&message).await?;
+        // What a repeat needs to wait for this command's answer.
+        let issued = StoredResponse {
+            status: 200,
+            body: json!({"command_id": command_id, "version": case.version,
+                         "timeline_id": timeline_id}),
+            headers: Vec::new(),
+        };
+        self.save_response(tx.as_mut(), idempotency, issued, now)
+            .await?;
         tx.commit().await?;
         self.outbox_written().notify_one();
         Ok(Issued {
             command_id,
             topic: request.topic,
+            version: case.version,
             case,
             timeline_id,
+            replayed: false,
         })
     }
 
@@ -227,7 +256,7 @@ impl Orchestrator {
                 .get_case(issued.case.id)
                 .await?
                 .ok_or(Error::NotFound(issued.case.id))?;
-            if case.version != issued.case.version {
+            if case.version != issued.version {
                 return Ok(Answer::Applied(case));
             }
             let later = self
@@ -247,6 +276,26 @@ impl Orchestrator {
             poll = (poll * 2).min(Duration::from_millis(200));
         }
     }
+}
+
+/// The command an Idempotency-Key first wrote, from its record.
+fn first_issued(topic: &'static str, case: Case, record: &Value) -> Result<Issued, Error> {
+    let corrupt = || {
+        Error::Store(crate::store::StoreError::Corrupt(
+            "idempotency record of a command".into(),
+        ))
+    };
+    Ok(Issued {
+        command_id: record["command_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(corrupt)?,
+        topic,
+        version: record["version"].as_i64().ok_or_else(corrupt)?,
+        timeline_id: record["timeline_id"].as_i64().ok_or_else(corrupt)?,
+        case,
+        replayed: true,
+    })
 }
 
 /// A row that ends a caller's wait without a transition: a refusal, a late event, a hold.

@@ -819,7 +819,7 @@ impl Orchestrator {
         }
     }
 
-    fn claim_key(
+    pub(crate) fn claim_key(
         &self,
         idempotency: Option<&IdempotencyClaim>,
     ) -> Result<Option<crate::idempotency::InFlightGuard>, Error> {
@@ -844,7 +844,7 @@ impl Orchestrator {
         replayed(claim, record).map(Some)
     }
 
-    async fn save_response(
+    pub(crate) async fn save_response(
         &self,
         tx: &mut dyn Tx,
         idempotency: Option<&IdempotencyClaim>,

@@ -767,3 +767,52 @@ on_both_backends!(
     prefer_respond_async_answers_at_once_and_the_work_goes_on,
     super::incident
 );
+
+/// A command sent twice with one Idempotency-Key (a double click, a retry after a dropped
+/// connection) is written once: the repeat gets the first command back, with its answer; the
+/// key with another body is refused.
+async fn a_repeated_command_is_written_once(app: TestApp) {
+    let case = app.open_case("t-001").await;
+    app.advance(
+        case,
+        json!({"event": "start_analysis", "actor": "oncall@svc"}),
+    )
+    .await;
+    let send = |key: &'static str, body: Value| {
+        let request = app
+            .client
+            .post(app.url("/v1/plan/generate"))
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let body = json!({"case_id": case, "template": "k8s.rollout.canary"});
+    let first = send("plan-once", body.clone()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["case"]["status"], "WAIT_GATE", "{first:#}");
+
+    let again = send("plan-once", body.clone()).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["command_id"], first["command_id"]);
+    assert_eq!(again["status"], "applied");
+    assert_eq!(again["case"]["status"], "WAIT_GATE");
+    let requested = app
+        .timeline_events(case)
+        .await
+        .into_iter()
+        .filter(|event| event == "cmd.plan.generate")
+        .count();
+    assert_eq!(requested, 1, "the command was written once");
+
+    let other = send(
+        "plan-once",
+        json!({"case_id": case, "template": "noop.check"}),
+    )
+    .await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+on_both_backends!(a_repeated_command_is_written_once, super::incident);
