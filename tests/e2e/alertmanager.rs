@@ -45,7 +45,7 @@ impl TestAlertmanager {
     /// (`CI=true`) that fails the test.
     async fn start(opscase: &str, key: &str) -> Option<Self> {
         let Some(binary) = alertmanager_binary() else {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            if crate::helpers::in_ci() {
                 panic!("Alertmanager is required in CI but not installed");
             }
             eprintln!(

@@ -12,23 +12,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{create_key, run_with, Backend, TestApp};
+use crate::helpers::{create_key, in_ci, on_path, run_with, Backend, TestApp};
 
 /// A case title that is markup: the console must show it as text.
 const MARKUP_TITLE: &str = "<img src=x onerror=alert(1)> checkout errors";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn installed(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    names.iter().find_map(|name| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    })
-}
 
 /// A headless chromium of its own (profile in a temp dir), and its chromedriver.
 struct Browser {
@@ -41,8 +28,8 @@ impl Browser {
     /// `None` (saying so) when chromium or chromedriver is not installed outside CI; in CI
     /// (`CI=true`) that fails the test.
     async fn start() -> Option<Self> {
-        let chromium = installed(&["chromium", "chromium-browser", "google-chrome"]);
-        let driver = installed(&["chromedriver"]);
+        let chromium = on_path(&["chromium", "chromium-browser", "google-chrome"]);
+        let driver = on_path(&["chromedriver"]);
         let (Some(chromium), Some(driver)) = (chromium, driver) else {
             if in_ci() {
                 panic!("chromium and chromedriver are required in CI but not installed");
@@ -189,27 +176,6 @@ fn held_for_a_human(config: &mut Config) {
     config.gatekeeper.policy_file = Some(path);
 }
 
-async fn ingest_healthy_minutes(app: &TestApp) {
-    use chrono::{DurationRound, Utc};
-    let now = Utc::now()
-        .duration_trunc(chrono::Duration::minutes(1))
-        .unwrap();
-    let points: Vec<Value> = (1..=5)
-        .map(|ago| {
-            json!({"tenant": "t-001", "resource": "checkout", "metric": "err_rate",
-                   "bucket": now - chrono::Duration::minutes(ago), "avg": 0.001, "p95": 0.001})
-        })
-        .collect();
-    let response = app
-        .client
-        .post(app.url("/v1/metrics/1m"))
-        .json(&json!({ "points": points }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-}
-
 /// Where the README's screenshot is written: `docs/console-case.png` when
 /// `OPSCASE_UPDATE_SCREENSHOT` is set, else a temp file (so a test run leaves the tree alone).
 fn screenshot_path() -> PathBuf {
@@ -233,9 +199,8 @@ async fn an_operator_and_two_approvers_take_a_case_to_closed_in_the_browser() {
 }
 
 async fn the_gate_in_the_browser(app: &TestApp, browser: &Browser) {
-    let base = app.url("");
-    let base = base.trim_end_matches('/');
-    ingest_healthy_minutes(app).await;
+    let base = app.base.as_str();
+    crate::crash::ingest_healthy_error_rates(&app.client, &app.base).await;
     let requester = create_key(
         &app.orchestrator,
         "oncall",

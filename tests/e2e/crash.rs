@@ -40,7 +40,7 @@ fn crash_setup(database: &TestDatabase) -> (PathBuf, PathBuf) {
     (scripts, config)
 }
 
-async fn ingest_healthy_error_rates(client: &Client, base: &str) {
+pub async fn ingest_healthy_error_rates(client: &Client, base: &str) {
     let now = Utc::now()
         .duration_trunc(chrono::Duration::minutes(1))
         .unwrap();

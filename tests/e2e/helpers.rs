@@ -99,7 +99,7 @@ impl TestDatabase {
         let mut admin = match PgConnection::connect(&admin_url).await {
             Ok(connection) => connection,
             Err(error) => {
-                if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                if in_ci() {
                     panic!("PostgreSQL is required in CI but unreachable at {admin_url}: {error}");
                 }
                 eprintln!("SKIPPED: PostgreSQL unreachable at {admin_url} ({error}); set OPSCASE_TEST_POSTGRES_URL or start it");
@@ -370,6 +370,21 @@ impl Drop for TestApp {
 }
 
 /// Wait until `check` holds, polling; fail the test naming `what` after `seconds`.
+/// Whether this is CI (`CI=true`): a service or tool a test needs must be there, or it fails.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The first of `names` found on `PATH`.
+pub fn on_path(names: &[&str]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
 pub async fn eventually(what: &str, seconds: u64, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
     while tokio::time::Instant::now() < deadline {

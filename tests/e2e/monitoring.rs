@@ -98,25 +98,19 @@ fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 fn promtool() -> Option<PathBuf> {
     let standard = PathBuf::from("/usr/bin/promtool");
     if standard.is_file() {
         return Some(standard);
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join("promtool"))
-        .find(|candidate| candidate.is_file())
+    crate::helpers::on_path(&["promtool"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_exposition_passes_promtool_check_metrics() {
     let Some(promtool) = promtool() else {
         assert!(
-            !ci(),
+            !crate::helpers::in_ci(),
             "promtool is required in CI (apt-get install prometheus; .ci/run installs it)"
         );
         eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");

@@ -30,7 +30,7 @@ impl TestNats {
     /// (`CI=true`) a missing nats-server fails the test.
     pub async fn start() -> Option<Self> {
         let Some(binary) = nats_server_binary() else {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            if crate::helpers::in_ci() {
                 panic!("nats-server is required in CI but not installed");
             }
             eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
