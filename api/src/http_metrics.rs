@@ -1,25 +1,37 @@
-//! HTTP RED metrics: requests by method, route template and status, and their durations.
-//! Routes are labelled by template (`/v1/cases/{id}`), never by a case id or key, so the label
-//! space stays small.
+//! HTTP RED metrics: requests by method, route template and status, and their durations
+//! (with the request's trace as exemplar). Routes are labelled by template (`/v1/cases/{id}`),
+//! never by a case id or key, so the label space stays small.
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use orchestrator::exposition::{TraceExemplar, TracedHistogram};
+use orchestrator::Metrics;
+use prometheus::{IntCounterVec, Opts};
+use prometheus_client::encoding::EncodeLabelSet;
+
+use crate::request_id;
 
 /// Requests that matched no route.
 const UNMATCHED: &str = "unmatched";
 
+/// The labels of `http_request_duration_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
 #[derive(Clone)]
 pub struct HttpMetrics {
     requests: IntCounterVec,
-    durations: HistogramVec,
+    durations: TracedHistogram<RouteLabels>,
 }
 
 impl HttpMetrics {
-    pub fn register(registry: &Registry) -> Self {
+    pub fn register(metrics: &Metrics) -> Self {
         let requests = IntCounterVec::new(
             Opts::new(
                 "http_requests_total",
@@ -28,21 +40,17 @@ impl HttpMetrics {
             &["method", "route", "status"],
         )
         .expect("valid metric");
-        let durations = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request durations by method and route template.",
-            )
-            .buckets(vec![
+        let durations = metrics.traced_histogram(
+            "http_request_duration_seconds",
+            "HTTP request durations by method and route template.",
+            &[
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0,
-            ]),
-            &["method", "route"],
-        )
-        .expect("valid metric");
-        // A second registration (several routers on one registry, as in tests) reuses the first.
-        let _ = registry.register(Box::new(requests.clone()));
-        let _ = registry.register(Box::new(durations.clone()));
+            ],
+        );
+        // A second registration (several routers on one registry, as in tests) leaves the
+        // first in place.
+        let _ = metrics.registry.register(Box::new(requests.clone()));
         Self {
             requests,
             durations,
@@ -52,6 +60,7 @@ impl HttpMetrics {
 
 pub async fn observe(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let trace = request_id::current_trace().map(|trace| TraceExemplar::of(&trace));
     let method = request.method().as_str().to_string();
     let route = request
         .extensions()
@@ -64,9 +73,10 @@ pub async fn observe(State(metrics): State<HttpMetrics>, request: Request, next:
         .requests
         .with_label_values(&[method.as_str(), route.as_str(), response.status().as_str()])
         .inc();
-    metrics
-        .durations
-        .with_label_values(&[method.as_str(), route.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    metrics.durations.observe(
+        &RouteLabels { method, route },
+        started.elapsed().as_secs_f64(),
+        trace,
+    );
     response
 }

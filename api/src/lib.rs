@@ -182,7 +182,7 @@ impl AppState {
 /// description.
 pub fn app(state: AppState) -> Router {
     let settings = state.settings.clone();
-    let http_metrics = http_metrics::HttpMetrics::register(&state.orchestrator.metrics().registry);
+    let http_metrics = http_metrics::HttpMetrics::register(state.orchestrator.metrics());
     let v1 = Router::new()
         .route("/v1/cases", post(cases::open_case).get(cases::list_cases))
         .route("/v1/cases/{id}", get(cases::get_case))

@@ -19,6 +19,11 @@ pub fn current() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
+/// The trace context of the request being handled (its own span), if any.
+pub fn current_trace() -> Option<bus::TraceContext> {
+    TRACE.try_with(Clone::clone).ok()
+}
+
 /// The `traceparent` of the request being handled (its own span, in the caller's trace or a
 /// new one): what the timeline and the outbox record, and the parent of what it causes.
 pub fn current_traceparent() -> Option<String> {

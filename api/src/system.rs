@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use orchestrator::exposition::Format;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -87,25 +88,69 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4")))]
-pub async fn metrics(State(app): State<AppState>, _caller: Allowed<Scrape>) -> Response {
-    open_metrics(State(app)).await
+    responses((status = 200,
+        description = "Every metric: OpenMetrics, with the request's or worker's trace as exemplar \
+            on `http_request_duration_seconds`, `adapter_step_latency_seconds` and \
+            `verify_latency_seconds`, when `Accept` prefers `application/openmetrics-text` \
+            (as Prometheus does); the Prometheus text format otherwise",
+        content(
+            (String = "text/plain; version=0.0.4"),
+            (String = "application/openmetrics-text; version=1.0.0"),
+        ))))]
+pub async fn metrics(
+    State(app): State<AppState>,
+    _caller: Allowed<Scrape>,
+    headers: HeaderMap,
+) -> Response {
+    open_metrics(State(app), headers).await
 }
 
 /// `/metrics` without a key, when `metrics.auth = false` says so.
-pub async fn open_metrics(State(app): State<AppState>) -> Response {
+pub async fn open_metrics(State(app): State<AppState>, headers: HeaderMap) -> Response {
     // The knowledge base may have changed from another process (`opscase kb import`).
     if let Err(error) = app.kb.refresh_metrics().await {
         tracing::warn!(%error, "kb_documents, kb_chunks and kb_chunks_embedded could not be counted");
     }
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let format = scrape_format(&accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.orchestrator.metrics().render(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        app.orchestrator.metrics().render(format),
     )
         .into_response()
+}
+
+/// OpenMetrics when `accept` names `application/openmetrics-text` at least as high as any
+/// range the classic text format satisfies (`text/plain`, `text/*`, `*/*`); the classic text
+/// format otherwise, and without an `Accept`.
+fn scrape_format(accept: &str) -> Format {
+    let (mut openmetrics, mut classic) = (0.0_f32, 0.0_f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|param| param.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, value)| value.trim().parse().unwrap_or(1.0));
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+            "text/plain" | "text/*" | "*/*" => classic = classic.max(q),
+            _ => {}
+        }
+    }
+    if openmetrics > 0.0 && openmetrics >= classic {
+        Format::OpenMetrics
+    } else {
+        Format::Classic
+    }
 }
 
 #[utoipa::path(get, path = "/v1/schemas/change-plan", tag = "contracts",
@@ -172,4 +217,33 @@ pub async fn templates(_caller: Allowed<Read>) -> Json<Vec<TemplateInfo>> {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scraper_gets_openmetrics_only_when_it_prefers_it() {
+        for (accept, format) in [
+            ("", Format::Classic),
+            ("*/*", Format::Classic),
+            ("text/plain", Format::Classic),
+            ("application/openmetrics-text", Format::OpenMetrics),
+            // Prometheus 2.x.
+            (
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                 version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                Format::OpenMetrics,
+            ),
+            (
+                "text/plain;version=0.0.4, application/openmetrics-text; q=0.5",
+                Format::Classic,
+            ),
+            ("Application/OpenMetrics-Text; Q=0", Format::Classic),
+            ("application/json", Format::Classic),
+        ] {
+            assert_eq!(scrape_format(accept), format, "Accept: {accept}");
+        }
+    }
 }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use workflow::messages::{topic, AnalysisEvent};
 use workflow::{ApprovalInput, Event, Status, StepResult};
 
+use crate::exposition::TraceExemplar;
 use crate::model::{Case, Outcome};
 use crate::service::{timeline_entry, Error, Orchestrator, RequestContext, TransitionRequest};
 use crate::store::{LockedCase, Tx};
@@ -335,6 +336,7 @@ impl Orchestrator {
                 label(data, "action"),
                 label(data, "status"),
                 data["duration_ms"].as_f64().unwrap_or_default() / 1000.0,
+                exemplar(envelope),
             );
         } else if name == "gate_held" {
             self.metrics()
@@ -359,10 +361,19 @@ impl Orchestrator {
                 label(data, "source"),
                 label(data, "verdict"),
                 data["duration_ms"].as_f64().unwrap_or_default() / 1000.0,
+                exemplar(envelope),
             ),
             _ => {}
         }
     }
+}
+
+/// The trace of a worker event (the one its timeline row names), for a latency's exemplar.
+fn exemplar(envelope: &Envelope) -> Option<TraceExemplar> {
+    envelope
+        .traceparent
+        .as_deref()
+        .and_then(TraceExemplar::from_traceparent)
 }
 
 /// A string field of a worker event as a metric label (`unknown` when absent).

@@ -4,6 +4,7 @@ pub mod access;
 pub mod commands;
 pub mod consumer;
 pub mod embedded;
+pub mod exposition;
 pub mod idempotency;
 pub mod metrics;
 pub mod model;

@@ -1,11 +1,15 @@
 //! The orchestrator's Prometheus metrics. One registry per process; the API adds its HTTP
-//! metrics to the same registry.
+//! metrics to the same registry, and `/metrics` renders it ([`crate::exposition`]).
+
+use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use prometheus_client::encoding::EncodeLabelSet;
 use workflow::{Status, TRANSITIONS};
+
+use crate::exposition::{Exposition, Format, SeriesLabels, TraceExemplar, TracedHistogram};
 
 /// Why a request changed nothing (the `reason` label of `conflict_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +44,25 @@ impl ConflictReason {
     }
 }
 
+/// The labels of `adapter_step_latency_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StepLabels {
+    adapter: String,
+    status: String,
+}
+
+/// The labels of `verify_latency_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VerifyLabels {
+    source: String,
+    verdict: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    /// Where metrics without exemplars are registered (every role's and the API's).
     pub registry: Registry,
+    exposition: Arc<Mutex<Exposition>>,
     transitions: IntCounterVec,
     conflicts: IntCounterVec,
     replays: IntCounter,
@@ -55,13 +75,14 @@ pub struct Metrics {
     redeliveries: IntCounterVec,
     stalls: IntCounterVec,
     gate_decisions: IntCounterVec,
-    step_latency: HistogramVec,
-    verify_latency: HistogramVec,
+    step_latency: TracedHistogram<StepLabels>,
+    verify_latency: TracedHistogram<VerifyLabels>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let mut exposition = Exposition::new(registry.clone());
         let transitions = IntCounterVec::new(
             Opts::new("case_transition_total", "Accepted case transitions."),
             &["from", "to", "event"],
@@ -145,28 +166,20 @@ impl Metrics {
             &["decision", "rule"],
         )
         .expect("valid metric");
-        let step_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "adapter_step_latency_seconds",
-                "Duration of each step attempt the executor reported, by adapter and outcome.",
-            )
-            .buckets(vec![
+        let step_latency = exposition.traced_histogram(
+            "adapter_step_latency_seconds",
+            "Duration of each step attempt the executor reported, by adapter and outcome.",
+            &[
                 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-            ]),
-            &["adapter", "status"],
-        )
-        .expect("valid metric");
-        let verify_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "verify_latency_seconds",
-                "Duration of each verification (windows and intervals included), by source and verdict.",
-            )
-            .buckets(vec![
+            ],
+        );
+        let verify_latency = exposition.traced_histogram(
+            "verify_latency_seconds",
+            "Duration of each verification (windows and intervals included), by source and verdict.",
+            &[
                 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-            ]),
-            &["source", "verdict"],
-        )
-        .expect("valid metric");
+            ],
+        );
         for collector in [
             Box::new(transitions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(conflicts.clone()),
@@ -180,8 +193,6 @@ impl Metrics {
             Box::new(redeliveries.clone()),
             Box::new(stalls.clone()),
             Box::new(gate_decisions.clone()),
-            Box::new(step_latency.clone()),
-            Box::new(verify_latency.clone()),
         ] {
             registry
                 .register(collector)
@@ -211,12 +222,18 @@ impl Metrics {
         }
         for adapter in workflow::adapters::ADAPTERS {
             for status in ["succeeded", "failed", "planned"] {
-                step_latency.with_label_values(&[adapter.action, status]);
+                step_latency.start(&StepLabels {
+                    adapter: adapter.action.to_string(),
+                    status: status.to_string(),
+                });
             }
         }
         for source in ["metric_1m", "prometheus"] {
             for verdict in ["pass", "fail", "inconclusive"] {
-                verify_latency.with_label_values(&[source, verdict]);
+                verify_latency.start(&VerifyLabels {
+                    source: source.to_string(),
+                    verdict: verdict.to_string(),
+                });
             }
         }
         for (decision, rule) in [
@@ -228,6 +245,7 @@ impl Metrics {
         }
         Self {
             registry,
+            exposition: Arc::new(Mutex::new(exposition)),
             transitions,
             conflicts,
             replays,
@@ -251,16 +269,48 @@ impl Metrics {
             .inc();
     }
 
-    pub fn step_attempt(&self, adapter: &str, status: &str, seconds: f64) {
-        self.step_latency
-            .with_label_values(&[adapter, status])
-            .observe(seconds);
+    /// A step attempt the executor reported, with the trace of its report.
+    pub fn step_attempt(
+        &self,
+        adapter: &str,
+        status: &str,
+        seconds: f64,
+        trace: Option<TraceExemplar>,
+    ) {
+        let labels = StepLabels {
+            adapter: adapter.to_string(),
+            status: status.to_string(),
+        };
+        self.step_latency.observe(&labels, seconds, trace);
     }
 
-    pub fn verification(&self, source: &str, verdict: &str, seconds: f64) {
-        self.verify_latency
-            .with_label_values(&[source, verdict])
-            .observe(seconds);
+    /// A verification the verifier reported, with the trace of its report.
+    pub fn verification(
+        &self,
+        source: &str,
+        verdict: &str,
+        seconds: f64,
+        trace: Option<TraceExemplar>,
+    ) {
+        let labels = VerifyLabels {
+            source: source.to_string(),
+            verdict: verdict.to_string(),
+        };
+        self.verify_latency.observe(&labels, seconds, trace);
+    }
+
+    /// A histogram with trace exemplars, in the exposition beside the registry's metrics
+    /// (the one already registered as `name`, on a second call).
+    pub fn traced_histogram<L: SeriesLabels>(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> TracedHistogram<L> {
+        self.exposition
+            .lock()
+            .expect("not poisoned")
+            .traced_histogram(name, help, buckets)
     }
 
     pub fn transition(&self, from: Status, to: Status, event: &str) {
@@ -295,11 +345,9 @@ impl Metrics {
         let _ = self.registry.register(Box::new(collector));
     }
 
-    /// Prometheus text exposition of every metric in the registry.
-    pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
+    /// Every metric, in the classic text format or OpenMetrics (with exemplars).
+    pub fn render(&self, format: Format) -> String {
+        self.exposition.lock().expect("not poisoned").render(format)
     }
 
     pub fn case_opened(&self) {
