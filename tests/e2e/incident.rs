@@ -16,7 +16,7 @@ use crate::helpers::{eventually, Backend, TestApp, TestDatabase};
 use crate::on_both_backends;
 
 /// Scripts the executor may run, and what the seed's case needs to make a canary plan.
-fn incident(config: &mut Config) {
+pub(crate) fn incident(config: &mut Config) {
     config.executor.script_dir =
         Some(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/scripts").into());
     config.executor.retry_backoff_ms = 10;
@@ -53,7 +53,7 @@ fn human_rollouts(config: &mut Config) {
 
 impl TestApp {
     /// 1-minute points of `metric` for `resource` in tenant t-001 over the last five minutes.
-    async fn ingest(&self, resource: &str, metric: &str, value: f64) {
+    pub(crate) async fn ingest(&self, resource: &str, metric: &str, value: f64) {
         let now = Utc::now().duration_trunc(Duration::minutes(1)).unwrap();
         let points: Vec<Value> = (1..=5)
             .map(|ago| {
@@ -72,7 +72,7 @@ impl TestApp {
     }
 
     /// An `auto` case with these labels, carried into PLANNING by the two opening calls.
-    async fn auto_case(&self, labels: Value) -> Uuid {
+    pub(crate) async fn auto_case(&self, labels: Value) -> Uuid {
         let response = self
             .client
             .post(self.url("/v1/cases"))
@@ -96,7 +96,7 @@ impl TestApp {
         case
     }
 
-    async fn settles_in(&self, case: Uuid, status: &str) {
+    pub(crate) async fn settles_in(&self, case: Uuid, status: &str) {
         let wanted = json!(status);
         eventually(&format!("case {case} reaching {status}"), 30, async || {
             let now = self.case(case).await["status"].clone();

@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::helpers::{client_with, create_key, without_relay, Backend, TestApp, TestDatabase};
+use crate::helpers::{
+    client_with, create_key, eventually, without_relay, Backend, TestApp, TestDatabase,
+};
 
 const ALERTS: &str = "deploy/monitoring/prometheus/opscase-alerts.yml";
 const DASHBOARD: &str = "deploy/monitoring/grafana/opscase-dashboard.json";
@@ -546,4 +548,284 @@ async fn embedded_group_commits_are_counted(app: TestApp) {
         (1.0..=added).contains(&committed),
         "{committed} commits for {added} transactions"
     );
+}
+
+/// The histograms whose buckets carry the trace of their latest observation.
+const TRACED: [&str; 3] = [
+    "http_request_duration_seconds",
+    "adapter_step_latency_seconds",
+    "verify_latency_seconds",
+];
+
+/// The trace ids of the exemplars on the lines of `sample` (`name_bucket{...} 3 # {trace_id=
+/// "...",span_id="..."} 0.2 1764770000.1`).
+fn exemplar_traces(text: &str, sample: &str) -> Vec<String> {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(sample)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .filter_map(|line| line.split_once(" # {"))
+        .filter_map(|(_, exemplar)| exemplar.split_once("trace_id=\""))
+        .filter_map(|(_, rest)| rest.split_once('"'))
+        .map(|(trace_id, _)| trace_id.to_string())
+        .collect()
+}
+
+/// The trace ids on the case's timeline (`meta.trace_id`).
+async fn timeline_traces(app: &TestApp, case: Uuid) -> Vec<String> {
+    app.timeline(case)
+        .await
+        .iter()
+        .filter_map(|row| row["meta"]["trace_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// An auto case run to CLOSED (analysis, plan, gate, one step, verification).
+async fn closed_auto_case(app: &TestApp) -> Uuid {
+    app.ingest("checkout", "err_rate", 0.002).await;
+    let case = app
+        .auto_case(json!({"template": "noop.check", "service": "checkout"}))
+        .await;
+    app.settles_in(case, "CLOSED").await;
+    case
+}
+
+crate::on_both_backends!(
+    exemplars_lead_from_each_latency_to_a_trace_on_the_timeline,
+    crate::incident::incident
+);
+/// A scraper that asks for OpenMetrics gets exemplars: on each traced histogram, one names a
+/// trace the case's timeline names (the request that opened it, the executor's step report,
+/// the verifier's verdict). Without asking, the classic text format, which has none.
+async fn exemplars_lead_from_each_latency_to_a_trace_on_the_timeline(app: TestApp) {
+    let case = closed_auto_case(&app).await;
+    let traces = timeline_traces(&app, case).await;
+    assert!(
+        traces.len() >= 5,
+        "the timeline names its traces: {traces:?}"
+    );
+    let scraper =
+        client_with(&create_key(&app.orchestrator, "prometheus", &[Role::Metrics], None).await);
+
+    let response = scraper
+        .get(app.url("/metrics"))
+        .header(reqwest::header::ACCEPT, "application/openmetrics-text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[reqwest::header::CONTENT_TYPE],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("\n# EOF\n"), "OpenMetrics ends with # EOF");
+    // prometheus-client writes OpenMetrics help texts unescaped: none may need escaping.
+    for help in text.lines().filter_map(|line| line.strip_prefix("# HELP ")) {
+        assert!(!help.contains(['"', '\\']), "{help}");
+    }
+    for histogram in TRACED {
+        let found = exemplar_traces(&text, &format!("{histogram}_bucket"));
+        assert!(
+            found
+                .iter()
+                .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{histogram}: {found:?}"
+        );
+        assert!(
+            found.iter().any(|id| traces.contains(id)),
+            "{histogram}: no exemplar names a trace of the timeline {traces:?}; found {found:?}\n{text}"
+        );
+    }
+    // Counters are named without `_total`, their samples with it, as OpenMetrics asks.
+    assert!(text.contains("\n# TYPE case_transition counter\n"));
+    assert!(text.contains(
+        "\ncase_transition_total{event=\"verify_pass\",from=\"VERIFYING\",to=\"CLOSED\"} 1\n"
+    ));
+
+    let response = scraper.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()[reqwest::header::CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains(" # {"),
+        "the classic format has no exemplars"
+    );
+    assert!(!text.contains("# EOF"));
+    assert!(text.contains("\n# TYPE case_transition_total counter\n"));
+    assert!(text.contains(
+        "\nadapter_step_latency_seconds_count{adapter=\"noop\",status=\"succeeded\"} 1\n"
+    ));
+}
+
+/// A Prometheus server of the test's own (Debian's `prometheus`), scraping one opscase every
+/// second with a metrics key, exemplar storage on.
+struct TestPrometheus {
+    url: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestPrometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TestPrometheus {
+    /// `None` (saying so) when Prometheus is not installed outside CI; in CI that fails.
+    fn start(target: &str, key: &str) -> Option<Self> {
+        let binary = ["/usr/bin/prometheus"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|path| path.is_file())
+            .or_else(|| crate::helpers::on_path(&["prometheus"]));
+        let Some(binary) = binary else {
+            assert!(
+                !crate::helpers::in_ci(),
+                "Prometheus is required in CI (apt-get install prometheus; .ci/run installs it)"
+            );
+            eprintln!("SKIPPED: Prometheus not installed (apt-get install prometheus)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  \
+             - job_name: opscase\n    authorization:\n      credentials: {key}\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(&binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--enable-feature=exemplar-storage")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("Prometheus starts");
+        Some(Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        })
+    }
+
+    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
+        let response = reqwest::Client::new()
+            .get(format!("{}/api/v1/{path}", self.url))
+            .query(query)
+            .send()
+            .await
+            .ok()?;
+        let body: Value = response.json().await.ok()?;
+        (body["status"] == "success").then(|| body["data"].clone())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_openmetrics_with_exemplars_and_every_name_unchanged() {
+    let database = TestDatabase::create(Backend::Sqlite)
+        .await
+        .expect("SQLite needs no server");
+    let mut config = database.config();
+    crate::incident::incident(&mut config);
+    let app = TestApp::start(config).await;
+    let case = closed_auto_case(&app).await;
+    let traces = timeline_traces(&app, case).await;
+    let key = create_key(&app.orchestrator, "prometheus", &[Role::Metrics], None).await;
+    let classic = client_with(&key)
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let target = app.base.trim_start_matches("http://").to_string();
+    let Some(prometheus) = TestPrometheus::start(&target, &key) else {
+        return;
+    };
+
+    eventually("Prometheus to scrape opscase", 60, async || {
+        prometheus
+            .api("query", &[("query", "up{job=\"opscase\"} == 1")])
+            .await
+            .is_some_and(|data| data["result"].as_array().is_some_and(|r| !r.is_empty()))
+    })
+    .await;
+    let targets = prometheus.api("targets", &[]).await.unwrap();
+    let target = &targets["activeTargets"][0];
+    assert_eq!(target["health"], "up", "{target}\n{}", prometheus.log());
+    assert_eq!(target["lastError"], "", "{target}");
+
+    // Every series name of the classic format is stored under the same name.
+    let stored = prometheus.api("label/__name__/values", &[]).await.unwrap();
+    let stored: Vec<&str> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let missing: Vec<String> = classic
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .filter(|name| !stored.contains(name))
+        .map(str::to_string)
+        .collect();
+    assert!(missing.is_empty(), "not stored by Prometheus: {missing:?}");
+
+    // The exemplars arrived: OpenMetrics was negotiated, and each traced histogram leads to
+    // a trace of the case.
+    let now = chrono::Utc::now();
+    let (start, end) = (
+        (now - chrono::Duration::minutes(5)).to_rfc3339(),
+        (now + chrono::Duration::minutes(1)).to_rfc3339(),
+    );
+    for histogram in TRACED {
+        let query = format!("{histogram}_bucket");
+        let exemplars = prometheus
+            .api(
+                "query_exemplars",
+                &[("query", &query), ("start", &start), ("end", &end)],
+            )
+            .await
+            .unwrap();
+        let found: Vec<String> = exemplars
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|series| series["exemplars"].as_array())
+            .flatten()
+            .filter_map(|exemplar| exemplar["labels"]["trace_id"].as_str())
+            .map(str::to_string)
+            .collect();
+        assert!(
+            found.iter().any(|id| traces.contains(id)),
+            "{histogram}: no stored exemplar names a trace of the timeline {traces:?}: {exemplars}"
+        );
+    }
+    drop(prometheus);
+    drop(app);
+    database.drop_database().await;
 }
