@@ -207,32 +207,28 @@ fn encode_family(encoder: &mut DescriptorEncoder, family: &proto::MetricFamily) 
             .map(|pair| (pair.name(), pair.value()))
             .collect();
         let series = metric_encoder.encode_family(&labels)?;
-        encode_series(series, kind, metric)?;
+        encode_series(series, metric_type, metric)?;
     }
     Ok(())
 }
 
 fn encode_series(
     mut series: MetricEncoder,
-    kind: proto::MetricType,
+    metric_type: MetricType,
     metric: &proto::Metric,
 ) -> fmt::Result {
-    match kind {
-        proto::MetricType::COUNTER => {
+    match metric_type {
+        MetricType::Counter => {
             let value = metric.get_counter().get_value();
             match integral(value).and_then(|v| u64::try_from(v).ok()) {
                 Some(count) => series.encode_counter::<NoLabelSet, _, u64>(&count, None),
                 None => series.encode_counter::<NoLabelSet, _, f64>(&value, None),
             }
         }
-        proto::MetricType::GAUGE => {
-            let value = metric.get_gauge().get_value();
-            match integral(value) {
-                Some(value) => series.encode_gauge(&value),
-                None => series.encode_gauge(&value),
-            }
-        }
-        proto::MetricType::HISTOGRAM => {
+        MetricType::Gauge => encode_number(series, metric.get_gauge().get_value()),
+        // A counter not named `*_total` (see `encode_family`).
+        MetricType::Unknown => encode_number(series, metric.get_counter().get_value()),
+        MetricType::Histogram => {
             let histogram = metric.get_histogram();
             let count = histogram.get_sample_count();
             // prometheus-client takes each bucket's own count and adds them up again.
@@ -248,7 +244,16 @@ fn encode_series(
             }
             series.encode_histogram::<NoLabelSet>(histogram.get_sample_sum(), count, &buckets, None)
         }
-        proto::MetricType::UNTYPED | proto::MetricType::SUMMARY => Ok(()),
+        // `encode_family` chooses no info metric.
+        MetricType::Info => Ok(()),
+    }
+}
+
+/// A sample written as its family's name and the value, as a gauge is.
+fn encode_number(mut series: MetricEncoder, value: f64) -> fmt::Result {
+    match integral(value) {
+        Some(value) => series.encode_gauge(&value),
+        None => series.encode_gauge(&value),
     }
 }
 
@@ -374,5 +379,22 @@ mod tests {
             "{classic}"
         );
         assert!(classic.contains("\ntook_seconds_bucket{route=\"/x\",le=\"1\"} 1\n"));
+    }
+
+    #[test]
+    fn a_counter_not_named_total_keeps_its_name_untyped() {
+        let registry = prometheus::Registry::new();
+        let restarts = IntCounter::new("restarts", "Restarts.").unwrap();
+        restarts.inc_by(2);
+        registry.register(Box::new(restarts)).unwrap();
+        let exposition = Exposition::new(registry);
+        assert_eq!(
+            exposition.render(Format::OpenMetrics),
+            "# HELP restarts Restarts.\n# TYPE restarts unknown\nrestarts 2\n# EOF\n"
+        );
+        assert_eq!(
+            exposition.render(Format::Classic),
+            "# HELP restarts Restarts.\n# TYPE restarts untyped\nrestarts 2\n"
+        );
     }
 }
