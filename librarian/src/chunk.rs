@@ -264,12 +264,21 @@ pub fn term_key(word: &str) -> String {
     STEMMER.stem(&word.to_lowercase()).into_owned()
 }
 
+/// The key under which the term counts keep the number of chunks themselves (no word is
+/// empty), so the sum over all documents is the number of chunks a term's rarity is measured
+/// against.
+pub const ALL_CHUNKS_KEY: &str = "";
+
 /// For each term key of a document, how many of its chunks hold it: what the lexical index
 /// sees of a chunk is the document's title field, the chunk's heading path and its text, cut
-/// into runs of letters and digits as its tokenizer does.
+/// into runs of letters and digits as its tokenizer does. [`ALL_CHUNKS_KEY`] holds the number
+/// of chunks.
 pub fn chunk_term_counts(title_field: &str, chunks: &[Chunk]) -> BTreeMap<String, i64> {
     let title_keys = word_keys(title_field);
     let mut counts = BTreeMap::new();
+    if !chunks.is_empty() {
+        counts.insert(ALL_CHUNKS_KEY.to_string(), chunks.len() as i64);
+    }
     for chunk in chunks {
         let mut keys = title_keys.clone();
         keys.extend(word_keys(&chunk.heading_path_text()));
@@ -685,6 +694,8 @@ mod tests {
         assert_eq!(term_key("failed"), term_key("failing"));
         assert_eq!(counts["mitig"], 1);
         assert_eq!(counts["restart"], 1);
+        assert_eq!(counts[ALL_CHUNKS_KEY], 2, "and the chunks themselves");
+        assert!(chunk_term_counts("Empty", &[]).is_empty());
     }
 
     #[test]

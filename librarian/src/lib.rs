@@ -2,8 +2,9 @@
 //! comes back by search.
 //!
 //! [`chunk`] is pure: front matter, heading-structured chunks with their heading paths, token
-//! counts, content hashes and query normalisation; so is [`fusion`], reciprocal rank fusion of
-//! ranked lists. [`store`] is the thin part: `kb_doc`, `kb_chunk` and the lexical index on
+//! counts, content hashes and query normalisation; so are [`rank`], the order of a search's
+//! candidates (BM25F over the chunk's fields, lifted by its document), and [`fusion`],
+//! reciprocal rank fusion of ranked lists. [`store`] is the thin part: `kb_doc`, `kb_chunk` and the lexical index on
 //! SQLite (FTS5) and PostgreSQL (`tsvector`); [`vector`] holds chunk embeddings (sqlite-vec,
 //! pgvector) computed through [`embed`], an OpenAI-compatible embeddings client; [`service`]
 //! ties them together ([`KnowledgeBase`]: hybrid search and the background embedder).
@@ -20,6 +21,7 @@ pub mod fusion;
 pub mod import;
 pub mod librarian;
 pub mod metrics;
+pub mod rank;
 pub mod related;
 pub mod service;
 pub mod sqlite_vec;

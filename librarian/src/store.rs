@@ -16,8 +16,9 @@ use orchestrator::{SqlPool, StoreError};
 
 use crate::chunk::{
     chunk_term_counts, content_hash, parse_markdown, query_terms, search_title, selective_terms,
-    term_key, Chunk,
+    term_key, Chunk, ALL_CHUNKS_KEY,
 };
+use crate::rank::{self, Fields, TermStat};
 
 /// The retriever that found a hit by its words.
 pub const LEXICAL: &str = "lexical";
@@ -190,7 +191,15 @@ const SELECT_STORED: &str = "SELECT content_hash, term_counts FROM kb_doc WHERE 
 /// A search matches on its rarest terms while they are held by at most this many chunks in all
 /// (see [`selective_terms`]): below it every term takes part, as on a corpus of a few thousand
 /// chunks; above it the commonest are left out, which bounds the chunks ranked.
-pub const MATCH_BUDGET: i64 = 2_000;
+///
+/// The candidates are ordered anew by all the terms ([`crate::rank`]), so the budget bounds
+/// what a search costs more than what it finds: on the runbooks corpus (436 chunks) recall is
+/// the same from 250 to 2,000; at 100,000 chunks PostgreSQL's p50 / p99 went from 14.5 / 27.2
+/// ms at 2,000 to 9.1 / 16.7 ms at 1,000 (kb-bench, 2 cores).
+pub const MATCH_BUDGET: i64 = 1_000;
+
+/// How many of the lexical index's best chunks a search orders anew ([`crate::rank`]).
+pub const RERANK_DEPTH: i64 = 100;
 
 /// Add `{term: delta}` to the chunk counts, then drop the terms no chunk holds any more.
 const SQLITE_ADD_TERMS: &str = "INSERT INTO kb_term (term, chunks) \
@@ -247,40 +256,44 @@ const DOC_COLUMNS: &str = "d.id, d.tenant, d.source, d.path_or_url, d.title, d.m
     d.content_hash, d.created_at, d.updated_at, \
     (SELECT COUNT(*) FROM kb_chunk c WHERE c.doc_id = d.id) AS chunk_count";
 
-/// Field weights of bm25(): title (with the alert name), heading path, body. The score is
-/// `exact + r / (1 + r)` with `r` the relevance: in [0, 2), and a document whose whole title is a
-/// word of the query (an alert naming its runbook) comes first.
+/// The candidates of a search on SQLite, in the index's order: `bm25()` with the fields
+/// weighted as [`crate::rank`] weighs them, a document whose whole title is a word of the query
+/// (an alert naming its runbook) first (`exact`).
 const SQLITE_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
-    content, exact + relevance / (1.0 + relevance) AS score FROM (\
+    content, exact FROM (\
     SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
     max(-bm25(kb_fts, 10.0, 4.0, 1.0), 0.0) AS relevance, \
     CASE WHEN lower(d.title) IN (SELECT value FROM json_each(?5)) THEN 1.0 ELSE 0.0 END AS exact \
     FROM kb_fts JOIN kb_chunk c ON c.rowid = kb_fts.rowid JOIN kb_doc d ON d.id = c.doc_id \
     WHERE kb_fts MATCH ?1 AND (?2 IS NULL OR d.tenant IS NULL OR d.tenant = ?2) \
     AND (?3 IS NULL OR d.source = ?3) AND (?6 IS NULL OR d.source <> ?6)) \
-    ORDER BY score DESC, id, idx LIMIT ?4";
+    ORDER BY exact DESC, relevance DESC, id, idx LIMIT ?4";
 
-/// ts_rank_cd() weighs A (title) 1.0, B (heading path) 0.4, C (body) 0.2, divided by 1 + the
-/// log of the chunk's length (normalization 1: a long chunk does not win by length); the score
-/// is built as on SQLite. `$7` is what is matched and ranked ([`selective_terms`]), as on
-/// SQLite: ranking by all the terms costs ~10 µs a chunk with thirty of them; where
-/// PostgreSQL's stop words leave nothing of `$7`, all the terms (`$1`) take its place.
-/// The matched chunks are filtered and ranked on kb_chunk alone (it carries its document's
-/// tenant and source); only the `k` best are joined to their chunk text and document. `OFFSET
-/// 0` keeps the ranking subquery whole: flattened, `relevance` was computed twice a row.
-const PG_SEARCH: &str = "WITH exact AS (SELECT id FROM kb_doc \
-    WHERE lower(title) IN (SELECT jsonb_array_elements_text($5))), \
-    best AS (SELECT doc_id, idx, exact + relevance / (1.0 + relevance) AS score FROM (\
+/// The candidates of a search on PostgreSQL, in the index's order: `ts_rank_cd()` with A
+/// (title) 1.0, B (heading path) 0.4, C (body) 0.2, divided by 1 + the log of the chunk's
+/// length (normalization 1), a document whose whole title is a word of the query first
+/// (`exact`). `$7` is what is matched and ranked ([`selective_terms`]), as on SQLite: ranking
+/// by all the terms costs ~10 µs a chunk with thirty of them; where PostgreSQL's stop words
+/// leave nothing of `$7`, all the terms (`$1`) take its place. The matched chunks are filtered
+/// and ranked on kb_chunk alone (it carries its document's tenant and source); only the best
+/// are joined to their chunk text and document. `OFFSET 0` keeps the ranking subquery whole:
+/// flattened, `relevance` was computed twice a row. The documents titled by a word of the
+/// query (`$5`, an array) are looked up once, by the index on `lower(title)`: as a subquery
+/// over a JSON parameter, the statement's generic plan read all of kb_doc (~10 ms a search at
+/// 100,000 chunks).
+const PG_SEARCH: &str = "WITH best AS (SELECT doc_id, idx, exact, relevance FROM (\
     SELECT c.doc_id, c.idx, ts_rank_cd(c.tsv, t.query, 1)::float8 AS relevance, \
-    CASE WHEN c.doc_id IN (SELECT id FROM exact) THEN 1.0 ELSE 0.0 END::float8 AS exact \
-    FROM kb_chunk c, (SELECT CASE WHEN numnode(m) = 0 THEN q ELSE m END AS query \
+    CASE WHEN c.doc_id = ANY(t.exact) THEN 1.0 ELSE 0.0 END::float8 AS exact \
+    FROM kb_chunk c, (SELECT CASE WHEN numnode(m) = 0 THEN q ELSE m END AS query, \
+    ARRAY(SELECT id FROM kb_doc WHERE lower(title) = ANY($5)) AS exact \
     FROM to_tsquery('english', $1) q, to_tsquery('english', $7) m) t \
     WHERE c.tsv @@ t.query AND ($2::text IS NULL OR c.tenant IS NULL OR c.tenant = $2) \
     AND ($3::text IS NULL OR c.source = $3) AND ($6::text IS NULL OR c.source <> $6) \
-    OFFSET 0) ranked ORDER BY score DESC, doc_id, idx LIMIT $4) \
+    OFFSET 0) ranked ORDER BY exact DESC, relevance DESC, doc_id, idx LIMIT $4) \
     SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
-    best.score FROM best JOIN kb_chunk c ON c.doc_id = best.doc_id AND c.idx = best.idx \
-    JOIN kb_doc d ON d.id = best.doc_id ORDER BY best.score DESC, best.doc_id, best.idx";
+    best.exact FROM best JOIN kb_chunk c ON c.doc_id = best.doc_id AND c.idx = best.idx \
+    JOIN kb_doc d ON d.id = best.doc_id \
+    ORDER BY best.exact DESC, best.relevance DESC, best.doc_id, best.idx";
 
 /// Bind the same values on either backend's query (`$q` is the query).
 macro_rules! on_pool {
@@ -645,7 +658,10 @@ impl KbStore {
     /// The `k` chunks that best match the plain-text `query`, best first. The query's words
     /// (see [`query_terms`]) are OR-ed, each quoted or reduced to letters and digits, so no
     /// input is query syntax; a query without words finds nothing. On a large corpus the match
-    /// is made of the query's rarer terms only ([`MATCH_BUDGET`]).
+    /// is made of the query's rarer terms only ([`MATCH_BUDGET`]). The lexical index finds the
+    /// best [`RERANK_DEPTH`] candidates, which [`crate::rank`] orders by all the terms (the
+    /// same on both backends); a document whose whole title is a word of the query comes first.
+    /// The score is `exact + s / (1 + s)`, `s` the candidate's rank score: in [0, 2).
     pub async fn search(
         &self,
         query: &str,
@@ -656,8 +672,9 @@ impl KbStore {
         if terms.is_empty() || k <= 0 {
             return Ok(Vec::new());
         }
-        let counts = self.term_counts(&terms).await?;
+        let (counts, total_chunks) = self.term_stats(&terms).await?;
         let matched = selective_terms(&counts, MATCH_BUDGET);
+        let depth = k.max(RERANK_DEPTH);
         let rows = match &self.pool {
             SqlPool::Sqlite(_) => {
                 let expr = matched
@@ -669,43 +686,86 @@ impl KbStore {
                     .bind(expr)
                     .bind(&filter.tenant)
                     .bind(&filter.source)
-                    .bind(k)
+                    .bind(depth)
                     .bind(Json(&terms))
                     .bind(&filter.not_source))
             }
-            SqlPool::Postgres(_) => {
-                on_pool!(&self.pool, PG_SEARCH, fetch_all, |q| q
-                    .bind(terms.join(" | "))
-                    .bind(&filter.tenant)
-                    .bind(&filter.source)
-                    .bind(k)
-                    .bind(Json(&terms))
-                    .bind(&filter.not_source)
-                    .bind(matched.join(" | ")))
-            }
+            // `$5` is an array here (see PG_SEARCH), which SQLite has no type for.
+            SqlPool::Postgres(pool) => sqlx::query(PG_SEARCH)
+                .bind(terms.join(" | "))
+                .bind(&filter.tenant)
+                .bind(&filter.source)
+                .bind(depth)
+                .bind(&terms)
+                .bind(&filter.not_source)
+                .bind(matched.join(" | "))
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(Rows::Postgres)
+                .collect(),
         };
-        rows.iter()
-            .map(|row| {
-                Ok(Hit {
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let title: String = get!(row, String, "title")?;
+            let title_field = search_title(&title, None);
+            candidates.push((
+                Hit {
                     doc_id: get!(row, String, "id")?,
-                    title: get!(row, String, "title")?,
                     url: get!(row, String, "path_or_url")?,
                     source: get!(row, String, "source")?,
                     tenant: get!(row, Option<String>, "tenant")?,
                     chunk_idx: get!(row, i64, "idx")?,
                     heading_path: get!(row, String, "heading_path")?,
                     content: get!(row, String, "content")?,
-                    score: get!(row, f64, "score")?,
+                    score: 0.0,
                     retrievers: vec![LEXICAL.to_string()],
-                })
+                    title,
+                },
+                get!(row, f64, "exact")?,
+                title_field,
+            ));
+        }
+        let stats: Vec<TermStat> = counts
+            .iter()
+            .map(|(term, chunks)| TermStat {
+                key: term_key(term),
+                chunks: *chunks,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+            .collect();
+        let fields: Vec<Fields<'_>> = candidates
+            .iter()
+            .map(|(hit, _, title_field)| Fields {
+                doc: &hit.doc_id,
+                title: title_field,
+                heading: &hit.heading_path,
+                body: &hit.content,
+            })
+            .collect();
+        let scores = rank::scores(&stats, total_chunks, &fields);
+        let mut hits: Vec<Hit> = candidates
+            .into_iter()
+            .zip(scores)
+            .map(|((mut hit, exact, _), score)| {
+                hit.score = exact + score / (1.0 + score);
+                hit
+            })
+            .collect();
+        // Stable: equal scores keep the index's order.
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(k as usize);
+        Ok(hits)
     }
 
     /// Each term with the number of chunks that hold it (its key's count; 0 when unknown).
     pub async fn term_counts(&self, terms: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
-        let keys: Vec<String> = terms.iter().map(|term| term_key(term)).collect();
+        Ok(self.term_stats(terms).await?.0)
+    }
+
+    /// [`Self::term_counts`], and the number of chunks they are counted among.
+    async fn term_stats(&self, terms: &[String]) -> Result<(Vec<(String, i64)>, i64), StoreError> {
+        let mut keys: Vec<String> = terms.iter().map(|term| term_key(term)).collect();
+        keys.push(ALL_CHUNKS_KEY.to_string());
         let sql = match self.pool {
             SqlPool::Sqlite(_) => SQLITE_TERM_COUNTS,
             SqlPool::Postgres(_) => PG_TERM_COUNTS,
@@ -715,11 +775,12 @@ impl KbStore {
         for row in &rows {
             known.insert(get!(row, String, "term")?, get!(row, i64, "chunks")?);
         }
-        Ok(terms
+        let counts = terms
             .iter()
             .zip(&keys)
             .map(|(term, key)| (term.clone(), known.get(key).copied().unwrap_or(0)))
-            .collect())
+            .collect();
+        Ok((counts, known.get(ALL_CHUNKS_KEY).copied().unwrap_or(0)))
     }
 
     /// How many documents and chunks are stored (for the `kb_documents` and `kb_chunks`

@@ -108,6 +108,8 @@ async fn the_runbooks_import_idempotently_and_prune(app: TestApp) {
     let crash_looping = chunks_holding("kubepodcrashlooping").await;
     assert!(crash_looping >= 4, "{crash_looping}");
     assert_eq!(chunks_holding("zebracorn").await, 0);
+    // The empty term counts the chunks themselves, what a term's rarity is measured against.
+    assert_eq!(chunks_holding("").await, chunks);
     let other = store
         .get(&librarian::store::doc_id(
             None,
@@ -145,6 +147,7 @@ async fn the_runbooks_import_idempotently_and_prune(app: TestApp) {
         chunks_holding("kubepodcrashlooping").await,
         crash_looping + 1
     );
+    assert_eq!(chunks_holding("").await, chunks + 1);
     let untouched = store.get(&other.doc.id).await.unwrap().unwrap();
     assert_eq!(untouched, other);
 
@@ -167,6 +170,7 @@ async fn the_runbooks_import_idempotently_and_prune(app: TestApp) {
         chunks_holding("kubepodcrashlooping").await,
         crash_looping - 4
     );
+    assert_eq!(chunks_holding("").await, chunks - 4);
     assert!(store
         .search("zebracorn", 3, &SearchFilter::default())
         .await

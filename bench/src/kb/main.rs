@@ -64,6 +64,12 @@ struct Cli {
     /// Lexical search only (no embeddings stand-in).
     #[arg(long)]
     no_hybrid: bool,
+    /// Retrieval quality only (no synthetic corpora, no latency).
+    #[arg(long)]
+    quality_only: bool,
+    /// Leave the PostgreSQL databases in place (their names are printed), to look into them.
+    #[arg(long)]
+    keep_databases: bool,
     /// Dimensions of the stand-in's vectors.
     #[arg(long, default_value_t = 384)]
     dimensions: usize,
@@ -111,10 +117,12 @@ struct Db {
     store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
     postgres: Option<BenchDatabase>,
+    keep: bool,
 }
 
 impl Db {
-    async fn open(engine: Engine, admin_url: &str) -> anyhow::Result<Self> {
+    async fn open(engine: Engine, cli: &Cli) -> anyhow::Result<Self> {
+        let admin_url = cli.postgres_url.as_str();
         let (url, dir, postgres) = match engine {
             Engine::Sqlite => {
                 let dir = tempfile::tempdir()?;
@@ -134,6 +142,7 @@ impl Db {
             store,
             _dir: dir,
             postgres,
+            keep: cli.keep_databases,
         })
     }
 
@@ -146,8 +155,10 @@ impl Db {
             SqlPool::Sqlite(pool) => pool.close().await,
             SqlPool::Postgres(pool) => pool.close().await,
         }
-        if let Some(database) = &self.postgres {
-            database.drop_database().await;
+        match &self.postgres {
+            Some(database) if self.keep => eprintln!("kb-bench: kept {}", database.url),
+            Some(database) => database.drop_database().await,
+            None => {}
         }
     }
 }
@@ -192,7 +203,8 @@ async fn main() -> anyhow::Result<()> {
     for &engine in &cli.backends {
         eprintln!("kb-bench: {}: the runbooks corpus", engine.name());
         quality.push(run_quality(engine, &cli, &alerts).await?);
-        for &size in &cli.sizes {
+        let sizes: &[usize] = if cli.quality_only { &[] } else { &cli.sizes };
+        for &size in sizes {
             eprintln!(
                 "kb-bench: {}: {} chunks",
                 engine.name(),
@@ -237,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// The runbooks imported as they are (timed), then every alert's two queries.
 async fn run_quality(engine: Engine, cli: &Cli, alerts: &[Alert]) -> anyhow::Result<Value> {
-    let db = Db::open(engine, &cli.postgres_url).await?;
+    let db = Db::open(engine, cli).await?;
     let kb = KnowledgeBase::lexical(db.pool(), metrics());
     let started = Instant::now();
     let imported = import_dir(kb.store(), &cli.corpus, None, SOURCE, false).await?;
@@ -333,7 +345,7 @@ async fn run_scale(
 ) -> anyhow::Result<Value> {
     let docs = corpus::synthetic(pages, size);
     let chunks: usize = docs.iter().map(|doc| doc.chunks.len()).sum();
-    let db = Db::open(engine, &cli.postgres_url).await?;
+    let db = Db::open(engine, cli).await?;
     let kb = KnowledgeBase::lexical(db.pool(), metrics());
     let started = Instant::now();
     for doc in &docs {
