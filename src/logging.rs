@@ -16,31 +16,36 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use orchestrator::redact::Redactor;
+use tracing_opentelemetry::OtelData;
 
 use crate::config::{Config, LogFormat};
 use crate::telemetry::{self, Telemetry, TelemetryConfig};
 
 /// Install the global subscriber: log lines on stdout, filtered by `RUST_LOG` or `log.level`,
-/// and, when an OTLP endpoint is configured (`OPSCASE_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_*`:
-/// see [`TelemetryConfig::from_lookup`]), span export. Export has a filter of its own (spans
-/// at INFO and above) so traces do not depend on how verbose the logs are. The exporter is
-/// kept in [`telemetry::global`]; call [`telemetry::shutdown_global`] before exiting to send
-/// the last spans.
+/// and the OpenTelemetry layer, which makes spans at INFO and above (whatever the log level,
+/// so traces do not depend on how verbose the logs are) OpenTelemetry spans: their ids are in
+/// the log lines, and they are exported when an OTLP endpoint is configured
+/// (`OPSCASE_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_*`: see [`TelemetryConfig::from_lookup`]).
+/// The provider is kept in [`telemetry::global`]; call [`telemetry::shutdown_global`] before
+/// exiting to send the last spans.
 pub fn init(config: &Config) {
     let filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let (telemetry, problem) = match TelemetryConfig::from_env() {
-        Ok(None) => (None, None),
-        Ok(Some(otlp)) => match Telemetry::start(otlp.with_redactor(config.redactor())) {
-            Ok(telemetry) => (Some(telemetry), None),
-            Err(error) => (None, Some(error)),
-        },
+    let (otlp, mut problem) = match TelemetryConfig::from_env() {
+        Ok(otlp) => (otlp.map(|otlp| otlp.with_redactor(config.redactor())), None),
         Err(error) => (None, Some(error)),
     };
-    let otlp = telemetry
-        .as_ref()
-        .map(|telemetry| telemetry.layer().with_filter(LevelFilter::INFO));
-    let registry = tracing_subscriber::registry().with(otlp);
+    let telemetry = match Telemetry::start(otlp) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            problem = Some(error);
+            Telemetry::start(None).expect("a tracer provider without export starts")
+        }
+    };
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(telemetry.tracer())
+        .with_filter(LevelFilter::INFO);
+    let registry = tracing_subscriber::registry().with(spans);
     let stdout = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
     match config.log.format {
         LogFormat::Json => registry
@@ -58,13 +63,10 @@ pub fn init(config: &Config) {
     if let Some(error) = problem {
         tracing::warn!(error = format!("{error:#}"), "OTLP span export is off");
     }
-    if let Some(telemetry) = telemetry {
-        tracing::info!(
-            endpoint = telemetry.traces_url(),
-            "exporting spans over OTLP/HTTP"
-        );
-        let _ = telemetry::set_global(telemetry);
+    if let Some(endpoint) = telemetry.traces_url() {
+        tracing::info!(endpoint, "exporting spans over OTLP/HTTP");
     }
+    let _ = telemetry::set_global(telemetry);
 }
 
 /// One flat JSON object per event, with secrets masked.
@@ -101,6 +103,21 @@ where
                 };
                 if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(fields) {
                     line.extend(fields);
+                }
+            }
+        }
+        // The ids of the innermost span: every line inside a span names its trace and span.
+        if let Some(span) = ctx.event_scope().and_then(|mut scope| {
+            scope.find(|span| {
+                span.extensions()
+                    .get::<OtelData>()
+                    .is_some_and(|data| data.span_id().is_some())
+            })
+        }) {
+            if let Some(data) = span.extensions().get::<OtelData>() {
+                if let (Some(trace), Some(id)) = (data.trace_id(), data.span_id()) {
+                    line.insert("trace_id".into(), trace.to_string().into());
+                    line.insert("span_id".into(), id.to_string().into());
                 }
             }
         }

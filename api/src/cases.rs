@@ -628,6 +628,7 @@ pub(crate) fn request_context(
         request_id: request_id::current(),
         correlation_id,
         traceparent: request_id::current_traceparent(),
+        tracestate: request_id::current_tracestate(),
     }
 }
 

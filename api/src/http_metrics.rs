@@ -67,7 +67,7 @@ pub async fn observe(State(metrics): State<HttpMetrics>, request: Request, next:
         .get::<MatchedPath>()
         .map_or(UNMATCHED.to_string(), |path| path.as_str().to_string());
     // The request's span is named by its route template, as OpenTelemetry names HTTP spans.
-    tracing::Span::current().record("otel.name", format!("{method} {route}"));
+    bus::trace::rename(&tracing::Span::current(), format!("{method} {route}"));
     let response = next.run(request).await;
     metrics
         .requests

@@ -311,6 +311,11 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 HeaderName::from_static("x-api-key"),
                 HeaderName::from_static("x-request-id"),
                 HeaderName::from_static("traceparent"),
+                HeaderName::from_static("tracestate"),
+                HeaderName::from_static("b3"),
+                HeaderName::from_static("x-b3-traceid"),
+                HeaderName::from_static("x-b3-spanid"),
+                HeaderName::from_static("x-b3-sampled"),
             ])
             .expose_headers([
                 header::ETAG,

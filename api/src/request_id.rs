@@ -1,6 +1,8 @@
 //! `X-Request-Id`: taken from the client when it is sane, made up otherwise, echoed on every
 //! response and available to error bodies and logs while the request runs.
 
+use std::collections::HashMap;
+
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
@@ -30,6 +32,11 @@ pub fn current_traceparent() -> Option<String> {
     TRACE.try_with(bus::TraceContext::traceparent).ok()
 }
 
+/// The `tracestate` that goes with [`current_traceparent`], if the caller sent one.
+pub fn current_tracestate() -> Option<String> {
+    TRACE.try_with(bus::TraceContext::tracestate).ok().flatten()
+}
+
 pub async fn middleware(request: Request, next: Next) -> Response {
     let id = request
         .headers()
@@ -37,25 +44,26 @@ pub async fn middleware(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_acceptable(v))
         .map_or_else(|| Uuid::new_v4().to_string(), str::to_string);
-    let incoming = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok());
-    let parent = incoming.and_then(bus::TraceContext::parse);
-    let trace = parent
-        .as_ref()
-        .map_or_else(bus::TraceContext::root, bus::TraceContext::child);
+    // The caller's trace context: W3C `traceparent`/`tracestate`, or B3.
+    let carrier: HashMap<String, String> = bus::trace::HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = request.headers().get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect();
     // `otel.name` becomes "METHOD /route/{template}" once routing matched (http_metrics).
     let span = tracing::info_span!(
         "request",
         otel.name = tracing::field::Empty,
+        otel.kind = "server",
         request_id = %id,
         method = %request.method(),
         path = %request.uri().path(),
-        trace_id = %trace.trace_id,
-        span_id = %trace.span_id,
-        parent_span_id = parent.as_ref().map(|p| p.span_id.as_str()),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
+    let trace = bus::trace::continue_span(&span, &carrier);
     let handled = tracing::Instrument::instrument(TRACE.scope(trace, next.run(request)), span);
     let mut response = REQUEST_ID.scope(id.clone(), handled).await;
     if let Ok(value) = HeaderValue::from_str(&id) {

@@ -21,6 +21,9 @@ pub struct Envelope {
     /// W3C trace context of the request that caused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// W3C `tracestate` that goes with `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     pub data: Value,
 }
 
@@ -42,6 +45,7 @@ impl Envelope {
             time,
             datacontenttype: "application/json".into(),
             traceparent: None,
+            tracestate: None,
             data,
         }
     }
@@ -49,6 +53,36 @@ impl Envelope {
     pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
         self.traceparent = traceparent;
         self
+    }
+
+    pub fn with_tracestate(mut self, tracestate: Option<String>) -> Self {
+        self.tracestate = tracestate;
+        self
+    }
+
+    /// Carry `trace` (its `traceparent` and `tracestate`).
+    pub fn with_trace(mut self, trace: Option<&crate::TraceContext>) -> Self {
+        self.traceparent = trace.map(crate::TraceContext::traceparent);
+        self.tracestate = trace.and_then(crate::TraceContext::tracestate);
+        self
+    }
+
+    /// The trace headers this message carries, for [`crate::trace::extract`].
+    pub fn trace_carrier(&self) -> std::collections::HashMap<String, String> {
+        [
+            ("traceparent", &self.traceparent),
+            ("tracestate", &self.tracestate),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value.clone()?)))
+        .collect()
+    }
+
+    /// The trace context this message carries, if valid.
+    pub fn trace(&self) -> Option<crate::TraceContext> {
+        let mut trace = crate::TraceContext::parse(self.traceparent.as_deref()?)?;
+        trace.tracestate = self.tracestate.clone().unwrap_or_default();
+        Some(trace)
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -114,6 +114,9 @@ impl Transport for JetStreamTransport {
             if let Some(traceparent) = &envelope.traceparent {
                 headers.insert("traceparent", traceparent.as_str());
             }
+            if let Some(tracestate) = &envelope.tracestate {
+                headers.insert("tracestate", tracestate.as_str());
+            }
             let message = PublishMessage::build()
                 .headers(headers)
                 .payload(envelope.to_json().into());

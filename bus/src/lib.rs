@@ -8,7 +8,7 @@ mod claims;
 mod consumer;
 mod envelope;
 mod jetstream;
-mod trace;
+pub mod trace;
 mod worker;
 
 use async_trait::async_trait;

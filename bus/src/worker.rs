@@ -69,7 +69,8 @@ pub fn answer_id(command: &Envelope, kind: &str, part: &str) -> Uuid {
     Uuid::new_v5(&command.id, format!("{kind}/{part}").as_bytes())
 }
 
-/// An event answering `command`: same subject (the case id) and trace context.
+/// An event answering `command`: same subject (the case id) and trace; its parent is the span
+/// handling the command (the `consume` span), or the command's own when there is none.
 pub fn answer(command: &Envelope, source: &str, kind: &str, part: &str, data: Value) -> Envelope {
     Envelope::new(
         answer_id(command, kind, part),
@@ -79,7 +80,7 @@ pub fn answer(command: &Envelope, source: &str, kind: &str, part: &str, data: Va
         Utc::now(),
         data,
     )
-    .with_traceparent(command.traceparent.clone())
+    .with_trace(crate::trace::current_or(command.trace()).as_ref())
 }
 
 /// Publishes worker events straight to a transport (JetStream in distributed mode).

@@ -516,7 +516,6 @@ async fn attempt_once(
         step = %context.step_id,
         action = adapter.action(),
         attempt = context.attempt,
-        span_id = %bus::TraceContext::root().span_id,
     );
     let run = tracing::Instrument::instrument(
         AssertUnwindSafe(adapter.run(&params, context)).catch_unwind(),

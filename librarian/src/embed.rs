@@ -126,6 +126,9 @@ impl Embedder {
                 .then_some(self.settings.dimensions),
         };
         let mut request = self.http.post(&self.url).json(&body);
+        for (name, value) in bus::trace::current_headers() {
+            request = request.header(name, value);
+        }
         if let Some(key) = &self.settings.api_key {
             request = request.bearer_auth(key);
         }

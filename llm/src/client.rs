@@ -398,6 +398,9 @@ impl LlmClient {
         loop {
             attempts += 1;
             let mut post = self.http.post(&url).json(body);
+            for (name, value) in bus::trace::current_headers() {
+                post = post.header(name, value);
+            }
             if let Some(key) = &self.settings.api_key {
                 post = post.bearer_auth(key);
             }

@@ -463,10 +463,13 @@ fn request_of(
     }
 }
 
-/// A worker event's trace and correlation, for the rows it writes.
+/// A worker event's trace (the span handling it, a child of the event's) and correlation, for
+/// the rows it writes.
 fn event_context(envelope: &Envelope) -> RequestContext {
+    let trace = bus::trace::current_or(envelope.trace());
     RequestContext {
-        traceparent: envelope.traceparent.clone(),
+        traceparent: trace.as_ref().map(bus::TraceContext::traceparent),
+        tracestate: trace.as_ref().and_then(bus::TraceContext::tracestate),
         correlation_id: Some(envelope.id.to_string()),
         ..RequestContext::default()
     }

@@ -193,6 +193,9 @@ impl crate::Orchestrator {
         if let Some(traceparent) = &envelope.traceparent {
             headers.insert("traceparent".into(), traceparent.clone().into());
         }
+        if let Some(tracestate) = &envelope.tracestate {
+            headers.insert("tracestate".into(), tracestate.clone().into());
+        }
         headers.insert("source".into(), envelope.source.clone().into());
         let message = crate::model::OutboxMessage {
             message_id: envelope.id,

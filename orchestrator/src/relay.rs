@@ -96,11 +96,15 @@ impl Relay {
     /// Publish a claimed batch and mark what the bus acknowledged.
     async fn publish_claimed(&self, claim: Box<dyn OutboxClaim>) -> Result<usize, RelayError> {
         let claimed = claim.rows().len();
-        let envelopes: Vec<Envelope> = claim
+        let (envelopes, _publish_spans): (Vec<Envelope>, Vec<tracing::Span>) = claim
             .rows()
             .iter()
-            .map(|row| envelope_of(&row.message))
-            .collect();
+            .map(|row| {
+                let mut envelope = envelope_of(&row.message);
+                let span = publish_span(&mut envelope);
+                (envelope, span)
+            })
+            .unzip();
         // A transport error drops the claim: the rows stay unpublished for the next attempt.
         let deliveries = self.transport.publish(&envelopes).await?;
         let now = Utc::now();
@@ -201,7 +205,7 @@ impl Relay {
 
 /// The CloudEvents envelope of an outbox row: its id is the row's stable message id.
 pub fn envelope_of(message: &OutboxMessage) -> Envelope {
-    let traceparent = message.headers["traceparent"].as_str().map(str::to_string);
+    let header = |name: &str| message.headers[name].as_str().map(str::to_string);
     // A worker's event on the embedded bus keeps the worker as its source.
     let source = message.headers["source"].as_str().unwrap_or(SOURCE);
     Envelope::new(
@@ -212,5 +216,27 @@ pub fn envelope_of(message: &OutboxMessage) -> Envelope {
         message.created_at,
         message.payload.clone(),
     )
-    .with_traceparent(traceparent)
+    .with_traceparent(header("traceparent"))
+    .with_tracestate(header("tracestate"))
+}
+
+/// The span of relaying one outbox message: a child of the context its row was written in,
+/// and the parent the message carries onto the bus (so the trace reads request, transition,
+/// publish, consume).
+fn publish_span(envelope: &mut Envelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format!("publish {}", envelope.kind),
+        otel.kind = "producer",
+        message_id = %envelope.id,
+        case_id = %envelope.subject,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let trace = bus::trace::continue_span(&span, &envelope.trace_carrier());
+    if envelope.traceparent.is_some() {
+        envelope.traceparent = Some(trace.traceparent());
+        envelope.tracestate = trace.tracestate();
+    }
+    span
 }

@@ -114,6 +114,8 @@ pub struct RequestContext {
     pub correlation_id: Option<String>,
     /// W3C trace context of the request, carried into timeline meta and outbox headers.
     pub traceparent: Option<String>,
+    /// The W3C `tracestate` that goes with it, carried in outbox headers.
+    pub tracestate: Option<String>,
 }
 
 impl RequestContext {
@@ -147,6 +149,7 @@ impl RequestContext {
         let mut headers = Map::new();
         for (name, value) in [
             ("traceparent", &self.traceparent),
+            ("tracestate", &self.tracestate),
             ("request_id", &self.request_id),
             ("correlation_id", &self.correlation_id),
         ] {

@@ -152,6 +152,9 @@ impl LogStores {
         if let Some(tenant) = &self.loki.tenant {
             request = request.header("X-Scope-OrgID", tenant);
         }
+        for (name, value) in bus::trace::current_headers() {
+            request = request.header(name, value);
+        }
         let body = send(request, self.loki.timeout_s).await?;
         let mut lines = Vec::new();
         let result = body["data"]["result"]
@@ -358,7 +361,13 @@ fn timeout(seconds: Option<u64>) -> Duration {
     Duration::from_secs(seconds.unwrap_or(10).max(1))
 }
 
-async fn send(request: reqwest::RequestBuilder, timeout_s: Option<u64>) -> Result<Value, LogError> {
+async fn send(
+    mut request: reqwest::RequestBuilder,
+    timeout_s: Option<u64>,
+) -> Result<Value, LogError> {
+    for (name, value) in bus::trace::current_headers() {
+        request = request.header(name, value);
+    }
     let response = request.send().await.map_err(|error| {
         if error.is_timeout() {
             LogError::Timeout(format!("{}s", timeout_s.unwrap_or(10)))

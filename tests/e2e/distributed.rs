@@ -58,7 +58,7 @@ const AUTO_COMMANDS: u64 = 5;
 // Driving an auto case over HTTP (shared by the in-process and the multi-process test).
 
 /// Healthy 1-minute error rates of checkout in tenant t-001, over the last five minutes.
-async fn ingest_healthy_metrics(client: &Client, base: &str) {
+pub(crate) async fn ingest_healthy_metrics(client: &Client, base: &str) {
     let now = Utc::now()
         .duration_trunc(chrono::Duration::minutes(1))
         .unwrap();
@@ -81,7 +81,7 @@ async fn ingest_healthy_metrics(client: &Client, base: &str) {
 }
 
 /// Open an auto `noop.check` case on checkout and make the two opening calls.
-async fn open_and_start_auto_case(client: &Client, base: &str) -> Uuid {
+pub(crate) async fn open_and_start_auto_case(client: &Client, base: &str) -> Uuid {
     let response = client
         .post(format!("{base}/v1/cases"))
         .json(&json!({
@@ -112,7 +112,7 @@ async fn open_and_start_auto_case(client: &Client, base: &str) -> Uuid {
     case
 }
 
-async fn case_json(client: &Client, base: &str, case: Uuid) -> Value {
+pub(crate) async fn case_json(client: &Client, base: &str, case: Uuid) -> Value {
     let response = client
         .get(format!("{base}/v1/cases/{case}"))
         .send()
@@ -141,7 +141,7 @@ async fn timeline_events(client: &Client, base: &str, case: Uuid) -> Vec<String>
 
 /// Wait for CLOSED (failing early, with the timeline, if the case parks), then check the
 /// timeline: the auto path in order, each worker row once.
-async fn expect_closed_with_the_auto_timeline(client: &Client, base: &str, case: Uuid) {
+pub(crate) async fn expect_closed_with_the_auto_timeline(client: &Client, base: &str, case: Uuid) {
     eventually(&format!("case {case} reaching CLOSED"), 60, async || {
         let status = case_json(client, base, case).await["status"].clone();
         if status == "PARKED" {
@@ -227,15 +227,20 @@ async fn auto_case_closes_over_jetstream_with_in_process_workers() {
 
 /// A child `opscase` process; killed (SIGKILL) if the test ends while it still runs. Its
 /// stdout and stderr go to files, printed when the test fails.
-struct Process {
+pub(crate) struct Process {
     name: &'static str,
-    child: Child,
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Process {
     /// `opscase <args>` with only the given `OPSCASE_*` variables (none inherited), in `dir`.
-    fn spawn(name: &'static str, dir: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
+    pub(crate) fn spawn(
+        name: &'static str,
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).unwrap();
         let mut command = opscase_command(dir);
@@ -251,12 +256,12 @@ impl Process {
         Self { name, child, log }
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then wait (up to `seconds`) for the exit.
-    async fn terminate(&mut self, seconds: u64) -> ExitStatus {
+    pub(crate) async fn terminate(&mut self, seconds: u64) -> ExitStatus {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(sent.success(), "kill -TERM {pid}");
@@ -294,7 +299,7 @@ impl Drop for Process {
 
 /// The `opscase` binary in `dir` with no `OPSCASE_*` variable from the test's environment
 /// (and no opscase.toml: `dir` is the test's own).
-fn opscase_command(dir: &Path) -> Command {
+pub(crate) fn opscase_command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_opscase"));
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("OPSCASE_") {
@@ -305,7 +310,7 @@ fn opscase_command(dir: &Path) -> Command {
     command
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -325,14 +330,18 @@ async fn separate_worker_processes_close_a_case() {
     let dir = database.dir.path();
     let listen = format!("127.0.0.1:{}", free_port());
     let base = format!("http://{listen}");
+    // Both processes export their spans: the trace must cross JetStream both ways.
+    let receiver = crate::otlp::Receiver::start(false).await;
     let shared = [
         ("OPSCASE_DATABASE_URL", database.url()),
         ("OPSCASE_NATS_URL", nats.url.clone()),
         ("OPSCASE_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY.to_string()),
         ("OPSCASE_DATA_DIR", dir.display().to_string()),
+        ("OPSCASE_OTLP_ENDPOINT", receiver.endpoint()),
     ];
     let mut serve_env = shared.to_vec();
     serve_env.push(("OPSCASE_LISTEN", listen.clone()));
+    serve_env.push(("OTEL_SERVICE_NAME", "opscase-serve".to_string()));
     let mut serve = Process::spawn("serve", dir, &["serve", "--no-workers"], &serve_env);
     let client = client_with(ADMIN_KEY);
     eventually("opscase serve answering /readyz", 60, async || {
@@ -350,7 +359,9 @@ async fn separate_worker_processes_close_a_case() {
         Vec::<String>::new(),
         "serve --no-workers consumes no command"
     );
-    let mut worker = Process::spawn("worker", dir, &["worker", "--role", "all"], &shared);
+    let mut worker_env = shared.to_vec();
+    worker_env.push(("OTEL_SERVICE_NAME", "opscase-worker".to_string()));
+    let mut worker = Process::spawn("worker", dir, &["worker", "--role", "all"], &worker_env);
     eventually("opscase worker running", 60, async || {
         if let Ok(Some(status)) = worker.child.try_wait() {
             panic!("opscase worker exited early ({status})");
@@ -369,6 +380,14 @@ async fn separate_worker_processes_close_a_case() {
     expect_closed_with_the_auto_timeline(&client, &base, case).await;
     expect_commands_acked(&nats.url).await;
     expect_written_down_with_references(&client, &base, case).await;
+    let timeline: Value = client
+        .get(format!("{base}/v1/cases/{case}/timeline?limit=200"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
 
     let status = worker.terminate(30).await;
     assert_eq!(
@@ -382,7 +401,56 @@ async fn separate_worker_processes_close_a_case() {
         status.success(),
         "SIGTERM stops serve cleanly, got {status}"
     );
+    expect_one_trace_across_both_processes(&receiver, &timeline);
     database.drop_database().await;
+}
+
+/// The trace of `start_analysis` is one tree: the request and the relay in `serve`, each
+/// command consumed in the worker process (a child of the relay's publish span, across
+/// JetStream), each answer consumed back in `serve` (a child of the worker's span).
+fn expect_one_trace_across_both_processes(receiver: &crate::otlp::Receiver, timeline: &Value) {
+    let start = timeline["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["event"] == "start_analysis")
+        .unwrap();
+    let trace = start["meta"]["trace_id"].as_str().unwrap();
+    let spans: Vec<crate::otlp::Seen> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == trace)
+        .collect();
+    let root = crate::otlp::one_tree(&spans, trace);
+    assert_eq!(root.name, "PATCH /v1/cases/{id}/transition");
+    assert_eq!(root.service, "opscase-serve");
+    let by_id: std::collections::HashMap<&str, &crate::otlp::Seen> =
+        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    for command in [
+        "cmd.analysis.run",
+        "cmd.plan.generate",
+        "cmd.gate.eval",
+        "cmd.exec.run",
+        "cmd.verify.run",
+    ] {
+        let consumed = spans
+            .iter()
+            .find(|s| s.name == format!("consume {command}"))
+            .unwrap_or_else(|| panic!("no consume span for {command}"));
+        assert_eq!(consumed.service, "opscase-worker", "{command}");
+        let parent = by_id[consumed.parent_span_id.as_str()];
+        assert_eq!(parent.name, format!("publish {command}"));
+        assert_eq!(parent.service, "opscase-serve");
+    }
+    let answer = spans
+        .iter()
+        .find(|s| s.name == "consume evt.exec.done.v1")
+        .expect("the executor's answer consumed in serve");
+    assert_eq!(answer.service, "opscase-serve");
+    assert_eq!(
+        by_id[answer.parent_span_id.as_str()].service,
+        "opscase-worker"
+    );
 }
 
 /// The planner in the worker process attached references to its plan, and the Librarian's

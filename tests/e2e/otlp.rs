@@ -1,55 +1,70 @@
-//! OTLP/HTTP span export: the layer, fed spans shaped like the service's, POSTing to a real
-//! local receiver. `logging::init` installs the layer globally, so these tests build their
-//! own subscriber around it, scoped to the code that makes the spans.
+//! Traces over OTLP/HTTP, end to end: `opscase serve` (the real binary, embedded bus on SQLite)
+//! exports to a real OTLP/HTTP receiver run by the test, which decodes the protobuf
+//! `ExportTraceServiceRequest` with the OpenTelemetry proto types. One auto case is one trace
+//! whose spans link parent to child from the request through the relay, the bus and every
+//! worker; callers' W3C (`traceparent` + `tracestate`) and B3 contexts are continued; a
+//! receiver that is down or hangs never fails a request.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::IntoResponse;
-use opscase::telemetry::{Telemetry, TelemetryConfig, TelemetryStats};
+use axum::http::StatusCode;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use reqwest::Client;
 use serde_json::{json, Value};
-use tracing::field::Empty;
-use tracing_subscriber::layer::SubscriberExt;
+use uuid::Uuid;
 
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-/// The caller's span, from its `traceparent`.
-const CALLER: &str = "00f067aa0ba902b7";
-const REQUEST: &str = "b7ad6b7169203331";
-const STEP: &str = "e457b5a2e4d86bd1";
-const CONSUME: &str = "53995c3f42cd8ad8";
-const CASE: &str = "0196a3b1-7c1e-7d2a-9f3e-5b8c1d2e3f40";
+use crate::distributed::{
+    case_json, expect_closed_with_the_auto_timeline, free_port, ingest_healthy_metrics,
+    open_and_start_auto_case, Process,
+};
+use crate::helpers::{client_with, eventually, Backend, TestDatabase, ADMIN_KEY};
 
-/// One POST the receiver got.
+/// A caller's span, as a W3C `traceparent`, and the `tracestate` that goes with it.
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const CALLER_STATE: &str = "vendor=abc,other=1";
+/// A caller that still speaks B3.
+const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";
+const B3_SPAN: &str = "e457b5a2e4d86bd1";
+
+/// One span as the receiver saw it.
 #[derive(Debug, Clone)]
-struct Captured {
-    path: String,
-    content_type: Option<String>,
-    api_key: Option<String>,
-    body: Value,
+pub(crate) struct Seen {
+    pub(crate) service: String,
+    pub(crate) trace_id: String,
+    pub(crate) span_id: String,
+    pub(crate) parent_span_id: String,
+    trace_state: String,
+    pub(crate) name: String,
+    start: u64,
+    attributes: HashMap<String, String>,
 }
 
 #[derive(Clone, Default)]
 struct ReceiverState {
-    captured: Arc<Mutex<Vec<Captured>>>,
-    /// Answers to give, in order (status, body); 200 `{}` once they run out.
-    script: Arc<Mutex<VecDeque<(u16, &'static str)>>>,
+    spans: Arc<Mutex<Vec<Seen>>>,
+    hang: bool,
 }
 
-struct Receiver {
+/// An OTLP/HTTP receiver on a random port: `POST /v1/traces` with protobuf.
+pub(crate) struct Receiver {
     addr: SocketAddr,
     state: ReceiverState,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start(script: &[(u16, &'static str)]) -> Self {
+    /// `hang`: accept each export and never answer it.
+    pub(crate) async fn start(hang: bool) -> Self {
         let state = ReceiverState {
-            script: Arc::new(Mutex::new(script.iter().copied().collect())),
+            hang,
             ..ReceiverState::default()
         };
         let app = axum::Router::new()
@@ -67,16 +82,12 @@ impl Receiver {
         }
     }
 
-    fn config(&self) -> TelemetryConfig {
-        TelemetryConfig {
-            // Only `flush` sends, so a test sees one batch.
-            flush_interval: Duration::from_secs(3600),
-            ..TelemetryConfig::new(format!("http://{}/v1/traces", self.addr))
-        }
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
-    fn captured(&self) -> Vec<Captured> {
-        self.state.captured.lock().unwrap().clone()
+    pub(crate) fn spans(&self) -> Vec<Seen> {
+        self.state.spans.lock().unwrap().clone()
     }
 }
 
@@ -88,487 +99,346 @@ impl Drop for Receiver {
 
 async fn receive(
     State(state): State<ReceiverState>,
-    uri: Uri,
-    headers: HeaderMap,
+    headers: axum::http::HeaderMap,
     body: Bytes,
-) -> impl IntoResponse {
-    let header = |name: &str| {
+) -> (StatusCode, [(&'static str, &'static str); 1], Vec<u8>) {
+    if state.hang {
+        std::future::pending::<()>().await;
+    }
+    assert_eq!(
         headers
-            .get(name)
+            .get("content-type")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    state.captured.lock().unwrap().push(Captured {
-        path: uri.path().to_string(),
-        content_type: header("content-type"),
-        api_key: header("x-api-key"),
-        body: serde_json::from_slice(&body).expect("the body is JSON"),
-    });
-    let (status, body) = state
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or((200, "{}"));
+            .unwrap_or_default(),
+        "application/x-protobuf"
+    );
+    let request = ExportTraceServiceRequest::decode(body).expect("an ExportTraceServiceRequest");
+    let mut spans = state.spans.lock().unwrap();
+    for resource in request.resource_spans {
+        let attributes = resource
+            .resource
+            .map(|r| strings(&r.attributes))
+            .unwrap_or_default();
+        let service = attributes.get("service.name").cloned().unwrap_or_default();
+        for scope in resource.scope_spans {
+            for span in scope.spans {
+                spans.push(seen(&service, span));
+            }
+        }
+    }
     (
-        StatusCode::from_u16(status).unwrap(),
-        [("content-type", "application/json")],
-        body,
+        StatusCode::OK,
+        [("content-type", "application/x-protobuf")],
+        Vec::new(),
     )
 }
 
-/// Run `make_spans` with a subscriber that has only `telemetry`'s layer.
-fn with_layer(telemetry: &Telemetry, make_spans: impl FnOnce()) {
-    let subscriber = tracing_subscriber::registry().with(telemetry.layer());
-    tracing::subscriber::with_default(subscriber, make_spans);
+fn seen(service: &str, span: Span) -> Seen {
+    Seen {
+        service: service.to_string(),
+        trace_id: hex(&span.trace_id),
+        span_id: hex(&span.span_id),
+        parent_span_id: hex(&span.parent_span_id),
+        trace_state: span.trace_state.clone(),
+        name: span.name.clone(),
+        start: span.start_time_unix_nano,
+        attributes: strings(&span.attributes),
+    }
 }
 
-fn pause() {
-    std::thread::sleep(Duration::from_millis(2));
-}
-
-/// The spans of every captured request, in order.
-fn spans_of(captured: &[Captured]) -> Vec<Value> {
-    captured
+fn strings(
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> HashMap<String, String> {
+    attributes
         .iter()
-        .flat_map(|c| {
-            c.body["resourceSpans"][0]["scopeSpans"][0]["spans"]
-                .as_array()
-                .unwrap()
-                .clone()
+        .filter_map(|kv| {
+            let value = match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(text) => text.clone(),
+                any_value::Value::IntValue(n) => n.to_string(),
+                any_value::Value::BoolValue(b) => b.to_string(),
+                any_value::Value::DoubleValue(x) => x.to_string(),
+                _ => return None,
+            };
+            Some((kv.key.clone(), value))
         })
         .collect()
 }
 
-/// Takes the span's timestamps out (checking they are decimal strings) and returns them.
-fn take_times(span: &mut Value) -> (u64, u64) {
-    let mut take = |key: &str| -> u64 {
-        let text = span
-            .as_object_mut()
-            .unwrap()
-            .remove(key)
-            .unwrap_or_else(|| panic!("{key} in {span}"));
-        text.as_str()
-            .unwrap_or_else(|| panic!("{key} is a string"))
-            .parse()
-            .unwrap()
-    };
-    let start = take("startTimeUnixNano");
-    let end = take("endTimeUnixNano");
-    assert!(start <= end, "{start} <= {end}");
-    (start, end)
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn is_hex(text: &Value, digits: usize) -> bool {
-    text.as_str().is_some_and(|t| {
-        t.len() == digits
-            && t.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+/// `opscase serve` on SQLite, exporting to `endpoint`.
+struct Served {
+    process: Process,
+    base: String,
+    client: Client,
+    _database: TestDatabase,
 }
 
-fn string(key: &str, value: &str) -> Value {
-    json!({ "key": key, "value": { "stringValue": value } })
-}
-
-fn int(key: &str, value: i64) -> Value {
-    json!({ "key": key, "value": { "intValue": value.to_string() } })
-}
-
-#[tokio::test]
-async fn spans_shaped_like_the_services_are_exported_as_otlp_json() {
-    let receiver = Receiver::start(&[]).await;
-    let mut config = receiver.config();
-    config.headers = vec![("x-api-key".into(), "k-123".into())];
-    let telemetry = Telemetry::start(config).unwrap();
-    with_layer(&telemetry, || {
-        // api/src/request_id.rs, continuing the caller's trace; http_metrics names it later.
-        let request = tracing::info_span!(
-            "request",
-            otel.name = Empty,
-            request_id = "req-1",
-            method = "PATCH",
-            path = %format!("/v1/cases/{CASE}/transition"),
-            trace_id = %TRACE,
-            span_id = %REQUEST,
-            parent_span_id = Some(CALLER),
-        );
-        let entered = request.enter();
-        request.record("otel.name", "PATCH /v1/cases/{id}/transition");
-        pause();
-        {
-            // orchestrator/src/service.rs: from and to are recorded once the guard passed.
-            let transition = tracing::info_span!(
-                "transition",
-                case_id = %CASE,
-                event = "approve",
-                from = Empty,
-                to = Empty,
-            );
-            let _transition = transition.enter();
-            transition.record("from", "proposed");
-            transition.record("to", "approved");
-            pause();
-            {
-                // executor/src/runner.rs: a span id of its own, the trace of its parent.
-                let step = tracing::info_span!(
-                    "step",
-                    otel.name = %"step k8s.scale",
-                    step = "s1",
-                    action = "k8s.scale",
-                    attempt = 1u32,
-                    span_id = %STEP,
-                );
-                let _step = step.enter();
-                pause();
-                tracing::error!(step = "s1", "adapter failed");
-                pause();
+impl Served {
+    async fn start(endpoint: &str, extra: &[(&str, &str)]) -> Self {
+        let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
+        let dir = database.dir.path().to_path_buf();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let base = format!("http://{listen}");
+        let mut env = vec![
+            ("OPSCASE_DATABASE_URL", database.url()),
+            ("OPSCASE_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY.to_string()),
+            ("OPSCASE_DATA_DIR", dir.display().to_string()),
+            ("OPSCASE_LISTEN", listen),
+            ("OPSCASE_OTLP_ENDPOINT", endpoint.to_string()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let mut process = Process::spawn("serve", &dir, &["serve"], &env);
+        let client = client_with(ADMIN_KEY);
+        eventually("opscase serve answering /readyz", 60, async || {
+            if let Ok(Some(status)) = process.child.try_wait() {
+                panic!("opscase serve exited early ({status})");
             }
-            pause();
+            matches!(
+                client.get(format!("{base}/readyz")).send().await,
+                Ok(response) if response.status() == StatusCode::OK
+            )
+        })
+        .await;
+        Self {
+            process,
+            base,
+            client,
+            _database: database,
         }
-        pause();
-        drop(entered);
-        drop(request);
-        pause();
-        // A request without a traceparent: no parent, no parent_span_id attribute.
-        drop(tracing::info_span!(
-            "request",
-            otel.name = %"GET /healthz",
-            request_id = "req-2",
-            method = "GET",
-            path = "/healthz",
-            trace_id = "0af7651916cd43dd8448eb211c80319c",
-            span_id = "a2fb4a1d1a96d312",
-            parent_span_id = None::<&str>,
-        ));
-        pause();
-        // orchestrator/src/relay.rs: a root span with no trace, delivering a message (embedded
-        // bus) whose consume span (bus/src/trace.rs) continues the request's trace.
-        let relay = tracing::info_span!("relay_batch", messages = 2usize);
-        let _relay = relay.enter();
-        pause();
-        let consume = tracing::info_span!(
-            "consume",
-            otel.name = %"consume case.transitioned",
-            consumer = %"orchestrator",
-            message_id = %"m-1",
-            kind = %"case.transitioned",
-            case_id = %CASE,
-            trace_id = %TRACE,
-            span_id = %CONSUME,
-            parent_span_id = Some(REQUEST),
+    }
+
+    /// SIGTERM: the service sends what is queued before it exits.
+    async fn stop(&mut self) {
+        let status = self.process.terminate(30).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "opscase serve stops cleanly; output:\n{}",
+            self.process.output()
         );
-        drop(consume);
-    });
-    telemetry.flush().await;
+    }
 
-    let captured = receiver.captured();
-    assert_eq!(captured.len(), 1, "one batch: {captured:?}");
-    let post = &captured[0];
-    assert_eq!(post.path, "/v1/traces");
-    assert_eq!(post.content_type.as_deref(), Some("application/json"));
-    assert_eq!(post.api_key.as_deref(), Some("k-123"));
-    let version = env!("CARGO_PKG_VERSION");
-    let resource_spans = post.body["resourceSpans"].as_array().unwrap();
-    assert_eq!(resource_spans.len(), 1);
-    assert_eq!(
-        resource_spans[0]["resource"],
-        json!({ "attributes": [string("service.name", "opscase"), string("service.version", version)] })
-    );
-    let scope_spans = resource_spans[0]["scopeSpans"].as_array().unwrap();
-    assert_eq!(scope_spans.len(), 1);
-    assert_eq!(
-        scope_spans[0]["scope"],
-        json!({ "name": "opscase", "version": version })
-    );
-
-    // In the order they closed.
-    let mut spans = spans_of(&captured);
-    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(
-        names,
-        [
-            "step k8s.scale",
-            "transition",
-            "PATCH /v1/cases/{id}/transition",
-            "GET /healthz",
-            "consume case.transitioned",
-            "relay_batch",
-        ]
-    );
-    let times: Vec<(u64, u64)> = spans.iter_mut().map(take_times).collect();
-    let [step, transition, request, health, consume, relay] = &spans[..] else {
-        unreachable!()
-    };
-
-    // Fresh ids where the span had none.
-    assert!(is_hex(&transition["spanId"], 16), "{transition}");
-    assert!(is_hex(&relay["traceId"], 32), "{relay}");
-    assert!(is_hex(&relay["spanId"], 16), "{relay}");
-    assert_ne!(relay["traceId"], TRACE);
-    let transition_id = transition["spanId"].as_str().unwrap();
-
-    assert_eq!(
-        *request,
-        json!({
-            "traceId": TRACE,
-            "spanId": REQUEST,
-            "parentSpanId": CALLER,
-            "name": "PATCH /v1/cases/{id}/transition",
-            "kind": 2,
-            "attributes": [
-                string("request_id", "req-1"),
-                string("method", "PATCH"),
-                string("path", &format!("/v1/cases/{CASE}/transition")),
-            ],
-            "status": { "code": 0 },
-        })
-    );
-    assert_eq!(
-        *transition,
-        json!({
-            "traceId": TRACE,
-            "spanId": transition_id,
-            "parentSpanId": REQUEST,
-            "name": "transition",
-            "kind": 1,
-            "attributes": [
-                string("case_id", CASE),
-                string("event", "approve"),
-                string("from", "proposed"),
-                string("to", "approved"),
-            ],
-            "status": { "code": 0 },
-        })
-    );
-    assert_eq!(
-        *step,
-        json!({
-            "traceId": TRACE,
-            "spanId": STEP,
-            "parentSpanId": transition_id,
-            "name": "step k8s.scale",
-            "kind": 1,
-            "attributes": [
-                string("step", "s1"),
-                string("action", "k8s.scale"),
-                int("attempt", 1),
-            ],
-            "status": { "code": 2, "message": "adapter failed" },
-        })
-    );
-    assert_eq!(
-        *health,
-        json!({
-            "traceId": "0af7651916cd43dd8448eb211c80319c",
-            "spanId": "a2fb4a1d1a96d312",
-            "name": "GET /healthz",
-            "kind": 2,
-            "attributes": [
-                string("request_id", "req-2"),
-                string("method", "GET"),
-                string("path", "/healthz"),
-            ],
-            "status": { "code": 0 },
-        })
-    );
-    assert_eq!(
-        *consume,
-        json!({
-            "traceId": TRACE,
-            "spanId": CONSUME,
-            "parentSpanId": REQUEST,
-            "name": "consume case.transitioned",
-            "kind": 5,
-            "attributes": [
-                string("consumer", "orchestrator"),
-                string("message_id", "m-1"),
-                string("kind", "case.transitioned"),
-                string("case_id", CASE),
-            ],
-            "status": { "code": 0 },
-        })
-    );
-    assert_eq!(
-        *relay,
-        json!({
-            "traceId": relay["traceId"],
-            "spanId": relay["spanId"],
-            "name": "relay_batch",
-            "kind": 1,
-            "attributes": [int("messages", 2)],
-            "status": { "code": 0 },
-        })
-    );
-
-    // Nested spans start after and end before their parents; the next ones come later.
-    let [step, transition, request, health, consume, relay] = times[..] else {
-        unreachable!()
-    };
-    assert!(
-        request.0 < transition.0 && transition.0 < step.0,
-        "{times:?}"
-    );
-    assert!(
-        step.1 < transition.1 && transition.1 < request.1,
-        "{times:?}"
-    );
-    assert!(request.1 <= health.0 && health.1 <= relay.0, "{times:?}");
-    assert!(relay.0 < consume.0 && consume.1 <= relay.1, "{times:?}");
-
-    assert_eq!(
-        telemetry.stats(),
-        TelemetryStats {
-            exported: 6,
-            dropped: 0,
-            failed: 0
-        }
-    );
-    telemetry.shutdown().await;
+    async fn timeline(&self, case: Uuid) -> Vec<Value> {
+        let body: Value = self
+            .client
+            .get(format!("{}/v1/cases/{case}/timeline?limit=200", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["items"].as_array().unwrap().clone()
+    }
 }
 
-/// 429, 502, 503 and 504 are retried once; other failures are not; a partial success counts
-/// what the endpoint rejected.
-#[tokio::test]
-async fn failed_posts_are_retried_once_as_otlp_says() {
-    let one_span = |telemetry: &Telemetry| {
-        with_layer(telemetry, || {
-            drop(tracing::info_span!("relay_batch", messages = 1))
-        });
-    };
-    // Retryable, then accepted.
-    let receiver = Receiver::start(&[(503, "{}")]).await;
-    let telemetry = Telemetry::start(receiver.config()).unwrap();
-    one_span(&telemetry);
-    telemetry.flush().await;
-    let captured = receiver.captured();
-    assert_eq!(captured.len(), 2);
-    assert_eq!(captured[0].body, captured[1].body);
-    assert_eq!(telemetry.stats().exported, 1);
-    assert_eq!(telemetry.stats().failed, 0);
-    telemetry.shutdown().await;
-
-    // Retryable twice: given up after the one retry.
-    let receiver = Receiver::start(&[(429, "{}"), (502, "{}"), (200, "{}")]).await;
-    let telemetry = Telemetry::start(receiver.config()).unwrap();
-    one_span(&telemetry);
-    telemetry.flush().await;
-    assert_eq!(receiver.captured().len(), 2);
-    assert_eq!(telemetry.stats().exported, 0);
-    assert_eq!(telemetry.stats().failed, 1);
-    telemetry.shutdown().await;
-
-    // Bad data is not retried.
-    let receiver = Receiver::start(&[(400, "{}")]).await;
-    let telemetry = Telemetry::start(receiver.config()).unwrap();
-    one_span(&telemetry);
-    telemetry.flush().await;
-    assert_eq!(receiver.captured().len(), 1);
-    assert_eq!(telemetry.stats().failed, 1);
-    telemetry.shutdown().await;
-
-    // Partial success: not retried, the rejected spans counted as failed.
-    let receiver = Receiver::start(&[(
-        200,
-        r#"{"partialSuccess":{"rejectedSpans":"1","errorMessage":"too old"}}"#,
-    )])
-    .await;
-    let telemetry = Telemetry::start(receiver.config()).unwrap();
-    one_span(&telemetry);
-    one_span(&telemetry);
-    telemetry.flush().await;
-    assert_eq!(receiver.captured().len(), 1);
-    assert_eq!(
-        telemetry.stats(),
-        TelemetryStats {
-            exported: 1,
-            dropped: 0,
-            failed: 1
-        }
-    );
-    telemetry.shutdown().await;
-}
-
-#[tokio::test]
-async fn batches_hold_at_most_the_batch_size() {
-    let receiver = Receiver::start(&[]).await;
-    let telemetry = Telemetry::start(TelemetryConfig {
-        batch_size: 4,
-        ..receiver.config()
-    })
-    .unwrap();
-    with_layer(&telemetry, || {
-        for i in 0..10 {
-            drop(tracing::info_span!("relay_batch", messages = i));
-        }
-    });
-    telemetry.shutdown().await;
-    let captured = receiver.captured();
-    let sizes: Vec<usize> = captured
+/// The spans of `trace`, checked to be one tree: exactly one root, every other span's parent
+/// among them. Returns the root.
+pub(crate) fn one_tree(spans: &[Seen], trace: &str) -> Seen {
+    let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let roots: Vec<&Seen> = spans
         .iter()
-        .map(|c| spans_of(std::slice::from_ref(c)).len())
+        .filter(|s| !ids.contains(s.parent_span_id.as_str()))
         .collect();
-    assert!(sizes.iter().all(|&n| (1..=4).contains(&n)), "{sizes:?}");
-    assert_eq!(sizes.iter().sum::<usize>(), 10);
-    assert_eq!(telemetry.stats().exported, 10);
-    // Spans closed after shutdown are dropped, not queued for ever.
-    with_layer(&telemetry, || drop(tracing::info_span!("late")));
-    assert_eq!(telemetry.stats().dropped, 1);
+    assert_eq!(
+        roots.len(),
+        1,
+        "trace {trace} has one root; roots: {roots:#?}"
+    );
+    roots[0].clone()
 }
 
-/// Nothing listens: span creation goes on, every span is accounted for.
-#[tokio::test]
-async fn a_refused_endpoint_never_blocks_span_creation() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let telemetry = Telemetry::start(TelemetryConfig {
-        queue_capacity: 64,
-        ..TelemetryConfig::new(format!("http://127.0.0.1:{port}/v1/traces"))
-    })
-    .unwrap();
-    with_layer(&telemetry, || {
-        for i in 0..10_000 {
-            let span = tracing::info_span!("relay_batch", messages = i);
-            drop(span.enter());
-        }
-    });
-    telemetry.shutdown().await;
-    let stats = telemetry.stats();
-    assert_eq!(stats.exported, 0, "{stats:?}");
-    assert_eq!(stats.dropped + stats.failed, 10_000, "{stats:?}");
+/// The tree under `root`, one span a line, indented by depth, children in start order.
+fn tree(spans: &[Seen], root: &Seen, depth: usize, out: &mut String) {
+    out.push_str(&format!("{}{}\n", "  ".repeat(depth), root.name));
+    let mut children: Vec<&Seen> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == root.span_id)
+        .collect();
+    children.sort_by_key(|s| s.start);
+    for child in children {
+        tree(spans, child, depth + 1, out);
+    }
 }
 
-/// The endpoint accepts connections but never answers: the exporter is stuck in its POST, the
-/// queue fills, and the spans beyond it are dropped rather than waited for.
-#[tokio::test]
-async fn a_hanging_endpoint_drops_what_does_not_fit_in_the_queue() {
-    // Never accepted: connections complete in the backlog and get no answer.
-    let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let telemetry = Telemetry::start(TelemetryConfig {
-        queue_capacity: 64,
-        batch_size: 512,
-        timeout: Duration::from_secs(10),
-        ..TelemetryConfig::new(format!(
-            "http://{}/v1/traces",
-            blackhole.local_addr().unwrap()
-        ))
-    })
-    .unwrap();
-    with_layer(&telemetry, || {
-        for i in 0..10_000 {
-            drop(tracing::info_span!("relay_batch", messages = i));
+/// The names on the way from `span` up to the root.
+fn ancestry(spans: &[Seen], span: &Seen) -> Vec<String> {
+    let by_id: HashMap<&str, &Seen> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let mut names = vec![span.name.clone()];
+    let mut parent = span.parent_span_id.as_str();
+    while let Some(up) = by_id.get(parent) {
+        names.push(up.name.clone());
+        parent = up.parent_span_id.as_str();
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_case_is_one_trace_from_the_request_through_the_bus_to_every_worker() {
+    let receiver = Receiver::start(false).await;
+    let mut served = Served::start(
+        &receiver.endpoint(),
+        &[("OTEL_SERVICE_NAME", "opscase-e2e")],
+    )
+    .await;
+    let (client, base) = (served.client.clone(), served.base.clone());
+    ingest_healthy_metrics(&client, &base).await;
+    let case = open_and_start_auto_case(&client, &base).await;
+    expect_closed_with_the_auto_timeline(&client, &base, case).await;
+    let timeline = served.timeline(case).await;
+    served.stop().await;
+
+    // The trace of `start_analysis`: everything after it is its consequence.
+    let start = timeline
+        .iter()
+        .find(|row| row["event"] == "start_analysis")
+        .unwrap();
+    let trace = start["meta"]["trace_id"].as_str().unwrap().to_string();
+    for row in &timeline[1..] {
+        assert_eq!(row["meta"]["trace_id"], trace, "{row:#}");
+    }
+    let all = receiver.spans();
+    assert!(all.iter().all(|s| s.service == "opscase-e2e"));
+    let spans: Vec<Seen> = all.into_iter().filter(|s| s.trace_id == trace).collect();
+    let root = one_tree(&spans, &trace);
+    assert_eq!(root.name, "PATCH /v1/cases/{id}/transition");
+    assert_eq!(
+        root.parent_span_id, "",
+        "a request without traceparent starts the trace"
+    );
+    let names: BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let mut shape = String::new();
+    tree(&spans, &root, 0, &mut shape);
+    eprintln!("the trace of one auto case, as the receiver got it:\n{shape}");
+    for command in [
+        "cmd.analysis.run",
+        "cmd.plan.generate",
+        "cmd.gate.eval",
+        "cmd.exec.run",
+        "cmd.verify.run",
+    ] {
+        let consumed = spans
+            .iter()
+            .find(|s| s.name == format!("consume {command}"))
+            .unwrap_or_else(|| panic!("no consume span for {command} in {names:#?}"));
+        let path = ancestry(&spans, consumed);
+        // Each command goes request → transition/consume → publish (relay) → consume (worker).
+        assert_eq!(path.last().unwrap(), &root.name, "{path:?}");
+        assert!(path[1].starts_with("publish "), "{path:?}");
+    }
+    // The step ran inside the executor's consume span.
+    let step = spans
+        .iter()
+        .find(|s| s.name.starts_with("step "))
+        .unwrap_or_else(|| panic!("no step span in {names:#?}"));
+    assert!(
+        ancestry(&spans, step)
+            .iter()
+            .any(|name| name.contains("cmd.exec.run")),
+        "{:?}",
+        ancestry(&spans, step)
+    );
+    // Worker answers come back over the bus and are consumed in the same trace.
+    assert!(
+        names.iter().any(|n| n.starts_with("consume evt.")),
+        "{names:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_w3c_caller_with_tracestate_and_a_b3_caller_are_continued() {
+    let receiver = Receiver::start(false).await;
+    let mut served = Served::start(&receiver.endpoint(), &[]).await;
+    let (client, base) = (served.client.clone(), served.base.clone());
+    let response = client
+        .post(format!("{base}/v1/cases"))
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", CALLER_STATE)
+        .json(&json!({"title": "p95 spike", "tenant": "t-001"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let case: Uuid = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let response = client
+        .get(format!("{base}/v1/cases/{case}"))
+        .header("X-B3-TraceId", B3_TRACE)
+        .header("X-B3-SpanId", B3_SPAN)
+        .header("X-B3-Sampled", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let timeline = served.timeline(case).await;
+    assert_eq!(timeline[0]["meta"]["trace_id"], CALLER_TRACE);
+    let _ = case_json(&client, &base, case).await;
+    served.stop().await;
+
+    let spans = receiver.spans();
+    let opened = spans
+        .iter()
+        .find(|s| s.name == "POST /v1/cases")
+        .unwrap_or_else(|| panic!("no POST /v1/cases span in {spans:#?}"));
+    assert_eq!(opened.trace_id, CALLER_TRACE);
+    assert_eq!(opened.parent_span_id, CALLER_SPAN);
+    assert_eq!(opened.trace_state, CALLER_STATE);
+    assert_eq!(opened.attributes["request_id"].len(), 36);
+    // The row the request wrote names the request's own span.
+    assert_eq!(
+        timeline[0]["meta"]["traceparent"],
+        format!("00-{CALLER_TRACE}-{}-01", opened.span_id)
+    );
+    let shown = spans
+        .iter()
+        .find(|s| s.name == "GET /v1/cases/{id}" && s.trace_id == B3_TRACE)
+        .unwrap_or_else(|| panic!("no GET span in the B3 caller's trace: {spans:#?}"));
+    assert_eq!(shown.parent_span_id, B3_SPAN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_or_hangs_never_fails_a_request() {
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let hanging = Receiver::start(true).await;
+    for endpoint in [down, hanging.endpoint()] {
+        // A small queue, so that spans are dropped while the exporter waits.
+        let mut served = Served::start(
+            &endpoint,
+            &[
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "16"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "10"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ],
+        )
+        .await;
+        let (client, base) = (served.client.clone(), served.base.clone());
+        ingest_healthy_metrics(&client, &base).await;
+        let case = open_and_start_auto_case(&client, &base).await;
+        for _ in 0..50 {
+            let response = client
+                .get(format!("{base}/v1/cases/{case}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{endpoint}");
         }
-    });
-    // At most one batch in the stuck POST and a full queue were taken.
-    let stats = telemetry.stats();
-    assert!(stats.dropped >= 10_000 - 512 - 64, "{stats:?}");
-    // Closing the listener resets the stuck connection: the POST fails, its retry is refused.
-    drop(blackhole);
-    telemetry.shutdown().await;
-    let stats = telemetry.stats();
-    assert_eq!(stats.exported, 0, "{stats:?}");
-    assert_eq!(stats.dropped + stats.failed, 10_000, "{stats:?}");
+        expect_closed_with_the_auto_timeline(&client, &base, case).await;
+        served.stop().await;
+        assert!(
+            served
+                .process
+                .output()
+                .contains("some spans were not exported"),
+            "{endpoint}: the loss is reported; output:\n{}",
+            served.process.output()
+        );
+    }
+    assert!(hanging.spans().is_empty());
 }

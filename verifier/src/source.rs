@@ -424,6 +424,7 @@ impl PrometheusSource {
             .get(self.endpoint())
             .query(&[("query", query), ("time", time.as_str())])
             .timeout(self.timeout)
+            .headers(trace_headers())
             .send()
             .await
             .map_err(|e| NoValue(format!("prometheus unreachable: {e}")))?;
@@ -482,6 +483,19 @@ impl MetricSource for PrometheusSource {
             Err(NoValue(reason)) => Measurement::inconclusive(at, reason),
         }
     }
+}
+
+/// The current span's trace headers, so the query continues the verification's trace.
+fn trace_headers() -> reqwest::header::HeaderMap {
+    bus::trace::current_headers()
+        .into_iter()
+        .filter_map(|(name, value)| {
+            Some((
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                reqwest::header::HeaderValue::from_str(&value).ok()?,
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -565,6 +565,10 @@ impl Adapter for HttpCall {
             .client
             .request(prepared.method.clone(), prepared.url.clone())
             .headers(prepared.headers.clone());
+        // The step's trace continues at the service called.
+        for (name, value) in bus::trace::current_headers() {
+            request = request.header(name, value);
+        }
         if let Some(body) = &prepared.body {
             request = request.body(body.clone());
         }

@@ -157,11 +157,30 @@ impl K8sRollout {
 
     async fn client(&self) -> Result<kube::Client, StepError> {
         self.client
-            .get_or_try_init(|| async { kube::Client::try_from(self.kube_config.clone()) })
+            .get_or_try_init(|| async {
+                Ok::<_, kube::Error>(
+                    kube::client::ClientBuilder::try_from(self.kube_config.clone())?
+                        .with_layer(&tower::util::MapRequestLayer::new(with_trace))
+                        .build(),
+                )
+            })
             .await
             .cloned()
             .map_err(|e| StepError::permanent(format!("k8s.rollout: cannot build a client: {e}")))
     }
+}
+
+/// The step's trace continues at the API server (which logs `traceparent` in its audit log).
+fn with_trace(mut request: http::Request<kube::client::Body>) -> http::Request<kube::client::Body> {
+    for (name, value) in bus::trace::current_headers() {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            request.headers_mut().insert(name, value);
+        }
+    }
+    request
 }
 
 #[derive(Debug, Deserialize)]
