@@ -373,3 +373,48 @@ fn bad_configs_are_refused() {
         "would PATCH http://gw:9000/routes/checkout (expect 2xx)"
     );
 }
+
+#[tokio::test]
+async fn the_steps_trace_goes_with_the_request() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _default = tracing::subscriber::set_default(subscriber);
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // The step's span, in a caller's trace that has a tracestate.
+    let caller = bus::TraceContext {
+        tracestate: "vendor=abc".into(),
+        ..bus::TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .unwrap()
+    };
+    let span = tracing::info_span!("step");
+    span.set_parent(caller.to_otel()).unwrap();
+    let step = bus::TraceContext::of_span(&span).unwrap();
+    assert_eq!(step.trace_id, caller.trace_id);
+    run(&server, json!({"method": "GET", "path": "/health"}))
+        .instrument(span)
+        .await
+        .unwrap();
+    let received = server.received_requests().await.unwrap();
+    let header = |name: &str| {
+        received[0]
+            .headers
+            .get(name)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(header("traceparent"), step.traceparent());
+    assert_eq!(header("tracestate"), "vendor=abc");
+}
