@@ -58,7 +58,12 @@ impl Stat {
             return None;
         }
         Some(match self {
-            Stat::Avg => values.iter().sum::<f64>() / values.len() as f64,
+            // A running mean: minutes of one value average to exactly that value (a sum then
+            // a division makes three minutes of 0.05 into 0.05000000000000001).
+            Stat::Avg => values
+                .iter()
+                .enumerate()
+                .fold(0.0, |mean, (i, x)| mean + (x - mean) / (i + 1) as f64),
             Stat::Max | Stat::P95 => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         })
     }
@@ -488,6 +493,20 @@ mod tests {
             "bucket": "2026-11-21T12:03:41.5Z", "p95": 250.0
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn minutes_of_one_value_average_to_that_value() {
+        for n in 1..=10 {
+            assert_eq!(
+                Stat::Avg.aggregate(&vec![0.05; n]),
+                Some(0.05),
+                "{n} minutes"
+            );
+        }
+        assert_eq!(Stat::Avg.aggregate(&[1.0, 2.0, 6.0]), Some(3.0));
+        assert_eq!(Stat::Max.aggregate(&[1.0, 2.0, 6.0]), Some(6.0));
+        assert_eq!(Stat::Avg.aggregate(&[]), None);
     }
 
     #[test]
