@@ -9,7 +9,7 @@ use std::time::Duration;
 use librarian::{import_dir, KbStore, SearchFilter};
 use opscase::config::{EmbeddingsConfig, Secret};
 use opscase::Config;
-use orchestrator::Role;
+use orchestrator::{Role, SqlPool};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
@@ -154,6 +154,23 @@ async fn all_embedded(app: &TestApp) {
     .await;
 }
 
+/// On SQLite, whether every stored vector has its bits for the Hamming pass, and nothing else
+/// does (always true on PostgreSQL, which has no bits).
+async fn bits_follow_vectors(app: &TestApp) -> bool {
+    let SqlPool::Sqlite(pool) = app.orchestrator.store().pool().clone() else {
+        return true;
+    };
+    let (vectors, bits, orphans): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM kb_chunk_vec), (SELECT COUNT(*) FROM kb_chunk_bits), \
+         (SELECT COUNT(*) FROM kb_chunk_bits b WHERE NOT EXISTS (SELECT 1 FROM kb_chunk_vec v \
+          WHERE v.doc_id = b.doc_id AND v.idx = b.idx))",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    vectors > 0 && vectors == bits && orphans == 0
+}
+
 fn retrievers(hit: &Value) -> Vec<&str> {
     hit["retrievers"]
         .as_array()
@@ -194,6 +211,7 @@ async fn vectors_are_stored_and_searched(backend: Backend) {
     all_embedded(&app).await;
     let (_, chunks) = store(&app).counts().await.unwrap();
     assert_eq!(app.metric("kb_chunks_embedded").await as i64, chunks);
+    assert!(bits_follow_vectors(&app).await);
 
     // The exact requests: path, method, bearer key, and the body's model, inputs and
     // dimensions; the fleet runbook's chunk was sent as its heading path and text.
@@ -310,6 +328,22 @@ async fn vectors_are_stored_and_searched(backend: Backend) {
     let hits = search(&app, &app.client, &[("q", "bilby"), ("k", "3")]).await;
     assert_eq!(hits[0]["doc_id"], fleet.as_str());
     assert_eq!(retrievers(&hits[0]), ["lexical", "vector"]);
+    assert!(
+        bits_follow_vectors(&app).await,
+        "the old bits went with the old vectors"
+    );
+    // Vectors stored before the bits existed get theirs when the index is next prepared.
+    if let SqlPool::Sqlite(pool) = app.orchestrator.store().pool().clone() {
+        sqlx::query("DELETE FROM kb_chunk_bits")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(!bits_follow_vectors(&app).await);
+        librarian::VectorIndex::prepare(SqlPool::Sqlite(pool), MODEL, DIMENSIONS)
+            .await
+            .unwrap();
+        assert!(bits_follow_vectors(&app).await);
+    }
 
     assert!(app.metric("kb_search_seconds_count{mode=\"hybrid\"}").await >= 8.0);
     assert_eq!(
