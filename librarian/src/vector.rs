@@ -95,11 +95,16 @@ const SQLITE_BITS_TABLE: &str = "CREATE TABLE IF NOT EXISTS kb_chunk_bits (\
     PRIMARY KEY (doc_id, idx), \
     FOREIGN KEY (doc_id, idx) REFERENCES kb_chunk_vec (doc_id, idx) ON DELETE CASCADE)";
 
-/// The bits of the vectors stored before the bits table existed (or of one chunk: `?1`, `?2`).
+/// The bits of the vectors stored before the bits table existed.
 const SQLITE_FILL_BITS: &str = "INSERT INTO kb_chunk_bits (doc_id, idx, tenant, source, bits) \
     SELECT doc_id, idx, tenant, source, vec_quantize_binary(embedding) FROM kb_chunk_vec v \
-    WHERE (?1 IS NULL OR (v.doc_id = ?1 AND v.idx = ?2)) AND NOT EXISTS \
-    (SELECT 1 FROM kb_chunk_bits b WHERE b.doc_id = v.doc_id AND b.idx = v.idx)";
+    WHERE NOT EXISTS (SELECT 1 FROM kb_chunk_bits b WHERE b.doc_id = v.doc_id AND b.idx = v.idx)";
+
+/// The bits of one chunk's vector, just stored (by its key: an `OR` in the condition made
+/// SQLite scan every vector for each one stored).
+const SQLITE_INSERT_BITS: &str = "INSERT INTO kb_chunk_bits (doc_id, idx, tenant, source, bits) \
+    SELECT doc_id, idx, tenant, source, vec_quantize_binary(embedding) FROM kb_chunk_vec \
+    WHERE doc_id = ?1 AND idx = ?2 ON CONFLICT (doc_id, idx) DO NOTHING";
 
 /// How many chunks, per hit asked for, a search on SQLite ranks exactly after the Hamming
 /// pass (at least [`MIN_RESCORED`]): a binary code keeps the neighbourhood roughly, the exact
@@ -215,11 +220,7 @@ impl VectorIndex {
                 }
                 let binary = dimensions.is_multiple_of(8);
                 if binary {
-                    sqlx::query(SQLITE_FILL_BITS)
-                        .bind(None::<String>)
-                        .bind(None::<i64>)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(SQLITE_FILL_BITS).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(Prepared::Ready(Self {
@@ -375,7 +376,7 @@ impl VectorIndex {
                         .await?
                         .rows_affected();
                     if inserted > 0 && self.sqlite_binary {
-                        sqlx::query(SQLITE_FILL_BITS)
+                        sqlx::query(SQLITE_INSERT_BITS)
                             .bind(&chunk.doc_id)
                             .bind(chunk.idx)
                             .execute(&mut *tx)
