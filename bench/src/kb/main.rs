@@ -67,7 +67,7 @@ struct Cli {
     /// Retrieval quality only (no synthetic corpora, no latency).
     #[arg(long)]
     quality_only: bool,
-    /// Leave the PostgreSQL databases in place (their names are printed), to look into them.
+    /// Leave the databases in place (their URLs are printed), to look into them.
     #[arg(long)]
     keep_databases: bool,
     /// Dimensions of the stand-in's vectors.
@@ -127,7 +127,15 @@ impl Db {
             Engine::Sqlite => {
                 let dir = tempfile::tempdir()?;
                 let url = format!("sqlite://{}", dir.path().join("kb.db").display());
-                (url, Some(dir), None)
+                // A kept database's directory outlives the run.
+                let dir = if cli.keep_databases {
+                    eprintln!("kb-bench: keeping {url}");
+                    let _ = dir.keep();
+                    None
+                } else {
+                    Some(dir)
+                };
+                (url, dir, None)
             }
             Engine::Postgres => {
                 let database = BenchDatabase::create(admin_url).await?;
