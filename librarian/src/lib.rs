@@ -6,7 +6,8 @@
 //! candidates (BM25F over the chunk's fields, lifted by its document), and [`fusion`],
 //! reciprocal rank fusion of ranked lists. [`store`] is the thin part: `kb_doc`, `kb_chunk` and the lexical index on
 //! SQLite (FTS5) and PostgreSQL (`tsvector`); [`vector`] holds chunk embeddings (sqlite-vec,
-//! pgvector) computed through [`embed`], an OpenAI-compatible embeddings client; [`service`]
+//! pgvector; on SQLite a first pass over their sign bits in memory, [`bits`]) computed through
+//! [`embed`], an OpenAI-compatible embeddings client; [`service`]
 //! ties them together ([`KnowledgeBase`]: hybrid search and the background embedder).
 //!
 //! Past cases are knowledge too: [`cases`] writes a CLOSED or PARKED case down as a document
@@ -14,6 +15,7 @@
 //! rollback hints), and [`librarian::Librarian`] reads the case tables (never writes them) for
 //! both.
 
+pub mod bits;
 pub mod cases;
 pub mod chunk;
 pub mod embed;

@@ -7,18 +7,23 @@
 //! (lexical search then carries on alone), and a change of model or dimension empties them so
 //! that every chunk is embedded again with the new model.
 //!
-//! On SQLite the vectors are plain blobs scanned exactly rather than a `vec0` virtual table:
-//! the tenant and source filters then hold by an ordinary join (a `vec0` KNN query filters
-//! only on its own columns, and cannot say "this tenant or global"), the rows live and die
-//! with their chunk through a foreign key, and the database stays readable by any SQLite,
-//! with or without the extension. The scan is linear in the embedded chunks: about 0.1 s for
-//! 100,000 chunks of 384 dimensions on a 2-core machine (release build), so a large SQLite
-//! knowledge base wants a `vec0` table (or sqlite-vec built with SIMD) some day.
+//! On SQLite the vectors are plain blobs rather than a `vec0` virtual table: the tenant and
+//! source filters then hold by an ordinary join, the rows live and die with their chunk
+//! through a foreign key, and the database stays readable by any SQLite, with or without the
+//! extension. Each vector's sign bits are kept beside it (`kb_chunk_bits`) and in memory
+//! ([`crate::bits`]): a search ranks every chunk by Hamming distance there and only the best
+//! few hundred by exact cosine distance in SQLite. Triggers count the bits table's inserts and
+//! deletes, so a search sees at the cost of one small read whether another connection or
+//! process changed it, and reads only what changed (new rows), or all of it after a delete.
 
-use sqlx::Row;
+use std::sync::{Arc, RwLock};
+
+use sqlx::types::Json;
+use sqlx::{Row, Sqlite, SqlitePool};
 
 use orchestrator::{SqlPool, StoreError};
 
+use crate::bits::{sign_bits, BitSet, Refresh, TableVersion};
 use crate::store::{Hit, SearchFilter};
 
 /// The retriever that found a hit by its embedding.
@@ -61,8 +66,17 @@ pub struct VectorIndex {
     dimensions: usize,
     /// pgvector 0.8 and later: filtered HNSW scans go on until enough rows pass the filter.
     pg_iterative_scan: bool,
-    /// SQLite with the bits table (the dimension is a multiple of 8): the Hamming pass first.
-    sqlite_binary: bool,
+    /// SQLite with the bits table (the dimension is a multiple of 8): the Hamming pass first,
+    /// over this copy of it.
+    sqlite_bits: Option<Arc<SqliteBits>>,
+}
+
+/// The bits table in memory, and one refresh at a time.
+#[derive(Debug)]
+struct SqliteBits {
+    dimensions: usize,
+    set: RwLock<BitSet>,
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// Whether vector search can run on this database.
@@ -86,8 +100,8 @@ const SQLITE_VECTOR_TABLE: &str = "CREATE TABLE IF NOT EXISTS kb_chunk_vec (\
     FOREIGN KEY (doc_id, idx) REFERENCES kb_chunk (doc_id, idx) ON DELETE CASCADE)";
 
 /// Each vector's sign bits (`vec_quantize_binary`: 1 bit a dimension, 48 bytes for 384), in a
-/// narrow table of their own: a search ranks every chunk by Hamming distance over these and
-/// computes the exact cosine distance for the best few only ([`SQLITE_SEARCH`]). Scanning the
+/// narrow table of their own, read into memory for the Hamming pass ([`crate::bits`]); the
+/// exact cosine distance is computed for the best few only ([`SQLITE_RESCORE`]). Scanning the
 /// float vectors themselves (1.5 KB a chunk at 384 dimensions) took ~200 ms at 100,000 chunks.
 const SQLITE_BITS_TABLE: &str = "CREATE TABLE IF NOT EXISTS kb_chunk_bits (\
     doc_id TEXT NOT NULL, idx INTEGER NOT NULL, tenant TEXT, source TEXT NOT NULL, \
@@ -130,19 +144,35 @@ const PG_INSERT: &str = "INSERT INTO kb_chunk_vec (doc_id, idx, embedding) \
     WHERE doc_id = $1 AND idx = $2 AND heading_path = $4 AND content = $5 \
     ON CONFLICT (doc_id, idx) DO NOTHING";
 
-/// The chunks the filter lets through ranked by the Hamming distance of their bits to the
-/// query's (filtered on the bits table's own columns), the best `?5` of them by exact cosine
-/// distance, and the nearest `k` joined to their chunks and documents. A stored blob has lost
-/// its sqlite-vec type: `vec_bit()` says it is bits again.
-const SQLITE_SEARCH: &str = "SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, \
+/// How many rows the bits table has had inserted and deleted, kept by its triggers (an
+/// `INSERT ... DO NOTHING` that inserts nothing fires none).
+const SQLITE_BITS_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS kb_chunk_bits_version (\
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1), \
+    inserted INTEGER NOT NULL, deleted INTEGER NOT NULL)";
+const SQLITE_BITS_VERSION_ROW: &str = "INSERT INTO kb_chunk_bits_version \
+    (singleton, inserted, deleted) VALUES (1, 0, 0) ON CONFLICT (singleton) DO NOTHING";
+const SQLITE_BITS_INSERTED: &str = "CREATE TRIGGER IF NOT EXISTS kb_chunk_bits_inserted \
+    AFTER INSERT ON kb_chunk_bits BEGIN \
+    UPDATE kb_chunk_bits_version SET inserted = inserted + 1; END";
+/// Fired by the cascade from a chunk or its vector too.
+const SQLITE_BITS_DELETED: &str = "CREATE TRIGGER IF NOT EXISTS kb_chunk_bits_deleted \
+    AFTER DELETE ON kb_chunk_bits BEGIN \
+    UPDATE kb_chunk_bits_version SET deleted = deleted + 1; END";
+const SQLITE_BITS_VERSION: &str = "SELECT inserted, deleted FROM kb_chunk_bits_version";
+const SQLITE_BITS_ROWS: &str = "SELECT rowid, tenant, source, bits FROM kb_chunk_bits \
+    WHERE rowid > ?1 ORDER BY rowid";
+
+/// The rows the Hamming pass chose (`?2`, rowids of the bits table) by exact cosine distance,
+/// the nearest `?3` joined to their chunks and documents. The filter is applied again: a row
+/// deleted since the copy in memory was read may have given its rowid to another chunk.
+const SQLITE_RESCORE: &str = "SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, \
     c.heading_path, c.content, v.distance FROM (\
-    SELECT v.doc_id, v.idx, vec_distance_cosine(v.embedding, ?1) AS distance FROM (\
-    SELECT doc_id, idx FROM kb_chunk_bits \
-    WHERE (?2 IS NULL OR tenant IS NULL OR tenant = ?2) AND (?3 IS NULL OR source = ?3) \
-    ORDER BY vec_distance_hamming(vec_bit(bits), vec_quantize_binary(?1)), doc_id, idx \
-    LIMIT ?5) b \
-    JOIN kb_chunk_vec v ON v.doc_id = b.doc_id AND v.idx = b.idx \
-    ORDER BY distance, v.doc_id, v.idx LIMIT ?4) v \
+    SELECT v.doc_id, v.idx, vec_distance_cosine(v.embedding, ?1) AS distance \
+    FROM kb_chunk_bits b JOIN kb_chunk_vec v ON v.doc_id = b.doc_id AND v.idx = b.idx \
+    WHERE b.rowid IN (SELECT value FROM json_each(?2)) \
+    AND (?4 IS NULL OR b.tenant IS NULL OR b.tenant = ?4) AND (?5 IS NULL OR b.source = ?5) \
+    AND (?6 IS NULL OR b.source <> ?6) \
+    ORDER BY distance, v.doc_id, v.idx LIMIT ?3) v \
     JOIN kb_chunk c ON c.doc_id = v.doc_id AND c.idx = v.idx JOIN kb_doc d ON d.id = v.doc_id \
     ORDER BY v.distance, d.id, c.idx";
 
@@ -152,6 +182,7 @@ const SQLITE_SEARCH_EXACT: &str = "SELECT d.id, d.title, d.path_or_url, d.source
     c.idx, c.heading_path, c.content, v.distance FROM (\
     SELECT doc_id, idx, vec_distance_cosine(embedding, ?1) AS distance FROM kb_chunk_vec \
     WHERE (?2 IS NULL OR tenant IS NULL OR tenant = ?2) AND (?3 IS NULL OR source = ?3) \
+    AND (?5 IS NULL OR source <> ?5) \
     ORDER BY distance, doc_id, idx LIMIT ?4) v \
     JOIN kb_chunk c ON c.doc_id = v.doc_id AND c.idx = v.idx JOIN kb_doc d ON d.id = v.doc_id \
     ORDER BY v.distance, d.id, c.idx";
@@ -188,7 +219,15 @@ impl VectorIndex {
                 let mut tx = sqlite.begin().await?;
                 sqlx::query(META_TABLE).execute(&mut *tx).await?;
                 sqlx::query(SQLITE_VECTOR_TABLE).execute(&mut *tx).await?;
-                sqlx::query(SQLITE_BITS_TABLE).execute(&mut *tx).await?;
+                for statement in [
+                    SQLITE_BITS_TABLE,
+                    SQLITE_BITS_VERSION_TABLE,
+                    SQLITE_BITS_VERSION_ROW,
+                    SQLITE_BITS_INSERTED,
+                    SQLITE_BITS_DELETED,
+                ] {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
                 let stored: Option<(String, i64)> =
                     sqlx::query_as("SELECT model, dimensions FROM kb_vec_meta")
                         .fetch_optional(&mut *tx)
@@ -227,7 +266,20 @@ impl VectorIndex {
                     pool: pool.clone(),
                     dimensions,
                     pg_iterative_scan: false,
-                    sqlite_binary: binary,
+                    sqlite_bits: binary.then(|| {
+                        Arc::new(SqliteBits {
+                            dimensions,
+                            // Behind any table: the first search reads it whole.
+                            set: RwLock::new(BitSet::new(
+                                dimensions,
+                                TableVersion {
+                                    inserted: -1,
+                                    deleted: -1,
+                                },
+                            )),
+                            refreshing: tokio::sync::Mutex::new(()),
+                        })
+                    }),
                 }))
             }
             SqlPool::Postgres(pg) => {
@@ -325,7 +377,7 @@ impl VectorIndex {
                     pool: pool.clone(),
                     dimensions,
                     pg_iterative_scan,
-                    sqlite_binary: false,
+                    sqlite_bits: None,
                 }))
             }
         }
@@ -375,7 +427,7 @@ impl VectorIndex {
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
-                    if inserted > 0 && self.sqlite_binary {
+                    if inserted > 0 && self.sqlite_bits.is_some() {
                         sqlx::query(SQLITE_INSERT_BITS)
                             .bind(&chunk.doc_id)
                             .bind(chunk.idx)
@@ -427,19 +479,32 @@ impl VectorIndex {
         }
         let rows = match &self.pool {
             SqlPool::Sqlite(pool) => {
-                let query = if self.sqlite_binary {
-                    sqlx::query(SQLITE_SEARCH)
-                } else {
-                    sqlx::query(SQLITE_SEARCH_EXACT)
-                }
-                .bind(blob(vector))
-                .bind(&filter.tenant)
-                .bind(&filter.source)
-                .bind(k as i64);
-                let query = if self.sqlite_binary {
-                    query.bind((k * RESCORED_PER_HIT).max(MIN_RESCORED) as i64)
-                } else {
-                    query
+                let query = match &self.sqlite_bits {
+                    Some(bits) => {
+                        bits.refresh(pool).await?;
+                        let rescored = (k * RESCORED_PER_HIT).max(MIN_RESCORED);
+                        let nearest = bits.set.read().expect("bits lock").nearest(
+                            &sign_bits(vector),
+                            rescored,
+                            filter,
+                        );
+                        if nearest.is_empty() {
+                            return Ok(Vec::new());
+                        }
+                        sqlx::query(SQLITE_RESCORE)
+                            .bind(blob(vector))
+                            .bind(Json(nearest))
+                            .bind(k as i64)
+                            .bind(&filter.tenant)
+                            .bind(&filter.source)
+                            .bind(&filter.not_source)
+                    }
+                    None => sqlx::query(SQLITE_SEARCH_EXACT)
+                        .bind(blob(vector))
+                        .bind(&filter.tenant)
+                        .bind(&filter.source)
+                        .bind(k as i64)
+                        .bind(&filter.not_source),
                 };
                 query
                     .fetch_all(pool)
@@ -475,6 +540,56 @@ impl VectorIndex {
         };
         Ok(rows)
     }
+}
+
+impl SqliteBits {
+    /// Bring the copy in memory up to the table: nothing when no row was inserted or deleted
+    /// since it was read, the new rows when rows were only inserted, all of it otherwise.
+    async fn refresh(&self, pool: &SqlitePool) -> Result<(), StoreError> {
+        let now = table_version(pool).await?;
+        if self.set.read().expect("bits lock").refresh_for(now) == Refresh::Current {
+            return Ok(());
+        }
+        let _turn = self.refreshing.lock().await;
+        // One read transaction: the rows read are the table at the version read.
+        let mut tx = pool.begin().await?;
+        let now = table_version(&mut *tx).await?;
+        let refresh = self.set.read().expect("bits lock").refresh_for(now);
+        let after_rowid = match refresh {
+            Refresh::Current => return Ok(()),
+            Refresh::Append { after_rowid } => after_rowid,
+            Refresh::Reload => 0,
+        };
+        let rows: Vec<(i64, Option<String>, String, Vec<u8>)> = sqlx::query_as(SQLITE_BITS_ROWS)
+            .bind(after_rowid)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let fill = |set: &mut BitSet| {
+            for (rowid, tenant, source, bits) in &rows {
+                set.push(*rowid, tenant.as_deref(), source, bits);
+            }
+            set.set_version(now);
+        };
+        if refresh == Refresh::Reload {
+            let mut fresh = BitSet::new(self.dimensions, now);
+            fill(&mut fresh);
+            *self.set.write().expect("bits lock") = fresh;
+        } else {
+            fill(&mut self.set.write().expect("bits lock"));
+        }
+        Ok(())
+    }
+}
+
+async fn table_version<'e, E>(executor: E) -> Result<TableVersion, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let (inserted, deleted): (i64, i64) = sqlx::query_as(SQLITE_BITS_VERSION)
+        .fetch_one(executor)
+        .await?;
+    Ok(TableVersion { inserted, deleted })
 }
 
 fn hit_of<R: Row>(row: &R) -> Result<Hit, sqlx::Error>

@@ -369,6 +369,115 @@ async fn vectors_are_stored_and_searched_on_postgres() {
     vectors_are_stored_and_searched(Backend::Postgres).await;
 }
 
+/// The bits a search on SQLite ranks first are a copy in memory, each index its own (as in
+/// two processes on one database file): one sees what the other stores and deletes, and a
+/// tenant's filter holds in it as in the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bits_in_memory_follow_another_writer_on_sqlite() {
+    librarian::sqlite_vec::register();
+    let database = TestDatabase::create(Backend::Sqlite).await.unwrap();
+    let orchestrator = orchestrator::connect(&database.url(), 4).await.unwrap();
+    orchestrator.migrate().await.unwrap();
+    let pool = orchestrator.pool();
+    let SqlPool::Sqlite(sqlite) = pool.clone() else {
+        unreachable!("a SQLite database")
+    };
+    let prepare = || async {
+        match librarian::VectorIndex::prepare(pool.clone(), MODEL, DIMENSIONS)
+            .await
+            .unwrap()
+        {
+            librarian::Prepared::Ready(index) => index,
+            librarian::Prepared::Unavailable(why) => panic!("{why}"),
+        }
+    };
+    let (reader, writer) = (prepare().await, prepare().await);
+    let kb = KbStore::new(pool.clone());
+    let put = |tenant: Option<&str>, path: &str, text: &str| {
+        librarian::DocInput::markdown(tenant.map(String::from), "runbooks", path, text, path, None)
+    };
+    let embed_pending = async || {
+        let pending = writer.pending(100).await.unwrap();
+        let vectors: Vec<Vec<f32>> = pending
+            .iter()
+            .map(|chunk| {
+                fake_embedding(&chunk.text)
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect()
+            })
+            .collect();
+        writer.store(&pending, &vectors).await.unwrap()
+    };
+    let version = async || -> (i64, i64) {
+        sqlx::query_as("SELECT inserted, deleted FROM kb_chunk_bits_version")
+            .fetch_one(&sqlite)
+            .await
+            .unwrap()
+    };
+    let nearest = async |text: &str, tenant: Option<&str>| -> Vec<String> {
+        let query: Vec<f32> = fake_embedding(text).iter().map(|&x| x as f32).collect();
+        let filter = SearchFilter {
+            tenant: tenant.map(String::from),
+            ..SearchFilter::default()
+        };
+        let hits = reader.search(&query, 3, &filter).await.unwrap();
+        hits.into_iter().map(|hit| hit.url).collect()
+    };
+
+    assert!(
+        nearest("quokka", None).await.is_empty(),
+        "nothing stored yet"
+    );
+    let now = chrono::Utc::now();
+    kb.upsert(&put(None, "fleet.md", RUNBOOK), now)
+        .await
+        .unwrap();
+    kb.upsert(
+        &put(
+            Some("acme"),
+            "numbat.md",
+            "# NumbatDown\n\nThe numbat colony is down.\n",
+        ),
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(embed_pending().await, 2);
+    assert_eq!(version().await, (2, 0));
+    assert_eq!(
+        nearest("quokka fleet", None).await[0],
+        "fleet.md",
+        "inserts are read"
+    );
+    assert_eq!(nearest("numbat colony", Some("acme")).await[0], "numbat.md");
+    assert_eq!(
+        nearest("numbat colony", Some("globex")).await,
+        ["fleet.md"],
+        "another tenant sees the global page only"
+    );
+
+    // A delete (here by the cascade from the document) is counted, and the copy read again.
+    let numbat = kb.list(&SearchFilter::default(), 10).await.unwrap();
+    let numbat = numbat.iter().find(|doc| doc.url == "numbat.md").unwrap();
+    assert!(kb.delete(&numbat.id).await.unwrap());
+    assert_eq!(version().await, (2, 1), "the cascade fired the trigger");
+    assert_eq!(nearest("numbat colony", Some("acme")).await, ["fleet.md"]);
+    kb.upsert(
+        &put(
+            None,
+            "bilby.md",
+            "# BilbyDown\n\nThe bilby burrow is empty.\n",
+        ),
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(embed_pending().await, 1);
+    assert_eq!(nearest("bilby burrow", None).await[0], "bilby.md");
+    orchestrator.close().await;
+}
+
 const RUNBOOK: &str =
     "# FleetDown\n\n## Mitigation\n\nRestart the quokka fleet, quokka by quokka.\n";
 
