@@ -258,16 +258,25 @@ const DOC_COLUMNS: &str = "d.id, d.tenant, d.source, d.path_or_url, d.title, d.m
 
 /// The candidates of a search on SQLite, in the index's order: `bm25()` with the fields
 /// weighted as [`crate::rank`] weighs them, a document whose whole title is a word of the query
-/// (an alert naming its runbook) first (`exact`).
-const SQLITE_SEARCH: &str = "SELECT id, title, path_or_url, source, tenant, idx, heading_path, \
-    content, exact FROM (\
+/// (an alert naming its runbook) first (`exact`, its chunks found by the index on
+/// `lower(title)`). The best `?7` (all when negative) are ranked in the full-text index alone
+/// and only they are joined to their chunk and document and filtered: joining every matched
+/// chunk first cost ~3 µs a chunk, ~4.5 ms of a search's ~6 at 100,000 chunks. Equal scores go
+/// by rowid.
+const SQLITE_SEARCH: &str = "WITH matched AS (\
+    SELECT rowid AS rid, max(-bm25(kb_fts, 10.0, 4.0, 1.0), 0.0) AS relevance, \
+    CASE WHEN rowid IN (SELECT c.rowid FROM kb_doc d JOIN kb_chunk c ON c.doc_id = d.id \
+    WHERE lower(d.title) IN (SELECT value FROM json_each(?5))) THEN 1.0 ELSE 0.0 END AS exact \
+    FROM kb_fts WHERE kb_fts MATCH ?1 ORDER BY exact DESC, relevance DESC, rowid LIMIT ?7) \
     SELECT d.id, d.title, d.path_or_url, d.source, d.tenant, c.idx, c.heading_path, c.content, \
-    max(-bm25(kb_fts, 10.0, 4.0, 1.0), 0.0) AS relevance, \
-    CASE WHEN lower(d.title) IN (SELECT value FROM json_each(?5)) THEN 1.0 ELSE 0.0 END AS exact \
-    FROM kb_fts JOIN kb_chunk c ON c.rowid = kb_fts.rowid JOIN kb_doc d ON d.id = c.doc_id \
-    WHERE kb_fts MATCH ?1 AND (?2 IS NULL OR d.tenant IS NULL OR d.tenant = ?2) \
-    AND (?3 IS NULL OR d.source = ?3) AND (?6 IS NULL OR d.source <> ?6)) \
-    ORDER BY exact DESC, relevance DESC, id, idx LIMIT ?4";
+    m.exact FROM matched m JOIN kb_chunk c ON c.rowid = m.rid JOIN kb_doc d ON d.id = c.doc_id \
+    WHERE (?2 IS NULL OR d.tenant IS NULL OR d.tenant = ?2) \
+    AND (?3 IS NULL OR d.source = ?3) AND (?6 IS NULL OR d.source <> ?6) \
+    ORDER BY m.exact DESC, m.relevance DESC, m.rid LIMIT ?4";
+
+/// A filtered search on SQLite ranks this many times its depth in the full-text index before
+/// the filter (and everything when that leaves too few).
+const SQLITE_FILTERED_BREADTH: i64 = 4;
 
 /// The candidates of a search on PostgreSQL, in the index's order: `ts_rank_cd()` with A
 /// (title) 1.0, B (heading path) 0.4, C (body) 0.2, divided by 1 + the log of the chunk's
@@ -682,13 +691,29 @@ impl KbStore {
                     .map(|term| format!("\"{term}\""))
                     .collect::<Vec<_>>()
                     .join(" OR ");
-                on_pool!(&self.pool, SQLITE_SEARCH, fetch_all, |q| q
-                    .bind(expr)
-                    .bind(&filter.tenant)
-                    .bind(&filter.source)
-                    .bind(depth)
-                    .bind(Json(&terms))
-                    .bind(&filter.not_source))
+                let filtered = filter.tenant.is_some()
+                    || filter.source.is_some()
+                    || filter.not_source.is_some();
+                let mut ranked = if filtered {
+                    depth * SQLITE_FILTERED_BREADTH
+                } else {
+                    depth
+                };
+                loop {
+                    let rows = on_pool!(&self.pool, SQLITE_SEARCH, fetch_all, |q| q
+                        .bind(expr.as_str())
+                        .bind(&filter.tenant)
+                        .bind(&filter.source)
+                        .bind(depth)
+                        .bind(Json(&terms))
+                        .bind(&filter.not_source)
+                        .bind(ranked));
+                    // The filter left fewer than wanted from a part of the matches: all of them.
+                    if !filtered || rows.len() as i64 >= depth || ranked < 0 {
+                        break rows;
+                    }
+                    ranked = -1;
+                }
             }
             // `$5` is an array here (see PG_SEARCH), which SQLite has no type for.
             SqlPool::Postgres(pool) => sqlx::query(PG_SEARCH)

@@ -513,3 +513,53 @@ async fn concurrent_writes_of_one_document_take_turns(app: TestApp) {
     assert_eq!(store(&app).counts().await.unwrap(), (1, 2));
 }
 on_both_backends!(concurrent_writes_of_one_document_take_turns);
+
+/// A filter applies after the lexical index ranks: a tenant's only match, below hundreds of
+/// better matches of another tenant, is still found (the filtered search widens to every
+/// match when the best few left too few), and the other tenant's never are.
+async fn a_filter_finds_a_match_below_many_hidden_ones(app: TestApp) {
+    let kb = store(&app);
+    let now = chrono::Utc::now();
+    for n in 0..450 {
+        let text = format!("# Wombat burrow {n}\n\nThe wombat burrow {n} is flooded.\n");
+        let doc = librarian::DocInput::markdown(
+            Some("globex".into()),
+            "runbooks",
+            &format!("globex/{n}.md"),
+            &text,
+            "Wombat",
+            None,
+        );
+        kb.upsert(&doc, now).await.unwrap();
+    }
+    let acme = librarian::DocInput::markdown(
+        Some("acme".into()),
+        "runbooks",
+        "acme/pumps.md",
+        "# Pumps\n\nWhen a burrow floods, start the pumps; a wombat can wait.\n",
+        "Pumps",
+        None,
+    );
+    kb.upsert(&acme, now).await.unwrap();
+    let as_tenant = |tenant: &str| SearchFilter {
+        tenant: Some(tenant.into()),
+        ..SearchFilter::default()
+    };
+    let hits = kb
+        .search("wombat burrow", 5, &as_tenant("acme"))
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    assert_eq!(hits[0].url, "acme/pumps.md");
+    let hits = kb
+        .search("wombat burrow", 5, &as_tenant("initech"))
+        .await
+        .unwrap();
+    assert!(hits.is_empty(), "{hits:?}");
+    let hits = kb
+        .search("wombat burrow", 500, &SearchFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 451, "unfiltered, every match");
+}
+on_both_backends!(a_filter_finds_a_match_below_many_hidden_ones);
