@@ -191,12 +191,18 @@ impl KnowledgeBase {
         let mut backoff = settings.initial_backoff;
         // Chunks the endpoint refused, and when to offer them again.
         let mut refused = HashMap::new();
+        // Where the current pass over the chunks is (`None`: between passes).
+        let mut cursor = None;
         loop {
             if *stopped.borrow() {
                 return;
             }
-            let pass = self.embed_batch(index, embedder, batch, &mut refused, &settings);
+            let starts_a_pass = cursor.is_none();
+            let pass =
+                self.embed_batch(index, embedder, batch, &mut refused, &mut cursor, &settings);
             let pause = match pass.await {
+                // A pass that ended may have left chunks written behind it: a new one looks.
+                Ok(0) if !starts_a_pass => continue,
                 Ok(0) => {
                     backoff = settings.initial_backoff;
                     settings.idle
@@ -228,7 +234,8 @@ impl KnowledgeBase {
     }
 
     /// Embed up to `batch` chunks without a vector (not those in `refused` until their time
-    /// comes); returns how many were handled. When the endpoint refuses the batch's input
+    /// comes) after `cursor`, and move it past them (to `None` at the end of the chunks);
+    /// returns how many were handled. A pass starts only when some chunk lacks a vector. When the endpoint refuses the batch's input
     /// (400, 413, 422: a text too long for the model, say), each chunk is tried alone and those
     /// refused again are left aside for `settings.refused_retry`, so one bad chunk does not
     /// hold up the others.
@@ -238,17 +245,32 @@ impl KnowledgeBase {
         embedder: &Embedder,
         batch: usize,
         refused: &mut HashMap<(String, i64), Instant>,
+        cursor: &mut Option<(String, i64)>,
         settings: &EmbedderSettings,
     ) -> Result<u64, BatchError> {
         let now = Instant::now();
         refused.retain(|_, until| *until > now);
-        let pending: Vec<_> = index
-            .pending(batch + refused.len())
-            .await?
-            .into_iter()
-            .filter(|chunk| !refused.contains_key(&(chunk.doc_id.clone(), chunk.idx)))
-            .take(batch)
-            .collect();
+        if cursor.is_none() && index.unembedded().await? == 0 {
+            return Ok(0);
+        }
+        let limit = batch + refused.len();
+        let after = cursor.as_ref().map(|(doc_id, idx)| (doc_id.as_str(), *idx));
+        let fetched = index.pending(after, limit).await?;
+        let at_end = fetched.len() < limit;
+        let mut pending = Vec::new();
+        *cursor = None;
+        for chunk in fetched {
+            if pending.len() == batch {
+                break;
+            }
+            *cursor = Some((chunk.doc_id.clone(), chunk.idx));
+            if !refused.contains_key(&(chunk.doc_id.clone(), chunk.idx)) {
+                pending.push(chunk);
+            }
+        }
+        if at_end && pending.len() < batch {
+            *cursor = None;
+        }
         if pending.is_empty() {
             return Ok(0);
         }

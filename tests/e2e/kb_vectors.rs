@@ -397,7 +397,7 @@ async fn the_bits_in_memory_follow_another_writer_on_sqlite() {
         librarian::DocInput::markdown(tenant.map(String::from), "runbooks", path, text, path, None)
     };
     let embed_pending = async || {
-        let pending = writer.pending(100).await.unwrap();
+        let pending = writer.pending(None, 100).await.unwrap();
         let vectors: Vec<Vec<f32>> = pending
             .iter()
             .map(|chunk| {
@@ -443,7 +443,17 @@ async fn the_bits_in_memory_follow_another_writer_on_sqlite() {
     )
     .await
     .unwrap();
+    // The embedder's cursor: the chunks after a key.
+    let all = writer.pending(None, 100).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(writer.unembedded().await.unwrap(), 2);
+    let after_first = writer
+        .pending(Some((all[0].doc_id.as_str(), all[0].idx)), 100)
+        .await
+        .unwrap();
+    assert_eq!(after_first, all[1..]);
     assert_eq!(embed_pending().await, 2);
+    assert_eq!(writer.unembedded().await.unwrap(), 0);
     assert_eq!(version().await, (2, 0));
     assert_eq!(
         nearest("quokka fleet", None).await[0],
