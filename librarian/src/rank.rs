@@ -2,7 +2,7 @@
 //! chunk lifted by the best other chunk of its document.
 //!
 //! Each backend's lexical index finds the candidates (the chunks that hold the query's rarer
-//! terms) and gives a first order; this one is the same on both. PostgreSQL's `ts_rank_cd`
+//! terms) and gives a first order; this one is the same on both. PostgreSQL's `ts_rank`
 //! knows nothing of how rare a term is, so a query of twenty words ranked by it favours the
 //! page that repeats the common ones; BM25F weighs each term by its inverse document frequency
 //! over all chunks (`kb_term`) and saturates repeats, field by field (title and alert name

@@ -278,11 +278,13 @@ const SQLITE_SEARCH: &str = "WITH matched AS (\
 /// the filter (and everything when that leaves too few).
 const SQLITE_FILTERED_BREADTH: i64 = 4;
 
-/// The candidates of a search on PostgreSQL, in the index's order: `ts_rank_cd()` with A
+/// The candidates of a search on PostgreSQL, in the index's order: `ts_rank()` with A
 /// (title) 1.0, B (heading path) 0.4, C (body) 0.2, divided by 1 + the log of the chunk's
 /// length (normalization 1), a document whose whole title is a word of the query first
-/// (`exact`). `$7` is what is matched and ranked ([`selective_terms`]), as on SQLite: ranking
-/// by all the terms costs ~10 µs a chunk with thirty of them; where PostgreSQL's stop words
+/// (`exact`). Not `ts_rank_cd()`: its cover density cost ~12 µs a matched chunk against ~4,
+/// and the candidates are ordered anew anyway ([`crate::rank`]; recall on the real corpus
+/// the same with either). `$7` is what is matched and ranked ([`selective_terms`]), as on
+/// SQLite: ranking by all the terms costs more the more there are; where PostgreSQL's stop words
 /// leave nothing of `$7`, all the terms (`$1`) take its place. The matched chunks are filtered
 /// and ranked on kb_chunk alone (it carries its document's tenant and source); only the best
 /// are joined to their chunk text and document. `OFFSET 0` keeps the ranking subquery whole:
@@ -291,7 +293,7 @@ const SQLITE_FILTERED_BREADTH: i64 = 4;
 /// over a JSON parameter, the statement's generic plan read all of kb_doc (~10 ms a search at
 /// 100,000 chunks).
 const PG_SEARCH: &str = "WITH best AS (SELECT doc_id, idx, exact, relevance FROM (\
-    SELECT c.doc_id, c.idx, ts_rank_cd(c.tsv, t.query, 1)::float8 AS relevance, \
+    SELECT c.doc_id, c.idx, ts_rank(c.tsv, t.query, 1)::float8 AS relevance, \
     CASE WHEN c.doc_id = ANY(t.exact) THEN 1.0 ELSE 0.0 END::float8 AS exact \
     FROM kb_chunk c, (SELECT CASE WHEN numnode(m) = 0 THEN q ELSE m END AS query, \
     ARRAY(SELECT id FROM kb_doc WHERE lower(title) = ANY($5)) AS exact \
