@@ -404,23 +404,19 @@ impl VectorIndex {
         let limit = limit as i64;
         // No document id is empty: ("", -1) comes before every chunk.
         let (doc_id, idx) = after.unwrap_or(("", -1));
+        macro_rules! pending {
+            ($pool:expr) => {
+                sqlx::query_as(PENDING)
+                    .bind(limit)
+                    .bind(doc_id)
+                    .bind(idx)
+                    .fetch_all($pool)
+                    .await?
+            };
+        }
         let rows: Vec<(String, i64, String, String, String)> = match &self.pool {
-            SqlPool::Sqlite(pool) => {
-                sqlx::query_as(PENDING)
-                    .bind(limit)
-                    .bind(doc_id)
-                    .bind(idx)
-                    .fetch_all(pool)
-                    .await?
-            }
-            SqlPool::Postgres(pool) => {
-                sqlx::query_as(PENDING)
-                    .bind(limit)
-                    .bind(doc_id)
-                    .bind(idx)
-                    .fetch_all(pool)
-                    .await?
-            }
+            SqlPool::Sqlite(pool) => pending!(pool),
+            SqlPool::Postgres(pool) => pending!(pool),
         };
         Ok(rows
             .into_iter()
