@@ -276,7 +276,7 @@ mod tests {
         );
         assert_eq!(set.refresh_for(version(5, 2)), Refresh::Reload);
         assert_eq!(set.refresh_for(version(2, 2)), Refresh::Reload);
-        // A table emptied and filled again (the counters restart with a new table).
+        // Counters that went back (a database restored from an older copy, say).
         assert_eq!(set.refresh_for(version(1, 0)), Refresh::Reload);
         set.set_version(version(5, 1));
         assert_eq!(set.version(), version(5, 1));

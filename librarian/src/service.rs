@@ -235,10 +235,10 @@ impl KnowledgeBase {
 
     /// Embed up to `batch` chunks without a vector (not those in `refused` until their time
     /// comes) after `cursor`, and move it past them (to `None` at the end of the chunks);
-    /// returns how many were handled. A pass starts only when some chunk lacks a vector. When the endpoint refuses the batch's input
-    /// (400, 413, 422: a text too long for the model, say), each chunk is tried alone and those
-    /// refused again are left aside for `settings.refused_retry`, so one bad chunk does not
-    /// hold up the others.
+    /// returns how many were handled. A pass starts only when some chunk lacks a vector. When
+    /// the endpoint refuses the batch's input (400, 413, 422: a text too long for the model,
+    /// say), each chunk is tried alone and those refused again are left aside for
+    /// `settings.refused_retry`, so one bad chunk does not hold up the others.
     async fn embed_batch(
         &self,
         index: &VectorIndex,
