@@ -1,6 +1,7 @@
 //! The shipped monitoring (`deploy/monitoring/`) fits what the service exports: `/metrics`
 //! after some traffic passes `promtool check metrics`, and every metric the alert rules and
-//! the Grafana dashboard name is exported (or is `probe_success`, from a blackbox exporter),
+//! the Grafana dashboard name is exported (or is `probe_success`, from a blackbox exporter, or
+//! a model's metric, exported once `[llm]` is configured),
 //! so renaming a metric without updating them fails here.
 
 use std::path::{Path, PathBuf};
@@ -86,6 +87,10 @@ async fn scrape_after_traffic() -> String {
         .unwrap()
         .is_empty());
 
+    // A knowledge base search (lexical: no embeddings configured) times itself.
+    let (status, _) = app.get_json("/v1/kb/search?q=pod+crash+looping&k=1").await;
+    assert_eq!(status, StatusCode::OK);
+
     let scraper =
         client_with(&create_key(&app.orchestrator, "prometheus", &[Role::Metrics], None).await);
     let response = scraper.get(app.url("/metrics")).send().await.unwrap();
@@ -94,6 +99,26 @@ async fn scrape_after_traffic() -> String {
     drop(app);
     database.drop_database().await;
     text
+}
+
+/// The model's metrics as `llm::metrics::LlmMetrics` exports them once `[llm]` is configured
+/// and called (the test's service has no model): one call recorded on a registry of their own.
+fn model_metric_names() -> Vec<String> {
+    let registry = prometheus::Registry::new();
+    let metrics = llm::metrics::LlmMetrics::register(&registry);
+    metrics.request("plan", "ok");
+    metrics.observe("plan", 0.2);
+    metrics.tokens("plan", Some(10), Some(5));
+    let mut text = String::new();
+    prometheus::TextEncoder::new()
+        .encode_utf8(&registry.gather(), &mut text)
+        .unwrap();
+    let names = exported_names(&text);
+    assert!(
+        names.iter().any(|n| n == "llm_request_seconds_bucket"),
+        "{names:?}"
+    );
+    names
 }
 
 fn repo_file(path: &str) -> PathBuf {
@@ -151,7 +176,8 @@ async fn alerts_and_dashboard_name_only_exported_or_planned_metrics() {
     );
 
     let text = scrape_after_traffic().await;
-    let exported = exported_names(&text);
+    let mut exported = exported_names(&text);
+    exported.extend(model_metric_names());
 
     let alerts = std::fs::read_to_string(repo_file(ALERTS)).unwrap();
     let rules = alert_exprs(&alerts);
@@ -605,6 +631,10 @@ async fn exemplars_lead_from_each_latency_to_a_trace_on_the_timeline(app: TestAp
         traces.len() >= 5,
         "the timeline names its traces: {traces:?}"
     );
+    // A knowledge base search (lexical: no embeddings configured) times itself.
+    let (status, _) = app.get_json("/v1/kb/search?q=pod+crash+looping&k=1").await;
+    assert_eq!(status, StatusCode::OK);
+
     let scraper =
         client_with(&create_key(&app.orchestrator, "prometheus", &[Role::Metrics], None).await);
 
