@@ -4,8 +4,8 @@
 //! A vector's sign bits (one a dimension, 48 bytes at 384) keep its neighbourhood roughly;
 //! the best few hundred by Hamming distance are then ranked by exact cosine distance in
 //! SQLite. Scanning the bits in SQL cost ~15 ms at 100,000 chunks (a function call and a row
-//! decoded per chunk; sqlite-vec's `vec0` KNN was slower still); in memory it is a fraction of
-//! a millisecond. The table stays the truth: [`BitSet`] is a copy kept current by the
+//! decoded per chunk; sqlite-vec's `vec0` KNN was slower still); in memory it is about a
+//! millisecond. The table stays the truth: [`BitSet`] is a copy kept current by the
 //! counters its triggers keep (see `vector.rs`).
 
 use std::collections::{BinaryHeap, HashMap};
@@ -129,7 +129,7 @@ impl BitSet {
     /// The rowids of the `n` rows `filter` lets see nearest to `query` (its sign bits) by
     /// Hamming distance, nearest first (ties by rowid).
     pub fn nearest(&self, query: &[u8], n: usize, filter: &SearchFilter) -> Vec<i64> {
-        if n == 0 || query.len() != self.bytes_per_vector {
+        if n == 0 || self.words_per_vector == 0 || query.len() != self.bytes_per_vector {
             return Vec::new();
         }
         // A name this set has never seen matches no row.
