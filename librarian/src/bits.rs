@@ -56,8 +56,7 @@ pub struct BitSet {
     tenants: Vec<Option<u32>>,
     sources: Vec<u32>,
     words: Vec<u64>,
-    /// Tenants and sources, each stored once.
-    names: Vec<String>,
+    /// Tenants and sources, each stored once, by number.
     name_ids: HashMap<String, u32>,
 }
 
@@ -68,6 +67,16 @@ impl BitSet {
             version,
             bytes_per_vector: dimensions.div_ceil(8),
             words_per_vector: dimensions.div_ceil(64),
+            ..Self::default()
+        }
+    }
+
+    /// An empty set for vectors of the same width, read at `version`.
+    pub fn emptied(&self, version: TableVersion) -> Self {
+        Self {
+            version,
+            bytes_per_vector: self.bytes_per_vector,
+            words_per_vector: self.words_per_vector,
             ..Self::default()
         }
     }
@@ -120,8 +129,7 @@ impl BitSet {
         if let Some(id) = self.name_ids.get(name) {
             return *id;
         }
-        let id = self.names.len() as u32;
-        self.names.push(name.to_string());
+        let id = self.name_ids.len() as u32;
         self.name_ids.insert(name.to_string(), id);
         id
     }
@@ -280,5 +288,11 @@ mod tests {
         assert_eq!(set.refresh_for(version(1, 0)), Refresh::Reload);
         set.set_version(version(5, 1));
         assert_eq!(set.version(), version(5, 1));
+        // Read again: empty, the same width.
+        let mut fresh = set.emptied(version(6, 2));
+        assert!(fresh.is_empty());
+        assert_eq!(fresh.version(), version(6, 2));
+        fresh.push(8, None, "runbooks", &[0]);
+        assert_eq!(fresh.len(), 1);
     }
 }

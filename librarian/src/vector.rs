@@ -74,7 +74,6 @@ pub struct VectorIndex {
 /// The bits table in memory, and one refresh at a time.
 #[derive(Debug)]
 struct SqliteBits {
-    dimensions: usize,
     set: RwLock<BitSet>,
     refreshing: tokio::sync::Mutex<()>,
 }
@@ -275,7 +274,6 @@ impl VectorIndex {
                     pg_iterative_scan: false,
                     sqlite_bits: binary.then(|| {
                         Arc::new(SqliteBits {
-                            dimensions,
                             // Behind any table: the first search reads it whole.
                             set: RwLock::new(BitSet::new(
                                 dimensions,
@@ -605,7 +603,7 @@ impl SqliteBits {
             set.set_version(now);
         };
         if refresh == Refresh::Reload {
-            let mut fresh = BitSet::new(self.dimensions, now);
+            let mut fresh = self.set.read().expect("bits lock").emptied(now);
             fill(&mut fresh);
             *self.set.write().expect("bits lock") = fresh;
         } else {
